@@ -1,0 +1,4 @@
+//! DMS core: the cgroup mechanism, domains and their backends, the state store and the request
+//! handler that the D-Bus, CLI and HTTP adapters share.
+
+pub mod cgroup;

@@ -1,0 +1,1 @@
+//! OCI runtime-spec view of DMS container domains (filled in by the namespaces issue).

@@ -1,0 +1,1 @@
+//! Root/kernel integration tests for DMS live in `tests/tests/`.
