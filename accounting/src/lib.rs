@@ -138,7 +138,11 @@ fn map_err(op: &'static str, path: PathBuf, e: io::Error) -> UsageError {
     if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV) {
         UsageError::Vanished(path)
     } else {
-        UsageError::Io { op, path, source: e }
+        UsageError::Io {
+            op,
+            path,
+            source: e,
+        }
     }
 }
 
@@ -422,7 +426,11 @@ mod tests {
         }
         let p = |c: &str| Some(t.path().join(c));
         write(&t.path().join("cpuacct"), "cpuacct.usage", "5000000000\n");
-        write(&t.path().join("cpuacct"), "cpuacct.stat", "user 300\nsystem 100\n");
+        write(
+            &t.path().join("cpuacct"),
+            "cpuacct.stat",
+            "user 300\nsystem 100\n",
+        );
         write(
             &t.path().join("cpu"),
             "cpu.stat",
@@ -437,7 +445,11 @@ mod tests {
             "memory.stat",
             "cache 10\nrss 20\ninactive_file 99\ntotal_inactive_file 4857600\n",
         );
-        write(&m, "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n");
+        write(
+            &m,
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
         write(&t.path().join("pids"), "pids.current", "12\n");
         write(&t.path().join("pids"), "pids.events", "max 3\n");
         write(
@@ -483,8 +495,16 @@ mod tests {
             "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 50\nnr_throttled 25\nthrottled_usec 1000\n",
         );
         write(d, "memory.current", "65536\n");
-        write(d, "memory.events", "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n");
-        write(d, "memory.stat", "anon 4096\nfile 8192\ninactive_file 4096\n");
+        write(
+            d,
+            "memory.events",
+            "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n",
+        );
+        write(
+            d,
+            "memory.stat",
+            "anon 4096\nfile 8192\ninactive_file 4096\n",
+        );
         write(d, "pids.current", "3\n");
         write(d, "pids.events", "max 0\n");
         write(
@@ -498,7 +518,10 @@ mod tests {
         assert_eq!(u.cpu_system_ns, Some(500_000_000));
         assert_eq!(u.cpu_throttled_ns, Some(1_000_000));
         assert_eq!(u.memory_usage_bytes, 65536);
-        assert_eq!(u.memory_max_usage_bytes, None, "no memory.peak on this kernel");
+        assert_eq!(
+            u.memory_max_usage_bytes, None,
+            "no memory.peak on this kernel"
+        );
         assert_eq!(u.memory_working_set_bytes(), 61440);
         assert_eq!(u.memory_limit_hits, Some(9));
         assert_eq!(u.oom_kills, Some(1));

@@ -5,8 +5,8 @@
  *
  * Each iteration runs CMD1, CMD2, ... one after another (posix_spawn + waitpid, PATH lookup);
  * the time of the whole sequence is one sample (CLOCK_MONOTONIC). "{}" inside an argument is
- * replaced by the iteration number (warm-up runs are numbered after the measured ones' range
- * start, i.e. they use distinct numbers too). WARMUP (default 1) unmeasured iterations run first.
+ * replaced by the iteration number: 0..N-1 for measured runs, N+1..N+WARMUP for the WARMUP
+ * (default 1) unmeasured warm-up iterations that run first.
  * Prints exactly "<NAME>\t<median_ms>\t<p90_ms>\t<n>" on stdout; the commands' stdout is sent
  * to stderr and their stdin is /dev/null. If any command fails, prints the reason to stderr,
  * prints nothing on stdout and exits 1.

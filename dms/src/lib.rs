@@ -2,3 +2,9 @@
 //! handler that the D-Bus, CLI and HTTP adapters share.
 
 pub mod cgroup;
+pub mod config;
+pub mod dbus;
+pub mod domain;
+pub mod service;
+pub mod spawn;
+pub mod store;

@@ -1,1 +1,510 @@
-fn main(){}
+//! dmsctl: the command-line client of dmsd.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dms::domain::Domain;
+use dms::service::{DomainView, ErrorKind, Status};
+use dms_policies::PolicySet;
+
+/// dmsctl - control the Domain Management Service.
+///
+/// Talks to dmsd over its private socket (peer-to-peer D-Bus). Authorization is from your
+/// uid: root and the admin group may do everything; a domain's owner what the VO policy allows.
+///
+/// Exit status: 0 success; 1 failure; 2 invalid argument or policy; 3 not found;
+/// 4 permission denied; 5 conflict (e.g. already frozen); 6 dmsd unreachable; 7 timeout.
+/// `domain run` exits with the command's status (128+N when killed by signal N).
+#[derive(Debug, Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    /// dmsd's API socket.
+    #[arg(
+        long,
+        global = true,
+        env = "DMS_SOCKET",
+        default_value = "/run/dms/dms.sock"
+    )]
+    socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create, inspect and control domains.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Check or reload VO policy files.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Show node capacity, cgroup version, domain counts and the policies in force.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum DomainCmd {
+    /// Ensure the domain of an identity: create it per policy, or show the existing one.
+    Create {
+        /// Local account that owns the domain.
+        #[arg(long)]
+        user: String,
+        /// VO (optional when --fqan is given).
+        #[arg(long, default_value = "")]
+        vo: String,
+        /// Primary VOMS FQAN, e.g. /atlas/Role=production.
+        #[arg(long, default_value = "")]
+        fqan: String,
+        /// Batch job id (needed for per-job domains).
+        #[arg(long, default_value = "")]
+        job: String,
+    },
+    /// List domains (all for admins, your own otherwise).
+    List,
+    /// Show one domain with its quotas and current usage.
+    Show {
+        /// Domain name.
+        name: String,
+    },
+    /// Freeze every process of a domain (verified; undone if it cannot complete).
+    Freeze {
+        /// Domain name.
+        name: String,
+    },
+    /// Thaw a frozen domain.
+    Thaw {
+        /// Domain name.
+        name: String,
+    },
+    /// Kill every process of a domain and remove it.
+    Destroy {
+        /// Domain name.
+        name: String,
+    },
+    /// Move an existing process into a domain.
+    Attach {
+        /// Domain name.
+        name: String,
+        /// Process id.
+        pid: i32,
+    },
+    /// Run a command in a domain as its owner, with a clean environment; waits and passes the
+    /// exit status through. stdin/stdout/stderr are this terminal's.
+    Run {
+        /// Domain name.
+        name: String,
+        /// Run as this user instead of the owner (admins only).
+        #[arg(long, default_value = "")]
+        user: String,
+        /// Working directory (default: the user's home).
+        #[arg(long, default_value = "")]
+        cwd: String,
+        /// Extra environment variables, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Print the pid and return at once instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+        /// The command and its arguments (after --).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Validate policy files (or directories) without a daemon; errors as file:line:column.
+    Check {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Ask dmsd to reload its policy directory (the previous policies stay if it fails).
+    Reload,
+}
+
+#[zbus::proxy(
+    interface = "io.dms.Manager1",
+    default_service = "io.dms.Manager1",
+    default_path = "/io/dms/Manager1"
+)]
+trait Manager {
+    fn ensure_domain(&self, user: &str, vo: &str, fqan: &str, job: &str) -> zbus::Result<String>;
+    fn get_domain(&self, name: &str) -> zbus::Result<String>;
+    fn list_domains(&self) -> zbus::Result<String>;
+    fn destroy_domain(&self, name: &str) -> zbus::Result<()>;
+    fn freeze_domain(&self, name: &str) -> zbus::Result<()>;
+    fn thaw_domain(&self, name: &str) -> zbus::Result<()>;
+    fn attach_pid(&self, name: &str, pid: i32) -> zbus::Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        name: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: &str,
+        user: &str,
+        stdio: Vec<zbus::Fd<'_>>,
+        wait: bool,
+    ) -> zbus::Result<(i32, i32)>;
+    fn reload_policies(&self) -> zbus::Result<Vec<String>>;
+    fn status(&self) -> zbus::Result<String>;
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Failed => 1,
+        ErrorKind::InvalidArgument => 2,
+        ErrorKind::NotFound => 3,
+        ErrorKind::PermissionDenied => 4,
+        ErrorKind::Conflict => 5,
+        ErrorKind::Timeout => 7,
+    }
+}
+
+impl From<zbus::Error> for Failure {
+    fn from(e: zbus::Error) -> Self {
+        if let zbus::Error::MethodError(name, msg, _) = &e {
+            if let Some(kind) = name.as_str().strip_prefix("io.dms.Error.") {
+                return fail(
+                    exit_code(ErrorKind::from_name(kind)),
+                    msg.clone().unwrap_or_else(|| kind.to_string()),
+                );
+            }
+        }
+        fail(1, e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dmsctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("dmsctl: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn connect(socket: &PathBuf) -> Result<ManagerProxy<'static>, Failure> {
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        fail(
+            6,
+            format!(
+                "cannot reach dmsd at {}: {e} (is dmsd running? see --socket)",
+                socket.display()
+            ),
+        )
+    })?;
+    let conn = zbus::connection::Builder::unix_stream(stream)
+        .p2p()
+        .build()
+        .await
+        .map_err(|e| {
+            fail(
+                6,
+                format!("handshake with dmsd at {}: {e}", socket.display()),
+            )
+        })?;
+    ManagerProxy::new(&conn).await.map_err(Failure::from)
+}
+
+fn print_json(s: &str) {
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(v) => println!(
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| s.into())
+        ),
+        Err(_) => println!("{s}"),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, Failure> {
+    serde_json::from_str(s).map_err(|e| fail(1, format!("unexpected answer from dmsd: {e}")))
+}
+
+fn fmt_opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn fmt_bytes(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".into(), dms_policies::units::format_size)
+}
+
+fn fmt_cpu(m: Option<u32>) -> String {
+    m.map_or_else(|| "-".into(), |m| format!("{}%", m / 10))
+}
+
+fn print_domains(list: &[Domain]) {
+    println!(
+        "{:<28} {:<9} {:<10} {:<8} {:<6} {:>6} {:>8} {:>6}",
+        "NAME", "STATE", "OWNER", "VO", "GRAN", "CPU", "MEMORY", "PIDS"
+    );
+    for d in list {
+        println!(
+            "{:<28} {:<9} {:<10} {:<8} {:<6} {:>6} {:>8} {:>6}",
+            d.name,
+            d.state.as_str(),
+            d.owner.user,
+            d.vo,
+            d.granularity.as_str(),
+            fmt_cpu(d.limits.cpu_millicores),
+            fmt_bytes(d.limits.memory_max),
+            fmt_opt(d.limits.pids_max),
+        );
+    }
+}
+
+fn print_domain(v: &DomainView) {
+    let d = &v.domain;
+    let l = &d.limits;
+    println!("name:        {}", d.name);
+    println!(
+        "state:       {}{}",
+        d.state.as_str(),
+        d.reason
+            .as_ref()
+            .map_or(String::new(), |r| format!(" ({r})"))
+    );
+    println!("owner:       {} (uid {})", d.owner.user, d.owner.uid);
+    println!(
+        "vo:          {}  group: {}  role: {}",
+        d.vo,
+        fmt_opt(d.group.as_ref()),
+        fmt_opt(d.role.as_ref())
+    );
+    println!(
+        "rule:        {}",
+        d.rule.as_deref().unwrap_or("VO defaults")
+    );
+    println!(
+        "granularity: {}  backend: {}  priority: {}",
+        d.granularity.as_str(),
+        d.backend.as_str(),
+        d.priority.as_str()
+    );
+    let may: Vec<&str> = d.owner_may.iter().map(|p| p.as_str()).collect();
+    println!("owner may:   {}", may.join(", "));
+    println!(
+        "limits:      cpu {} weight {}  memory {} soft {} swap {}  pids {}  cpuset {}",
+        fmt_cpu(l.cpu_millicores),
+        fmt_opt(l.cpu_weight),
+        fmt_bytes(l.memory_max),
+        fmt_bytes(l.memory_soft),
+        fmt_bytes(l.swap_max),
+        fmt_opt(l.pids_max),
+        l.cpuset_cpus.as_deref().unwrap_or("-"),
+    );
+    println!("processes:   {}", fmt_opt(v.processes));
+    if let Some(u) = &v.usage {
+        println!(
+            "usage:       cpu {:.2}s  memory {} (max {})  pids {}  oom kills {}  io read {} write {}",
+            u.cpu_usage_ns as f64 / 1e9,
+            fmt_bytes(Some(u.memory_usage_bytes)),
+            fmt_bytes(u.memory_max_usage_bytes),
+            u.pids_current,
+            fmt_opt(u.oom_kills),
+            fmt_bytes(u.io_read_bytes),
+            fmt_bytes(u.io_write_bytes),
+        );
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    match cli.cmd {
+        Cmd::Policy(PolicyCmd::Check { paths }) => {
+            let mut files = Vec::new();
+            for p in &paths {
+                if p.is_dir() {
+                    match PolicySet::load_dir(p) {
+                        Ok(set) => files.extend(set.files().iter().cloned()),
+                        Err(e) => return Err(fail(2, e.to_string())),
+                    }
+                } else {
+                    files.push(p.clone());
+                }
+            }
+            match PolicySet::load_files(&files) {
+                Ok(set) => {
+                    if cli.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"ok": true, "vos": set.vo_names(), "files": set.files()})
+                        );
+                    } else {
+                        println!(
+                            "ok: {} file(s), VOs: {}",
+                            set.files().len(),
+                            set.vo_names().join(", ")
+                        );
+                    }
+                    Ok(0)
+                }
+                Err(e) => Err(fail(2, format!("policy check failed:\n{e}"))),
+            }
+        }
+        Cmd::Policy(PolicyCmd::Reload) => {
+            let p = connect(&cli.socket).await?;
+            let notes = p.reload_policies().await?;
+            if cli.json {
+                println!("{}", serde_json::json!({"ok": true, "changes": notes}));
+            } else {
+                println!("policies reloaded");
+                for n in notes {
+                    println!("  {n}");
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Status => {
+            let p = connect(&cli.socket).await?;
+            let s = p.status().await?;
+            if cli.json {
+                print_json(&s);
+            } else {
+                let st: Status = decode(&s)?;
+                println!(
+                    "dmsd {}  cgroup {}  cpus {}  memory {}",
+                    st.version,
+                    st.cgroup_version,
+                    st.cpus,
+                    dms_policies::units::format_size(st.memory_bytes)
+                );
+                let counts: Vec<String> =
+                    st.domains.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                println!(
+                    "domains: {}",
+                    if counts.is_empty() {
+                        "none".into()
+                    } else {
+                        counts.join(", ")
+                    }
+                );
+                println!("VOs: {}", st.vos.join(", "));
+            }
+            Ok(0)
+        }
+        Cmd::Domain(cmd) => {
+            let p = connect(&cli.socket).await?;
+            domain(&p, cmd, cli.json).await
+        }
+    }
+}
+
+async fn domain(p: &ManagerProxy<'_>, cmd: DomainCmd, json: bool) -> Result<u8, Failure> {
+    let done = |what: &str, name: &str| {
+        if json {
+            println!("{}", serde_json::json!({"ok": true, "domain": name}));
+        } else {
+            println!("{what} {name}");
+        }
+    };
+    match cmd {
+        DomainCmd::Create {
+            user,
+            vo,
+            fqan,
+            job,
+        } => {
+            let s = p.ensure_domain(&user, &vo, &fqan, &job).await?;
+            if json {
+                print_json(&s);
+            } else {
+                let d: Domain = decode(&s)?;
+                print_domains(&[d]);
+            }
+        }
+        DomainCmd::List => {
+            let s = p.list_domains().await?;
+            if json {
+                print_json(&s);
+            } else {
+                let list: Vec<Domain> = decode(&s)?;
+                print_domains(&list);
+            }
+        }
+        DomainCmd::Show { name } => {
+            let s = p.get_domain(&name).await?;
+            if json {
+                print_json(&s);
+            } else {
+                print_domain(&decode(&s)?);
+            }
+        }
+        DomainCmd::Freeze { name } => {
+            p.freeze_domain(&name).await?;
+            done("frozen", &name);
+        }
+        DomainCmd::Thaw { name } => {
+            p.thaw_domain(&name).await?;
+            done("thawed", &name);
+        }
+        DomainCmd::Destroy { name } => {
+            p.destroy_domain(&name).await?;
+            done("destroyed", &name);
+        }
+        DomainCmd::Attach { name, pid } => {
+            p.attach_pid(&name, pid).await?;
+            done(&format!("attached pid {pid} to"), &name);
+        }
+        DomainCmd::Run {
+            name,
+            user,
+            cwd,
+            env,
+            no_wait,
+            command,
+        } => {
+            let mut vars = Vec::new();
+            for e in env {
+                let Some((k, v)) = e.split_once('=') else {
+                    return Err(fail(2, format!("--env {e:?}: expected KEY=VALUE")));
+                };
+                vars.push((k.to_string(), v.to_string()));
+            }
+            use std::os::fd::AsFd;
+            let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+            let fds = vec![i.as_fd().into(), o.as_fd().into(), e.as_fd().into()];
+            let (pid, code) = p
+                .run(&name, &command, &vars, &cwd, &user, fds, !no_wait)
+                .await?;
+            if no_wait {
+                if json {
+                    println!("{}", serde_json::json!({"pid": pid}));
+                } else {
+                    println!("{pid}");
+                }
+                return Ok(0);
+            }
+            return Ok(u8::try_from(code).unwrap_or(1));
+        }
+    }
+    Ok(0)
+}

@@ -1,1 +1,316 @@
-fn main(){}
+//! dmsd: the Domain Management Service daemon.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use dms::cgroup::{Cgroups, Version};
+use dms::config::{Config, SystemBus, DEFAULT_CONFIG};
+use dms::dbus::{emit_state_changed, Api, PeerAuth, BUS_NAME, OBJECT_PATH};
+use dms::domain::ContainerBackend;
+use dms::service::{Caller, Service, ServiceOptions, StateChange};
+use dms::spawn::Spawner;
+use dms::store::Store;
+use tokio::net::UnixListener;
+use tokio::sync::broadcast;
+
+/// dmsd - Domain Management Service daemon.
+///
+/// Puts VO users' work into limited, freezable domains (cgroups) according to the VO policy
+/// files, and serves the io.dms.Manager1 D-Bus API on a private socket (always) and on the
+/// system bus (when one runs). Runs in the foreground; logs go to stderr.
+///
+/// Signals: SIGHUP reloads the policies (a failed reload keeps the previous ones); SIGTERM and
+/// SIGINT stop the daemon and leave domains running (they are adopted at the next start).
+#[derive(Debug, Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Configuration file (TOML); keys not given keep their defaults (see --print-config).
+    #[arg(short, long, env = "DMS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override `state_dir`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Override `policy_dir`.
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+    /// Override `socket`.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Override `cgroup_subtree`.
+    #[arg(long)]
+    cgroup_subtree: Option<String>,
+    /// Override `system_bus` (auto, yes, no).
+    #[arg(long)]
+    system_bus: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+    /// Print the default configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dmsd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let args = Args::parse();
+    if args.print_config {
+        print!("{DEFAULT_CONFIG}");
+        return Ok(());
+    }
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if let Some(v) = args.state_dir {
+        cfg.state_dir = v;
+    }
+    if let Some(v) = args.policy_dir {
+        cfg.policy_dir = v;
+    }
+    if let Some(v) = args.socket {
+        cfg.socket = v;
+    }
+    if let Some(v) = args.cgroup_subtree {
+        dms_policies::validate_name("cgroup_subtree", &v)?;
+        cfg.cgroup_subtree = v;
+    }
+    if let Some(v) = args.system_bus {
+        cfg.system_bus = match v.as_str() {
+            "auto" => SystemBus::Auto,
+            "yes" => SystemBus::Yes,
+            "no" => SystemBus::No,
+            other => bail!("--system-bus {other:?}: expected auto, yes or no"),
+        };
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DMS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
+    // The zygote must be forked while this process is still single-threaded.
+    let spawner = Spawner::start().context("starting the spawner")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let result = rt.block_on(run(cfg, spawner));
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state_dir {}", cfg.state_dir.display()))?;
+    let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_subtree)?;
+    cgroups.init()?;
+    let version = match cgroups.version() {
+        Version::V1 => "v1",
+        Version::V2 => "v2",
+    };
+    tracing::info!(version, subtree = %cfg.cgroup_subtree, "cgroups detected");
+    let backend = Arc::new(ContainerBackend::new(
+        cgroups.clone(),
+        spawner,
+        cfg.freeze_timeout(),
+    ));
+    let store = Store::open(&cfg.state_dir)?;
+    let admin_gid = nix::unistd::Group::from_name(&cfg.admin_group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    if admin_gid.is_none() {
+        tracing::warn!(group = %cfg.admin_group, "admin group does not exist; only root is admin");
+    }
+    let (events, _) = broadcast::channel::<StateChange>(1024);
+    let tx = events.clone();
+    let svc = Service::new(
+        backend,
+        store,
+        ServiceOptions {
+            policy_dir: cfg.policy_dir.clone(),
+            admin_gid,
+            lock_timeout: std::time::Duration::from_millis(cfg.lock_timeout_ms),
+            cgroup_version: version.into(),
+        },
+        Box::new(move |c| {
+            let _ = tx.send(c);
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("loading policies from {}:\n{e}", cfg.policy_dir.display()))?;
+    let svc = Arc::new(svc);
+    let s = Arc::clone(&svc);
+    let report = tokio::task::spawn_blocking(move || s.reconcile()).await??;
+    tracing::info!(
+        adopted = report.adopted.len(),
+        failed = report.marked_failed.len(),
+        orphans_removed = report.removed_orphans.len(),
+        cleaned = report.cleaned.len(),
+        "reconcile done"
+    );
+
+    // System bus (optional).
+    let _bus = match cfg.system_bus {
+        SystemBus::No => None,
+        mode => match serve_bus(&svc, &events).await {
+            Ok(c) => Some(c),
+            Err(e) if mode == SystemBus::Auto => {
+                tracing::info!("not on the system bus: {e:#}");
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
+
+    // Private socket.
+    if let Some(dir) = cfg.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if cfg.socket.exists() {
+        if std::os::unix::net::UnixStream::connect(&cfg.socket).is_ok() {
+            bail!(
+                "socket {} is in use: is another dmsd running?",
+                cfg.socket.display()
+            );
+        }
+        std::fs::remove_file(&cfg.socket).ok();
+    }
+    let listener = UnixListener::bind(&cfg.socket)
+        .with_context(|| format!("binding {}", cfg.socket.display()))?;
+    std::fs::set_permissions(
+        &cfg.socket,
+        std::fs::Permissions::from_mode(cfg.socket_mode),
+    )?;
+    tracing::info!(socket = %cfg.socket.display(), "serving");
+
+    spawn_policy_watch(Arc::clone(&svc), cfg.policy_dir.clone());
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let guid = zbus::Guid::generate();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => { tracing::warn!("accept: {e}"); continue; }
+                };
+                let cred = match stream.peer_cred() {
+                    Ok(c) => c,
+                    Err(e) => { tracing::warn!("peer credentials: {e}"); continue; }
+                };
+                let caller = Caller::from_pid(cred.uid(), cred.gid(), cred.pid().map(|p| p as u32));
+                let svc = Arc::clone(&svc);
+                let mut rx = events.subscribe();
+                let guid = guid.clone();
+                tokio::spawn(async move {
+                    let std_stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => { tracing::warn!("socket: {e}"); return; }
+                    };
+                    let conn = zbus::connection::Builder::unix_stream(std_stream)
+                        .server(guid)
+                        .p2p()
+                        .serve_at(OBJECT_PATH, Api::new(svc, PeerAuth::Fixed(caller)))
+                        .build()
+                        .await;
+                    let conn = match conn {
+                        Ok(c) => c,
+                        Err(e) => { tracing::debug!("client handshake failed: {e}"); return; }
+                    };
+                    loop {
+                        tokio::select! {
+                            ev = rx.recv() => match ev {
+                                Ok(ev) => { if emit_state_changed(&conn, &ev).await.is_err() { break; } }
+                                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                                Err(_) => break,
+                            },
+                            () = conn.closed() => break,
+                        }
+                    }
+                });
+            }
+            _ = hup.recv() => {
+                let s = Arc::clone(&svc);
+                let _ = tokio::task::spawn_blocking(move || s.reload_policies()).await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping; domains keep running and are adopted at the next start");
+    std::fs::remove_file(&cfg.socket).ok();
+    // Leave no empty subtree behind; with domains present the rmdir fails and that is fine.
+    let _ = cgroups.remove_subtree();
+    Ok(())
+}
+
+async fn serve_bus(
+    svc: &Arc<Service>,
+    events: &broadcast::Sender<StateChange>,
+) -> Result<zbus::Connection> {
+    let conn = zbus::connection::Builder::system()
+        .serve_at(OBJECT_PATH, Api::new(Arc::clone(svc), PeerAuth::Bus))
+        .name(BUS_NAME)
+        .build()
+        .await
+        .context("system bus")?;
+    tracing::info!(name = BUS_NAME, "serving on the system bus");
+    let c = conn.clone();
+    let mut rx = events.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let _ = emit_state_changed(&c, &ev).await;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    Ok(conn)
+}
+
+/// Reloads policies when files in the directory change (debounced), from a plain thread.
+fn spawn_policy_watch(svc: Arc<Service>, dir: PathBuf) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let Ok(ino) = Inotify::init(InitFlags::IN_CLOEXEC) else {
+        return;
+    };
+    let flags = AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_CREATE;
+    if let Err(e) = ino.add_watch(&dir, flags) {
+        tracing::warn!(dir = %dir.display(), "not watching policy directory: {e}");
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("policy-watch".into())
+        .spawn(move || loop {
+            if ino.read_events().is_err() {
+                return;
+            }
+            // Editors write in several steps: wait for quiet before reloading once.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            tracing::info!(dir = %dir.display(), "policy files changed; reloading");
+            let _ = svc.reload_policies();
+        });
+}

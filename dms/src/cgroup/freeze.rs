@@ -158,7 +158,11 @@ fn parse_proc_stat(stat: &str) -> Option<(String, String)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_string();
-    let state = stat.get(close + 1..)?.split_whitespace().next()?.to_string();
+    let state = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .next()?
+        .to_string();
     Some((comm, state))
 }
 

@@ -149,10 +149,16 @@ pub(super) fn plan(
                 |m| (u64::from(m) * CPU_PERIOD_US / 1000).to_string(),
             );
             w.push((d.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}")));
-            w.push((d.join("cpu.weight"), limits.cpu_weight.unwrap_or(100).to_string()));
+            w.push((
+                d.join("cpu.weight"),
+                limits.cpu_weight.unwrap_or(100).to_string(),
+            ));
             need2("memory", "a memory limit")?;
             w.push((d.join("memory.max"), or_max(limits.memory_max)));
-            w.push((d.join("memory.low"), limits.memory_soft.unwrap_or(0).to_string()));
+            w.push((
+                d.join("memory.low"),
+                limits.memory_soft.unwrap_or(0).to_string(),
+            ));
             if d.join("memory.swap.max").exists() {
                 w.push((d.join("memory.swap.max"), or_max(limits.swap_max)));
             } else if limits.swap_max.is_some() {

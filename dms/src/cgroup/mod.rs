@@ -76,7 +76,10 @@ fn format_stuck(stuck: &[StuckProcess]) -> String {
         .join(", ")
 }
 
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> CgroupError + 'a {
     move |source| CgroupError::Io {
         op,
         path: path.to_path_buf(),
@@ -126,19 +129,6 @@ impl Controller {
             Controller::Pids => "pids",
         }
     }
-
-    /// A file only this controller's hierarchy has, used to find it under the root.
-    fn marker(self) -> &'static str {
-        match self {
-            Controller::Cpu => "cpu.shares",
-            Controller::Cpuacct => "cpuacct.usage",
-            Controller::Cpuset => "cpuset.cpus",
-            Controller::Memory => "memory.limit_in_bytes",
-            Controller::Freezer => "freezer.self_freezing",
-            Controller::Blkio => "blkio.weight_device",
-            Controller::Pids => "pids.max",
-        }
-    }
 }
 
 /// Which cgroup version the host runs.
@@ -173,15 +163,23 @@ impl Cgroups {
                 subtree: subtree.to_string(),
             });
         }
-        // v1 or hybrid: each controller is a mount below root (possibly co-mounted, e.g.
-        // "cpu,cpuacct"); the unified mount of a hybrid host holds no controllers we use.
+        // v1 or hybrid: each controller is a mount below root named after its controllers
+        // (possibly co-mounted, e.g. "cpu,cpuacct"); the unified mount of a hybrid host holds
+        // no controllers we use. The root group of the freezer has no freezer.state, so
+        // detection goes by name, as the kernel's mount conventions set it.
         let mut v1_dirs = BTreeMap::new();
         let entries = fs::read_dir(root).map_err(io_err("read", root))?;
         let mut mounts: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
         mounts.sort();
         for mount in mounts {
+            let Some(dir_name) = mount.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if !mount.join("cgroup.procs").exists() {
+                continue;
+            }
             for c in Controller::ALL {
-                if !v1_dirs.contains_key(&c) && mount.join(c.marker()).exists() {
+                if !v1_dirs.contains_key(&c) && dir_name.split(',').any(|n| n == c.name()) {
                     v1_dirs.insert(c, mount.join(subtree));
                 }
             }
@@ -317,7 +315,10 @@ impl Cgroups {
         let mut names: Vec<String> = entries
             .filter_map(|e| {
                 let e = e.ok()?;
-                e.file_type().ok()?.is_dir().then(|| e.file_name().into_string().ok())?
+                e.file_type()
+                    .ok()?
+                    .is_dir()
+                    .then(|| e.file_name().into_string().ok())?
             })
             .collect();
         names.sort();
@@ -426,7 +427,9 @@ impl Cgroups {
                 match fs::remove_dir(d) {
                     Ok(()) => break,
                     Err(e) if e.kind() == ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                     Err(e) => return Err(io_err("rmdir", d)(e)),
@@ -466,11 +469,12 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
         .truncate(false)
         .open(path)
         .map_err(io_err("open", path))?;
-    f.write_all(value.as_bytes()).map_err(|source| CgroupError::Io {
-        op: "write",
-        path: path.to_path_buf(),
-        source: io::Error::new(source.kind(), format!("value {value:?}: {source}")),
-    })
+    f.write_all(value.as_bytes())
+        .map_err(|source| CgroupError::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source: io::Error::new(source.kind(), format!("value {value:?}: {source}")),
+        })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ fn touch(p: &Path) {
 fn v1_root() -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
     for c in Controller::ALL {
-        touch(&t.path().join(c.name()).join(c.marker()));
+        touch(&t.path().join(c.name()).join("cgroup.procs"));
     }
     touch(&t.path().join("unified/cgroup.procs"));
     touch(&t.path().join("systemd/cgroup.procs"));
@@ -77,11 +77,10 @@ fn detects_hybrid_v1() {
 #[test]
 fn detects_comounted_cpu_cpuacct_once() {
     let t = tempfile::tempdir().unwrap();
-    touch(&t.path().join("cpu,cpuacct/cpu.shares"));
-    touch(&t.path().join("cpu,cpuacct/cpuacct.usage"));
+    touch(&t.path().join("cpu,cpuacct/cgroup.procs"));
     for c in ["memory", "pids", "freezer"] {
         let c = Controller::ALL.into_iter().find(|x| x.name() == c).unwrap();
-        touch(&t.path().join(c.name()).join(c.marker()));
+        touch(&t.path().join(c.name()).join("cgroup.procs"));
     }
     let cg = Cgroups::detect(t.path(), "dms").unwrap();
     // One procs file per distinct mount: the co-mounted pair is joined once.
@@ -91,7 +90,7 @@ fn detects_comounted_cpu_cpuacct_once() {
 #[test]
 fn v1_without_freezer_is_refused() {
     let t = tempfile::tempdir().unwrap();
-    touch(&t.path().join("cpu/cpu.shares"));
+    touch(&t.path().join("cpu/cgroup.procs"));
     let e = Cgroups::detect(t.path(), "dms").unwrap_err();
     assert!(matches!(e, CgroupError::NoHierarchy(_)), "{e}");
 }
@@ -155,12 +154,21 @@ fn v2_plan_writes_every_quota() {
         ("dms/d1/memory.low", "134217728"),
         ("dms/d1/memory.swap.max", "0"),
         ("dms/d1/pids.max", "64"),
-        ("dms/d1/io.max", "8:0 rbps=1000000 wbps=max riops=max wiops=100"),
+        (
+            "dms/d1/io.max",
+            "8:0 rbps=1000000 wbps=max riops=max wiops=100",
+        ),
         ("dms/d1/cpuset.cpus", "0"),
     ] {
-        assert!(w.contains(&(f.into(), v.into())), "missing {f} = {v} in {w:#?}");
+        assert!(
+            w.contains(&(f.into(), v.into())),
+            "missing {f} = {v} in {w:#?}"
+        );
     }
-    assert_eq!(cg.procs_files("d1"), vec![t.path().join("dms/d1/cgroup.procs")]);
+    assert_eq!(
+        cg.procs_files("d1"),
+        vec![t.path().join("dms/d1/cgroup.procs")]
+    );
 }
 
 #[test]

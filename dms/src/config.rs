@@ -1,0 +1,127 @@
+//! Daemon configuration: an embedded default, overridden by a TOML file, overridden by flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The default configuration, documented; `dmsd --print-config` shows the effective one.
+pub const DEFAULT_CONFIG: &str = r#"# dmsd configuration (all keys optional; these are the defaults)
+
+# Where the state database lives.
+state_dir = "/var/lib/dms"
+# Directory of VO policy files (*.toml), loaded as a whole.
+policy_dir = "/etc/dms/policies"
+# The private D-Bus (peer-to-peer) API socket; dmsctl talks to it.
+socket = "/run/dms/dms.sock"
+# Mode of that socket: everyone may connect; authorization is per call from SO_PEERCRED.
+socket_mode = 0o666
+# Mount point of the cgroup hierarchies.
+cgroup_root = "/sys/fs/cgroup"
+# The daemon's own subtree below each hierarchy; domains are created only under it.
+cgroup_subtree = "dms"
+# Members of this group (and root) may do everything.
+admin_group = "dmsadmin"
+# Also serve on the D-Bus system bus: "auto" (when a bus is running), "yes", "no".
+system_bus = "auto"
+# How long freezing may take before it is undone and reported.
+freeze_timeout_ms = 5000
+# How long a request waits for a busy domain before giving up.
+lock_timeout_ms = 10000
+"#;
+
+/// Effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Policy directory.
+    pub policy_dir: PathBuf,
+    /// Private API socket path.
+    pub socket: PathBuf,
+    /// Socket permission bits.
+    pub socket_mode: u32,
+    /// cgroup mount root.
+    pub cgroup_root: PathBuf,
+    /// The daemon's subtree name.
+    pub cgroup_subtree: String,
+    /// Admin group name.
+    pub admin_group: String,
+    /// System bus mode.
+    pub system_bus: SystemBus,
+    /// Freeze bound.
+    pub freeze_timeout_ms: u64,
+    /// Per-domain lock bound.
+    pub lock_timeout_ms: u64,
+}
+
+/// Whether to serve on the system bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemBus {
+    /// When a system bus is reachable.
+    Auto,
+    /// Always; failing to connect is fatal.
+    Yes,
+    /// Never.
+    No,
+}
+
+impl Config {
+    /// Loads the defaults overlaid with `path` (if given).
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let mut table: toml::Table = toml::from_str(DEFAULT_CONFIG).context("embedded default")?;
+        if let Some(p) = path {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            let over: toml::Table =
+                toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?;
+            for (k, v) in over {
+                table.insert(k, v);
+            }
+        }
+        let cfg: Config = table.try_into().with_context(|| {
+            format!(
+                "config {}",
+                path.map_or("(default)".into(), |p| p.display().to_string())
+            )
+        })?;
+        dms_policies::identity::validate_name("cgroup_subtree", &cfg.cgroup_subtree)
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// The freeze bound.
+    pub fn freeze_timeout(&self) -> Duration {
+        Duration::from_millis(self.freeze_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_file_overrides() {
+        let d = Config::load(None).unwrap();
+        assert_eq!(d.cgroup_subtree, "dms");
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            t.path(),
+            "cgroup_subtree = \"dms-x\"\nsystem_bus = \"no\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(t.path())).unwrap();
+        assert_eq!(c.cgroup_subtree, "dms-x");
+        assert_eq!(c.system_bus, SystemBus::No);
+        std::fs::write(t.path(), "cgroup_subtree = \"../x\"\n").unwrap();
+        let e = format!("{:#}", Config::load(Some(t.path())).unwrap_err());
+        assert!(e.contains("cgroup_subtree"), "{e}");
+        std::fs::write(t.path(), "sockett = \"/x\"\n").unwrap();
+        let e = format!("{:#}", Config::load(Some(t.path())).unwrap_err());
+        assert!(e.contains("sockett"), "{e}");
+    }
+}

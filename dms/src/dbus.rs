@@ -1,0 +1,289 @@
+//! The D-Bus adapter: a thin layer over [`Service`]. Served on the private peer-to-peer socket
+//! (caller from SO_PEERCRED) and on the system bus (caller from the bus driver). Structured
+//! values travel as JSON strings (documented in README "API").
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use zbus::message::Header;
+use zbus::{interface, Connection};
+
+use crate::service::{ApiError, Caller, EnsureRequest, ErrorKind, RunRequest, Service};
+
+/// Well-known bus name.
+pub const BUS_NAME: &str = "io.dms.Manager1";
+/// Object path.
+pub const OBJECT_PATH: &str = "/io/dms/Manager1";
+/// Interface name.
+pub const INTERFACE: &str = "io.dms.Manager1";
+
+/// D-Bus errors: `io.dms.Error.<Kind>`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "io.dms.Error")]
+pub enum DmsError {
+    /// Transport error.
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// See [`ErrorKind::InvalidArgument`].
+    InvalidArgument(String),
+    /// See [`ErrorKind::NotFound`].
+    NotFound(String),
+    /// See [`ErrorKind::PermissionDenied`].
+    PermissionDenied(String),
+    /// See [`ErrorKind::Conflict`].
+    Conflict(String),
+    /// See [`ErrorKind::Timeout`].
+    Timeout(String),
+    /// See [`ErrorKind::Failed`].
+    Failed(String),
+}
+
+impl From<ApiError> for DmsError {
+    fn from(e: ApiError) -> Self {
+        match e.kind {
+            ErrorKind::InvalidArgument => DmsError::InvalidArgument(e.message),
+            ErrorKind::NotFound => DmsError::NotFound(e.message),
+            ErrorKind::PermissionDenied => DmsError::PermissionDenied(e.message),
+            ErrorKind::Conflict => DmsError::Conflict(e.message),
+            ErrorKind::Timeout => DmsError::Timeout(e.message),
+            ErrorKind::Failed => DmsError::Failed(e.message),
+        }
+    }
+}
+
+/// How the caller of a connection is identified.
+#[derive(Debug, Clone)]
+pub enum PeerAuth {
+    /// A peer-to-peer connection: one peer, credentials taken at accept time.
+    Fixed(Caller),
+    /// A bus connection: ask the bus driver about each sender.
+    Bus,
+}
+
+/// The exported object.
+#[derive(Debug)]
+pub struct Api {
+    svc: Arc<Service>,
+    auth: PeerAuth,
+}
+
+impl Api {
+    /// An object for one connection.
+    pub fn new(svc: Arc<Service>, auth: PeerAuth) -> Self {
+        Self { svc, auth }
+    }
+
+    async fn caller(&self, hdr: &Header<'_>, conn: &Connection) -> Result<Caller, DmsError> {
+        match &self.auth {
+            PeerAuth::Fixed(c) => Ok(c.clone()),
+            PeerAuth::Bus => {
+                let sender = hdr
+                    .sender()
+                    .ok_or_else(|| DmsError::PermissionDenied("message without sender".into()))?;
+                let proxy = zbus::fdo::DBusProxy::new(conn).await?;
+                let creds = proxy
+                    .get_connection_credentials(sender.clone().into())
+                    .await
+                    .map_err(|e| DmsError::Failed(format!("credentials of {sender}: {e}")))?;
+                let uid = creds
+                    .unix_user_id()
+                    .ok_or_else(|| DmsError::PermissionDenied("caller uid unknown".into()))?;
+                let mut gids = creds.unix_group_ids().cloned().unwrap_or_default();
+                if gids.is_empty() {
+                    gids = Caller::from_pid(uid, u32::MAX, creds.process_id()).gids;
+                }
+                Ok(Caller { uid, gids })
+            }
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Service) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, DmsError> {
+        let svc = Arc::clone(&self.svc);
+        tokio::task::spawn_blocking(move || f(&svc))
+            .await
+            .map_err(|e| DmsError::Failed(format!("internal error: {e}")))?
+            .map_err(DmsError::from)
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, DmsError> {
+    serde_json::to_string(v).map_err(|e| DmsError::Failed(e.to_string()))
+}
+
+#[interface(name = "io.dms.Manager1")]
+impl Api {
+    /// Creates the domain for an identity per policy, or returns the existing one (JSON).
+    async fn ensure_domain(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        user: String,
+        vo: String,
+        fqan: String,
+        job: String,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let req = EnsureRequest {
+            user,
+            vo,
+            fqan: Some(fqan),
+            job: Some(job),
+        };
+        let d = self.blocking(move |s| s.ensure(&c, &req)).await?;
+        json(&d)
+    }
+
+    /// One domain with live usage (JSON).
+    async fn get_domain(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let v = self.blocking(move |s| s.get(&c, &name)).await?;
+        json(&v)
+    }
+
+    /// Domains visible to the caller (JSON array).
+    async fn list_domains(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let v = self.blocking(move |s| Ok(s.list(&c))).await?;
+        json(&v)
+    }
+
+    /// Kills a domain's processes and removes it.
+    async fn destroy_domain(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<(), DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        self.blocking(move |s| s.destroy(&c, &name)).await
+    }
+
+    /// Freezes a domain; returns when every process is stopped.
+    async fn freeze_domain(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<(), DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        self.blocking(move |s| s.freeze(&c, &name)).await
+    }
+
+    /// Thaws a frozen domain.
+    async fn thaw_domain(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<(), DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        self.blocking(move |s| s.thaw(&c, &name)).await
+    }
+
+    /// Moves a process into a domain.
+    async fn attach_pid(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+        pid: i32,
+    ) -> Result<(), DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        self.blocking(move |s| s.attach(&c, &name, pid)).await
+    }
+
+    /// Runs a command in a domain. `stdio` holds 0 or 3 fds (stdin, stdout, stderr); with
+    /// `wait`, returns (pid, exit code or 128+signal), else (pid, -1) at once.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: String,
+        user: String,
+        stdio: Vec<zbus::OwnedFd>,
+        wait: bool,
+    ) -> Result<(i32, i32), DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        if !(stdio.is_empty() || stdio.len() == 3) {
+            return Err(DmsError::InvalidArgument(format!(
+                "stdio: {} fds given, expected 0 or 3",
+                stdio.len()
+            )));
+        }
+        let req = RunRequest {
+            name,
+            argv,
+            env,
+            cwd: Some(cwd),
+            user: Some(user),
+        };
+        let result = self
+            .blocking(move |s| {
+                let raw: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+                let child = s.run(&c, &req, &raw)?;
+                drop(stdio);
+                let pid = child.pid;
+                if !wait {
+                    return Ok((pid, -1));
+                }
+                let status = child.wait().map_err(|e| ApiError {
+                    kind: ErrorKind::Failed,
+                    message: e.to_string(),
+                })?;
+                Ok((pid, status.shell_code()))
+            })
+            .await?;
+        Ok(result)
+    }
+
+    /// Reloads the policy directory; on failure the previous policies stay in force.
+    async fn reload_policies(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        self.blocking(move |s| s.reload(&c)).await
+    }
+
+    /// Node and daemon status (JSON).
+    async fn status(&self) -> Result<String, DmsError> {
+        let v = self.blocking(|s| Ok(s.status())).await?;
+        json(&v)
+    }
+}
+
+/// Emits `StateChanged(name, old, new)` on a connection.
+pub async fn emit_state_changed(
+    conn: &Connection,
+    change: &crate::service::StateChange,
+) -> zbus::Result<()> {
+    conn.emit_signal(
+        None::<&str>,
+        OBJECT_PATH,
+        INTERFACE,
+        "StateChanged",
+        &(
+            change.name.as_str(),
+            change.old.as_str(),
+            change.new.as_str(),
+        ),
+    )
+    .await
+}

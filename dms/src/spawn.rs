@@ -1,0 +1,500 @@
+//! The spawner: a single-threaded zygote process forked before the tokio runtime starts. It is
+//! the only place that forks: children join a domain's cgroups, take the target credentials and
+//! exec, with no runtime threads around (see ARCHITECTURE.md §3).
+//!
+//! Protocol: a SOCK_SEQPACKET socketpair; each request is one JSON datagram with up to three fds
+//! (stdin, stdout, stderr) as SCM_RIGHTS; the zygote answers `Started`/`Failed` at once and sends
+//! `Exited` when it reaps the child.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// What to run and where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// Program and arguments; a program without `/` is looked up in the clean PATH.
+    pub argv: Vec<String>,
+    /// Environment (the caller builds a clean one).
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Target uid.
+    pub uid: u32,
+    /// Target primary gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// `cgroup.procs` files the child writes itself into before exec.
+    pub procs_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    id: u64,
+    req: SpawnRequest,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Started { id: u64, pid: i32 },
+    Failed { id: u64, error: String },
+    Exited { pid: i32, status: ExitStatus },
+}
+
+/// How a spawned process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// Normal exit with a code.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell convention: the code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Spawning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The zygote refused or the child failed before exec.
+    #[error("{0}")]
+    Failed(String),
+    /// The zygote is gone.
+    #[error("the spawner process is not available: {0}")]
+    Unavailable(String),
+}
+
+/// The daemon's handle on the zygote. Cheap to share; calls block the calling thread (callers
+/// on tokio use spawn_blocking).
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    sock: OwnedFd,
+    next_id: Mutex<u64>,
+    pending: Mutex<HashMap<u64, mpsc::Sender<Result<i32, String>>>>,
+    waiters: Mutex<HashMap<i32, mpsc::Sender<ExitStatus>>>,
+    /// Exits that arrived before anyone waited for them.
+    early_exits: Mutex<HashMap<i32, ExitStatus>>,
+}
+
+/// A started process; dropping it without waiting lets it run on (the zygote still reaps it).
+#[derive(Debug)]
+pub struct Child {
+    /// Its pid.
+    pub pid: i32,
+    exit: mpsc::Receiver<ExitStatus>,
+}
+
+impl Child {
+    /// Waits for the process to end.
+    pub fn wait(self) -> Result<ExitStatus, SpawnError> {
+        self.exit
+            .recv()
+            .map_err(|_| SpawnError::Unavailable("spawner exited".into()))
+    }
+}
+
+impl Spawner {
+    /// Forks the zygote. Must be called while the process is still single-threaded.
+    pub fn start() -> Result<Spawner, SpawnError> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| SpawnError::Unavailable(format!("socketpair: {e}")))?;
+        // SAFETY: documented precondition: the process is single-threaded here (called from
+        // main before any runtime or thread starts), so the child may run arbitrary code.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                drop(ours);
+                zygote_main(theirs)
+            }
+            Ok(ForkResult::Parent { .. }) => {
+                drop(theirs);
+                let inner = Arc::new(Inner {
+                    sock: ours,
+                    next_id: Mutex::new(1),
+                    pending: Mutex::new(HashMap::new()),
+                    waiters: Mutex::new(HashMap::new()),
+                    early_exits: Mutex::new(HashMap::new()),
+                });
+                let reader = Arc::clone(&inner);
+                std::thread::Builder::new()
+                    .name("spawner-reader".into())
+                    .spawn(move || reader_loop(&reader))
+                    .map_err(|e| SpawnError::Unavailable(format!("thread: {e}")))?;
+                Ok(Spawner { inner })
+            }
+            Err(e) => Err(SpawnError::Unavailable(format!("fork: {e}"))),
+        }
+    }
+
+    /// Starts a process; `stdio` fds (if any) become its stdin, stdout, stderr.
+    pub fn spawn(&self, req: &SpawnRequest, stdio: &[RawFd]) -> Result<Child, SpawnError> {
+        let id = {
+            let mut n = self.inner.next_id.lock();
+            *n += 1;
+            *n
+        };
+        let (tx, rx) = mpsc::channel();
+        self.inner.pending.lock().insert(id, tx);
+        let msg = serde_json::to_vec(&Envelope {
+            id,
+            req: req.clone(),
+        })
+        .map_err(|e| SpawnError::Failed(e.to_string()))?;
+        let cmsg = [ControlMessage::ScmRights(stdio)];
+        let cmsgs: &[ControlMessage] = if stdio.is_empty() { &[] } else { &cmsg };
+        if let Err(e) = sendmsg::<()>(
+            self.inner.sock.as_raw_fd(),
+            &[IoSlice::new(&msg)],
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        ) {
+            self.inner.pending.lock().remove(&id);
+            return Err(SpawnError::Unavailable(format!("send: {e}")));
+        }
+        let pid = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(pid)) => pid,
+            Ok(Err(e)) => return Err(SpawnError::Failed(e)),
+            Err(_) => {
+                self.inner.pending.lock().remove(&id);
+                return Err(SpawnError::Unavailable("no answer within 10 s".into()));
+            }
+        };
+        let (etx, erx) = mpsc::channel();
+        // Same lock order as the reader (waiters, then early_exits), so an exit that races
+        // with this registration lands in exactly one of the two maps.
+        let mut waiters = self.inner.waiters.lock();
+        if let Some(status) = self.inner.early_exits.lock().remove(&pid) {
+            let _ = etx.send(status);
+        } else {
+            waiters.insert(pid, etx);
+        }
+        drop(waiters);
+        Ok(Child { pid, exit: erx })
+    }
+}
+
+fn reader_loop(inner: &Inner) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match nix::sys::socket::recv(inner.sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        };
+        let Ok(reply) = serde_json::from_slice::<Reply>(&buf[..n]) else {
+            continue;
+        };
+        match reply {
+            Reply::Started { id, pid } => {
+                // Register before answering so an immediate exit finds its waiter or early slot.
+                if let Some(tx) = inner.pending.lock().remove(&id) {
+                    let _ = tx.send(Ok(pid));
+                }
+            }
+            Reply::Failed { id, error } => {
+                if let Some(tx) = inner.pending.lock().remove(&id) {
+                    let _ = tx.send(Err(error));
+                }
+            }
+            Reply::Exited { pid, status } => {
+                let mut waiters = inner.waiters.lock();
+                match waiters.remove(&pid) {
+                    Some(tx) => {
+                        let _ = tx.send(status);
+                    }
+                    None => {
+                        let mut early = inner.early_exits.lock();
+                        // Bound the map: exits nobody will wait for (detached runs) are dropped.
+                        if early.len() > 4096 {
+                            early.clear();
+                        }
+                        early.insert(pid, status);
+                    }
+                }
+            }
+        }
+    }
+    // Zygote gone: fail everyone waiting.
+    inner.pending.lock().clear();
+    inner.waiters.lock().clear();
+}
+
+fn zygote_main(sock: OwnedFd) -> ! {
+    // Die with the daemon.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let _ = nix::unistd::setsid();
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    let _ = mask.thread_block();
+    let Ok(sfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    else {
+        std::process::exit(1)
+    };
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            while let Ok(Some(_)) = sfd.read_signal() {}
+            reap(&sock);
+        }
+        if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0
+            && fds[0].revents & libc::POLLIN == 0
+        {
+            std::process::exit(0);
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut cmsg_buf = nix::cmsg_space!([RawFd; 3]);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let (n, fds_in) = match recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg_buf),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => {
+                    let mut got = Vec::new();
+                    if let Ok(cmsgs) = m.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmRights(fds) = c {
+                                // SAFETY: the kernel just installed these fds for us.
+                                got.extend(
+                                    fds.into_iter()
+                                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                                );
+                            }
+                        }
+                    }
+                    (m.bytes, got)
+                }
+                Err(_) => continue,
+            };
+            if n == 0 {
+                std::process::exit(0);
+            }
+            let reply = match serde_json::from_slice::<Envelope>(&buf[..n]) {
+                Ok(env) => match spawn_child(&env.req, &fds_in) {
+                    Ok(pid) => Reply::Started { id: env.id, pid },
+                    Err(error) => Reply::Failed { id: env.id, error },
+                },
+                Err(e) => Reply::Failed {
+                    id: 0,
+                    error: format!("bad request: {e}"),
+                },
+            };
+            drop(fds_in);
+            send_reply(&sock, &reply);
+        }
+    }
+}
+
+fn send_reply(sock: &OwnedFd, reply: &Reply) {
+    if let Ok(b) = serde_json::to_vec(reply) {
+        let _ = nix::sys::socket::send(sock.as_raw_fd(), &b, MsgFlags::empty());
+    }
+}
+
+fn reap(sock: &OwnedFd) {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => send_reply(
+                sock,
+                &Reply::Exited {
+                    pid: pid.as_raw(),
+                    status: ExitStatus::Code(code),
+                },
+            ),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => send_reply(
+                sock,
+                &Reply::Exited {
+                    pid: pid.as_raw(),
+                    status: ExitStatus::Signal(sig as i32),
+                },
+            ),
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn cstr(s: &str, what: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{what} {s:?} contains a NUL byte"))
+}
+
+/// Forks one child. Everything the child needs is prepared before fork so the child only makes
+/// syscalls; its pre-exec failure comes back through a CLOEXEC pipe.
+fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd]) -> Result<i32, String> {
+    if req.argv.is_empty() {
+        return Err("argv is empty".into());
+    }
+    let argv: Vec<CString> = req
+        .argv
+        .iter()
+        .map(|a| cstr(a, "argument"))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = req
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}"), "environment entry"))
+        .collect::<Result<_, _>>()?;
+    let path_dirs = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
+    let prog = &req.argv[0];
+    let candidates: Vec<CString> = if prog.contains('/') {
+        vec![cstr(prog, "program")?]
+    } else {
+        path_dirs
+            .iter()
+            .map(|d| cstr(&format!("{d}/{prog}"), "program"))
+            .collect::<Result<_, _>>()?
+    };
+    let procs: Vec<CString> = req
+        .procs_files
+        .iter()
+        .map(|p| cstr(&p.to_string_lossy(), "cgroup file"))
+        .collect::<Result<_, _>>()?;
+    let cwd = cstr(&req.cwd.to_string_lossy(), "working directory")?;
+    let groups: Vec<libc::gid_t> = req.groups.clone();
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let stdio_raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+
+    // SAFETY: the zygote is single-threaded, so the child may run any code; it still only
+    // makes direct syscalls before exec.
+    match unsafe { fork() } {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(rd);
+            let fail = |step: u8| -> ! {
+                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                let msg = [step, (errno & 0xff) as u8, ((errno >> 8) & 0xff) as u8];
+                // SAFETY: writing a local buffer to our own pipe fd, then exiting.
+                unsafe {
+                    libc::write(wr.as_raw_fd(), msg.as_ptr().cast(), 3);
+                    libc::_exit(127)
+                }
+            };
+            // SAFETY: every call below is a plain syscall wrapper on valid pointers owned by
+            // this frame (CStrings built before fork), in a single-threaded child.
+            unsafe {
+                let empty = SigSet::empty();
+                libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+                for (i, fd) in stdio_raw.iter().enumerate().take(3) {
+                    if libc::dup2(*fd, i as i32) < 0 {
+                        fail(1);
+                    }
+                }
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        fail(2);
+                    }
+                    libc::close(fd);
+                }
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                    fail(3);
+                }
+                if libc::setgid(req.gid) != 0 {
+                    fail(3);
+                }
+                if libc::setuid(req.uid) != 0 {
+                    fail(3);
+                }
+                if libc::chdir(cwd.as_ptr()) != 0 {
+                    fail(4);
+                }
+                let mut argv_p: Vec<*const libc::c_char> =
+                    argv.iter().map(|a| a.as_ptr()).collect();
+                argv_p.push(std::ptr::null());
+                let mut env_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+                env_p.push(std::ptr::null());
+                for c in &candidates {
+                    libc::execve(c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
+                }
+                fail(5)
+            }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(wr);
+            let mut msg = [0u8; 3];
+            let n = loop {
+                match nix::unistd::read(&rd, &mut msg) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other.unwrap_or(0),
+                }
+            };
+            if n == 0 {
+                return Ok(child.as_raw());
+            }
+            // The child already exited; reaping happens via SIGCHLD, but it must not be
+            // reported as an exit of a started process: reap it here.
+            let _ = waitpid(child, None);
+            let errno = nix::errno::Errno::from_raw(i32::from(msg[1]) | (i32::from(msg[2]) << 8));
+            let step = match msg[0] {
+                1 => "setting up stdin/stdout/stderr".to_string(),
+                2 => "joining the domain's cgroups".to_string(),
+                3 => format!("switching to uid {} gid {}", req.uid, req.gid),
+                4 => format!("changing to directory {}", req.cwd.display()),
+                _ => format!("executing {:?}", req.argv[0]),
+            };
+            Err(format!("{step}: {}", errno.desc()))
+        }
+    }
+}

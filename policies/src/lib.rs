@@ -1,0 +1,29 @@
+//! VO policy files and grid identities for DMS.
+//!
+//! Site admins describe, per VO, how members' work is confined: domain
+//! granularity, backend, cgroup quotas, priority and owner permissions, with
+//! group and role rules (matched on VOMS FQANs) overriding the VO defaults.
+//! [`PolicySet`] loads and validates those TOML files, reporting every
+//! problem with its file, line and column, and [`PolicySet::resolve`] gives
+//! the effective [`ResolvedRule`] for an identity.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod error;
+pub mod identity;
+pub mod model;
+mod policy;
+mod raw;
+pub mod units;
+
+pub use error::{PolicyError, PolicyErrors, ResolveError};
+pub use identity::{validate_name, Fqan, FqanError, NameError};
+pub use model::{
+    BackendKind, CpuQuota, CpuSet, Granularity, IdleAction, IdlePolicy, IoThrottle, MemoryQuota,
+    Permission, Priority, Quotas, ResolvedRule, UnknownVariant,
+};
+pub use policy::PolicySet;
+
+#[cfg(test)]
+mod tests;

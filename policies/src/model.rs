@@ -1,0 +1,339 @@
+//! Quota and rule types produced by policy resolution.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A string that is not one of an enum's names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{} is not a valid {what}; expected one of {}",
+    crate::identity::quote(value),
+    expected_list(expected)
+)]
+pub struct UnknownVariant {
+    /// What kind of value was expected, e.g. "granularity".
+    pub what: &'static str,
+    /// The rejected input.
+    pub value: String,
+    /// All accepted names.
+    pub expected: &'static [&'static str],
+}
+
+fn expected_list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Defines a unit-only enum with `as_str`, `FromStr`, `Display` and
+/// lowercase serde names, keeping the names in one place.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $what:literal,
+        { $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $(
+                $(#[$vmeta])*
+                $variant,
+            )+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            const NAMES: &'static [&'static str] = &[$($text),+];
+
+            /// The name used in policy files and serialized output.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownVariant;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownVariant { what: $what, value: s.to_owned(), expected: Self::NAMES }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// How many domains a VO's users get.
+    Granularity, "granularity", {
+        /// One domain shared by the whole VO.
+        Vo = "vo",
+        /// One domain per user (the default).
+        #[default]
+        User = "user",
+        /// One domain per job.
+        Job = "job",
+    }
+}
+
+named_enum! {
+    /// What runs a domain.
+    BackendKind, "backend", {
+        /// A cgroup-confined container (the default).
+        #[default]
+        Container = "container",
+        /// A libvirt virtual machine built from a template.
+        Libvirt = "libvirt",
+    }
+}
+
+named_enum! {
+    /// Scheduling class of a domain.
+    Priority, "priority", {
+        /// Ordinary work (the default).
+        #[default]
+        Normal = "normal",
+        /// Favoured work.
+        High = "high",
+        /// Work that may be stopped to make room.
+        Preemptible = "preemptible",
+    }
+}
+
+named_enum! {
+    /// What a domain's owner may do to it.
+    Permission, "permission", {
+        /// Suspend all processes.
+        #[default]
+        Freeze = "freeze",
+        /// Resume a frozen domain.
+        Thaw = "thaw",
+        /// Kill and remove the domain.
+        Destroy = "destroy",
+        /// Start new processes inside.
+        Exec = "exec",
+        /// Attach to the domain's console or processes.
+        Attach = "attach",
+    }
+}
+
+named_enum! {
+    /// What happens to an idle domain.
+    IdleAction, "idle action", {
+        /// Leave it alone (the default).
+        #[default]
+        Keep = "keep",
+        /// Freeze it.
+        Freeze = "freeze",
+        /// Save its state and stop it.
+        Save = "save",
+        /// Destroy it.
+        Destroy = "destroy",
+    }
+}
+
+/// The idle handling of a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct IdlePolicy {
+    /// What to do once idle long enough.
+    pub action: IdleAction,
+    /// How long the domain must be idle, in seconds.
+    pub after_secs: u64,
+}
+
+/// CPU bandwidth and share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct CpuQuota {
+    /// Hard limit in thousandths of a core (`cpu.max`).
+    pub limit_millicores: Option<u32>,
+    /// Relative share, 1..=10000 (`cpu.weight`).
+    pub weight: Option<u32>,
+}
+
+/// Memory limits, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct MemoryQuota {
+    /// Hard limit (`memory.max`).
+    pub limit_bytes: Option<u64>,
+    /// Reclaim threshold (`memory.high`).
+    pub soft_bytes: Option<u64>,
+    /// Swap limit (`memory.swap.max`).
+    pub swap_bytes: Option<u64>,
+}
+
+/// I/O throttling for one block device (`io.max`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IoThrottle {
+    /// `"MAJ:MIN"` or an absolute `/dev/...` path, as written in the policy.
+    pub device: String,
+    /// Read bandwidth, bytes per second.
+    pub read_bps: Option<u64>,
+    /// Write bandwidth, bytes per second.
+    pub write_bps: Option<u64>,
+    /// Read operations per second.
+    pub read_iops: Option<u64>,
+    /// Write operations per second.
+    pub write_iops: Option<u64>,
+}
+
+/// CPU and memory-node pinning (`cpuset.cpus`, `cpuset.mems`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CpuSet {
+    /// CPU list in kernel syntax, e.g. `"0-3,5"` (validated).
+    pub cpus: String,
+    /// Memory-node list in the same syntax.
+    pub mems: Option<String>,
+}
+
+/// All resource limits of a domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Quotas {
+    /// CPU limits.
+    pub cpu: CpuQuota,
+    /// Memory limits.
+    pub memory: MemoryQuota,
+    /// Maximum number of tasks (`pids.max`).
+    pub pids: Option<u64>,
+    /// Per-device I/O throttles.
+    pub io: Vec<IoThrottle>,
+    /// CPU pinning.
+    pub cpuset: Option<CpuSet>,
+}
+
+/// The owner permissions used when a policy does not say: freeze and thaw.
+pub fn default_owner_may() -> BTreeSet<Permission> {
+    [Permission::Freeze, Permission::Thaw].into_iter().collect()
+}
+
+/// The effective policy for one identity, after merging VO defaults with
+/// every matching group and role rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedRule {
+    /// The VO.
+    pub vo: String,
+    /// Canonical FQAN of the most specific rule that applied; `None` when
+    /// only the VO defaults applied.
+    pub matched_fqan: Option<String>,
+    /// Group path of the identity's FQAN, e.g. `/atlas/higgs`.
+    pub group: Option<String>,
+    /// Role of the identity's FQAN.
+    pub role: Option<String>,
+    /// How many domains the identity's work is split into.
+    pub granularity: Granularity,
+    /// What runs the domain.
+    pub backend: BackendKind,
+    /// libvirt template name (set exactly when `backend` is libvirt).
+    pub template: Option<String>,
+    /// Resource limits.
+    pub quotas: Quotas,
+    /// Scheduling class.
+    pub priority: Priority,
+    /// What the domain's owner may do.
+    pub owner_may: BTreeSet<Permission>,
+    /// Idle handling.
+    pub idle: IdlePolicy,
+    /// The policy file that defines the VO.
+    pub source: PathBuf,
+}
+
+impl ResolvedRule {
+    /// The rule that applies when a VO's policy sets nothing.
+    pub fn defaults(vo: &str, source: PathBuf) -> Self {
+        ResolvedRule {
+            vo: vo.to_owned(),
+            matched_fqan: None,
+            group: None,
+            role: None,
+            granularity: Granularity::default(),
+            backend: BackendKind::default(),
+            template: None,
+            quotas: Quotas::default(),
+            priority: Priority::default(),
+            owner_may: default_owner_may(),
+            idle: IdlePolicy::default(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_names_round_trip() {
+        for g in Granularity::ALL {
+            assert_eq!(g.as_str().parse::<Granularity>().unwrap(), *g);
+            assert_eq!(g.to_string(), g.as_str());
+        }
+        for p in Permission::ALL {
+            assert_eq!(p.as_str().parse::<Permission>().unwrap(), *p);
+        }
+        for p in Priority::ALL {
+            assert_eq!(p.as_str().parse::<Priority>().unwrap(), *p);
+        }
+        for b in BackendKind::ALL {
+            assert_eq!(b.as_str().parse::<BackendKind>().unwrap(), *b);
+        }
+        for a in IdleAction::ALL {
+            assert_eq!(a.as_str().parse::<IdleAction>().unwrap(), *a);
+        }
+        let err = "VO".parse::<Granularity>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#""VO" is not a valid granularity; expected one of "vo", "user", "job""#
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(Granularity::default(), Granularity::User);
+        assert_eq!(BackendKind::default(), BackendKind::Container);
+        assert_eq!(Priority::default(), Priority::Normal);
+        assert_eq!(IdleAction::default(), IdleAction::Keep);
+        let r = ResolvedRule::defaults("atlas", "x.toml".into());
+        assert_eq!(
+            r.owner_may,
+            [Permission::Freeze, Permission::Thaw].into_iter().collect()
+        );
+        assert_eq!(r.idle.after_secs, 0);
+    }
+
+    #[test]
+    fn serde_names_are_lowercase() {
+        #[derive(Serialize, Deserialize)]
+        struct W {
+            g: Granularity,
+            p: Priority,
+            b: BackendKind,
+        }
+        let text = toml::to_string(&W {
+            g: Granularity::Vo,
+            p: Priority::Preemptible,
+            b: BackendKind::Libvirt,
+        })
+        .unwrap();
+        assert!(text.contains("g = \"vo\""), "{text}");
+        assert!(text.contains("p = \"preemptible\""), "{text}");
+        assert!(text.contains("b = \"libvirt\""), "{text}");
+    }
+}

@@ -1,0 +1,1136 @@
+//! Tests of loading, validation and resolution.
+
+use super::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn parse(text: &str) -> Result<PolicySet, PolicyErrors> {
+    PolicySet::parse_str(Path::new("t.toml"), text)
+}
+
+fn errors(text: &str) -> Vec<PolicyError> {
+    match parse(text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+/// Asserts the text has exactly one error, at `line:col`, on `field` with
+/// `value`, whose message contains `msg`.
+#[track_caller]
+fn one(text: &str, line: usize, col: usize, field: &str, value: &str, msg: &str) {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{}", PolicyErrors(errs.clone()));
+    let e = &errs[0];
+    assert_eq!(
+        (e.line, e.column, e.field.as_str(), e.value.as_str()),
+        (line, col, field, value),
+        "{e}"
+    );
+    assert!(e.message.contains(msg), "{e}\nwanted message with: {msg}");
+    assert_eq!(e.file, Path::new("t.toml"));
+}
+
+/// A VO table with one setting line: the setting is on line 2.
+fn vo_with(line: &str) -> String {
+    format!("[vo.atlas]\n{line}\n")
+}
+
+fn fqan(s: &str) -> Fqan {
+    s.parse().unwrap()
+}
+
+fn perms(list: &[Permission]) -> BTreeSet<Permission> {
+    list.iter().copied().collect()
+}
+
+// ---------------------------------------------------------------- loading
+
+#[test]
+fn empty_file_is_empty_set() {
+    let set = parse("").unwrap();
+    assert!(set.vo_names().is_empty());
+    assert_eq!(set.files(), [PathBuf::from("t.toml")]);
+    let set = parse("# only a comment\n").unwrap();
+    assert!(set.vo_names().is_empty());
+}
+
+#[test]
+fn minimal_vo_gets_defaults() {
+    let set = parse("[vo.atlas]\n").unwrap();
+    let r = set.resolve("atlas", None).unwrap();
+    assert_eq!(r, ResolvedRule::defaults("atlas", "t.toml".into()));
+    assert_eq!(r.granularity, Granularity::User);
+    assert_eq!(r.backend, BackendKind::Container);
+    assert_eq!(r.priority, Priority::Normal);
+    assert_eq!(r.owner_may, perms(&[Permission::Freeze, Permission::Thaw]));
+    assert_eq!(r.idle, IdlePolicy::default());
+    assert_eq!(r.matched_fqan, None);
+    assert_eq!(r.group, None);
+}
+
+#[test]
+fn full_vo_parses() {
+    let text = r#"
+[vo.atlas]
+granularity = "job"
+backend     = "libvirt"
+template    = "el9-worker"
+cpu         = { limit = "4", weight = 100 }
+memory      = { limit = "8G", soft = "6G", swap = "512MiB" }
+pids        = 2048
+io          = [ { device = "8:0", read = "100M", write = "50M", read_iops = 1000, write_iops = 500 },
+                { device = "/dev/sdb", write_iops = 10 } ]
+cpuset      = { cpus = "0-1,3", mems = "0" }
+priority    = "high"
+owner_may   = ["freeze", "thaw", "exec", "attach", "destroy"]
+idle        = { action = "save", after = "2h" }
+"#;
+    let set = parse(text).unwrap();
+    let r = set.resolve("atlas", None).unwrap();
+    assert_eq!(r.granularity, Granularity::Job);
+    assert_eq!(r.backend, BackendKind::Libvirt);
+    assert_eq!(r.template.as_deref(), Some("el9-worker"));
+    assert_eq!(r.quotas.cpu.limit_millicores, Some(4000));
+    assert_eq!(r.quotas.cpu.weight, Some(100));
+    assert_eq!(r.quotas.memory.limit_bytes, Some(8 << 30));
+    assert_eq!(r.quotas.memory.soft_bytes, Some(6 << 30));
+    assert_eq!(r.quotas.memory.swap_bytes, Some(512 << 20));
+    assert_eq!(r.quotas.pids, Some(2048));
+    assert_eq!(
+        r.quotas.io,
+        vec![
+            IoThrottle {
+                device: "8:0".into(),
+                read_bps: Some(100 << 20),
+                write_bps: Some(50 << 20),
+                read_iops: Some(1000),
+                write_iops: Some(500),
+            },
+            IoThrottle {
+                device: "/dev/sdb".into(),
+                read_bps: None,
+                write_bps: None,
+                read_iops: None,
+                write_iops: Some(10),
+            },
+        ]
+    );
+    assert_eq!(
+        r.quotas.cpuset,
+        Some(CpuSet {
+            cpus: "0-1,3".into(),
+            mems: Some("0".into())
+        })
+    );
+    assert_eq!(r.priority, Priority::High);
+    assert_eq!(r.owner_may.len(), 5);
+    assert_eq!(
+        r.idle,
+        IdlePolicy {
+            action: IdleAction::Save,
+            after_secs: 7200
+        }
+    );
+}
+
+#[test]
+fn numeric_forms() {
+    let set = parse(
+        "[vo.a]\ncpu = { limit = 2 }\nmemory = { limit = 8388608 }\nidle = { after = 90 }\n\
+         [vo.b]\ncpu = { limit = 0.25 }\n[vo.c]\ncpu = { limit = \"250%\" }\n",
+    )
+    .unwrap();
+    let a = set.resolve("a", None).unwrap();
+    assert_eq!(a.quotas.cpu.limit_millicores, Some(2000));
+    assert_eq!(a.quotas.memory.limit_bytes, Some(8 << 20));
+    assert_eq!(a.idle.after_secs, 90);
+    let b = set.resolve("b", None).unwrap();
+    assert_eq!(b.quotas.cpu.limit_millicores, Some(250));
+    let c = set.resolve("c", None).unwrap();
+    assert_eq!(c.quotas.cpu.limit_millicores, Some(2500));
+    assert_eq!(set.vo_names(), ["a", "b", "c"]);
+}
+
+#[test]
+fn examples_load_cleanly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let set = PolicySet::load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(set.vo_names(), ["atlas", "cms", "dteam"]);
+    assert_eq!(set.files().len(), 3);
+
+    let atlas = set.resolve("atlas", None).unwrap();
+    assert!(atlas.source.ends_with("atlas.toml"));
+    let prod = set
+        .resolve("atlas", Some(&fqan("/atlas/Role=production")))
+        .unwrap();
+    assert_eq!(prod.priority, Priority::High);
+    assert_eq!(prod.quotas.memory.limit_bytes, Some(2 << 30));
+    assert_eq!(
+        prod.quotas.memory.soft_bytes,
+        atlas.quotas.memory.soft_bytes
+    );
+
+    let cms = set.resolve("cms", None).unwrap();
+    assert_eq!(cms.granularity, Granularity::Vo);
+    assert_eq!(cms.quotas.cpu.limit_millicores, Some(1500));
+    let pilot = set.resolve("cms", Some(&fqan("/cms/Role=pilot"))).unwrap();
+    assert_eq!(pilot.granularity, Granularity::Job);
+    assert_eq!(pilot.priority, Priority::Preemptible);
+    assert_eq!(pilot.matched_fqan.as_deref(), Some("/cms/Role=pilot"));
+    assert_eq!(pilot.quotas.memory, cms.quotas.memory);
+
+    let dteam = set.resolve("dteam", None).unwrap();
+    assert_eq!(dteam.quotas.cpu.limit_millicores, Some(500));
+    assert_eq!(dteam.quotas.memory.limit_bytes, Some(256 << 20));
+    assert_eq!(dteam.quotas.pids, Some(256));
+    assert!(dteam.owner_may.contains(&Permission::Destroy));
+
+    // The examples respect the limits promised to the test machines.
+    for vo in set.vo_names() {
+        let r = set.resolve(vo, None).unwrap();
+        assert!(r.quotas.cpu.limit_millicores.unwrap_or(0) <= 2000);
+        assert!(r.quotas.memory.limit_bytes.unwrap_or(0) <= 2 << 30);
+        assert!(r.quotas.io.is_empty());
+    }
+}
+
+// ------------------------------------------------------- validation errors
+
+#[test]
+fn syntax_error_has_position() {
+    let errs = errors("[vo.atlas]\npids = \n");
+    assert_eq!(errs.len(), 1);
+    let e = &errs[0];
+    assert_eq!((e.line, e.field.as_str(), e.value.as_str()), (2, "", ""));
+    assert!(e.to_string().starts_with("t.toml:2:"), "{e}");
+
+    let errs = errors("[vo.atlas\n");
+    assert_eq!((errs[0].line, errs[0].column), (1, 10));
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let e = &errors("[vo.atlas]\npool = 3\n")[0];
+    assert_eq!((e.line, e.column), (2, 1));
+    assert!(e.message.contains("unknown field `pool`"), "{e}");
+    let e = &errors("[vo.atlas]\nnetwork = \"x\"\n")[0];
+    assert!(e.message.contains("unknown field `network`"), "{e}");
+    let e = &errors("[vo.atlas]\ncpu = { limit = \"1\", shares = 3 }\n")[0];
+    assert_eq!((e.line, e.column), (2, 22));
+    assert!(e.message.contains("unknown field `shares`"), "{e}");
+    let e = &errors("[vo.atlas]\n[[vo.atlas.role]]\nfqan = \"/atlas/Role=x\"\nrole = []\n")[0];
+    assert_eq!(e.line, 4);
+    assert!(e.message.contains("unknown field `role`"), "{e}");
+    let e = &errors("[volume]\n")[0];
+    assert!(e.message.contains("unknown field `volume`"), "{e}");
+    // A table where a value belongs names what was expected.
+    let e = &errors("[vo.atlas]\ncpu = 3\n")[0];
+    assert_eq!((e.line, e.column), (2, 7));
+    assert!(e.message.contains("a table like { limit"), "{e}");
+}
+
+#[test]
+fn bad_vo_name() {
+    one(
+        "[vo.\"a b\"]\n",
+        1,
+        5,
+        "vo.\"a b\"",
+        "\"a b\"",
+        "character ' '",
+    );
+    one("[vo.-x]\n", 1, 5, "vo.-x", "-x", "must not start with '-'");
+}
+
+#[test]
+fn enum_errors() {
+    one(
+        &vo_with("granularity = \"users\""),
+        2,
+        15,
+        "vo.atlas.granularity",
+        "\"users\"",
+        "expected one of \"vo\", \"user\", \"job\"",
+    );
+    one(
+        &vo_with("granularity = 1"),
+        2,
+        15,
+        "vo.atlas.granularity",
+        "1",
+        "expected a string, one of \"vo\", \"user\", \"job\", found an integer",
+    );
+    one(
+        &vo_with("backend = \"docker\""),
+        2,
+        11,
+        "vo.atlas.backend",
+        "\"docker\"",
+        "expected one of \"container\", \"libvirt\"",
+    );
+    one(
+        &vo_with("priority = \"urgent\""),
+        2,
+        12,
+        "vo.atlas.priority",
+        "\"urgent\"",
+        "\"preemptible\"",
+    );
+    one(
+        &vo_with("owner_may = [\"freeze\", \"kill\"]"),
+        2,
+        24,
+        "vo.atlas.owner_may[1]",
+        "\"kill\"",
+        "expected one of \"freeze\"",
+    );
+    one(
+        &vo_with("idle = { action = \"sleep\" }"),
+        2,
+        19,
+        "vo.atlas.idle.action",
+        "\"sleep\"",
+        "\"keep\"",
+    );
+}
+
+#[test]
+fn cpu_errors() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "\"abc\"",
+            "expected cores (\"4\", \"0.5\") or a percentage (\"250%\")",
+        ),
+        ("\"0\"", "must be greater than 0"),
+        ("0", "must be greater than 0"),
+        ("-1", "must be greater than 0"),
+        ("0.0", "must be greater than 0"),
+        ("\"0%\"", "must be greater than 0"),
+        ("\"0.0001\"", "below 1 millicore"),
+        ("0.0001", "below 1 millicore"),
+        ("\"4097\"", "above the maximum of 4096 cores"),
+        ("5000", "above the maximum of 4096 cores"),
+        ("\"409700%\"", "above the maximum of 4096 cores"),
+        ("true", "expected cores"),
+        ("\"1.5 \"", "expected cores"),
+    ];
+    for (value, msg) in cases {
+        one(
+            &vo_with(&format!("cpu = {{ limit = {value} }}")),
+            2,
+            17,
+            "vo.atlas.cpu.limit",
+            value,
+            msg,
+        );
+    }
+    one(
+        &vo_with("cpu = { weight = 0 }"),
+        2,
+        18,
+        "vo.atlas.cpu.weight",
+        "0",
+        "must be between 1 and 10000",
+    );
+    one(
+        &vo_with("cpu = { weight = 10001 }"),
+        2,
+        18,
+        "vo.atlas.cpu.weight",
+        "10001",
+        "must be between 1 and 10000",
+    );
+    one(
+        &vo_with("cpu = { weight = \"100\" }"),
+        2,
+        18,
+        "vo.atlas.cpu.weight",
+        "\"100\"",
+        "expected an integer, found a string",
+    );
+}
+
+#[test]
+fn memory_errors() {
+    one(
+        &vo_with("memory = { limit = \"1M\" }"),
+        2,
+        20,
+        "vo.atlas.memory.limit",
+        "\"1M\"",
+        "below the minimum of 4M",
+    );
+    one(
+        &vo_with("memory = { limit = \"8X\" }"),
+        2,
+        20,
+        "vo.atlas.memory.limit",
+        "\"8X\"",
+        "expected a size in bytes or with a K/M/G/T suffix",
+    );
+    one(
+        &vo_with("memory = { limit = -5 }"),
+        2,
+        20,
+        "vo.atlas.memory.limit",
+        "-5",
+        "must not be negative",
+    );
+    one(
+        &vo_with("memory = { limit = 1.5 }"),
+        2,
+        20,
+        "vo.atlas.memory.limit",
+        "1.5",
+        "found a float",
+    );
+    one(
+        &vo_with("memory = { soft = \"1K\" }"),
+        2,
+        19,
+        "vo.atlas.memory.soft",
+        "\"1K\"",
+        "below the minimum of 4M",
+    );
+    one(
+        &vo_with("memory = { swap = \"1025T\" }"),
+        2,
+        19,
+        "vo.atlas.memory.swap",
+        "\"1025T\"",
+        "above the maximum of 1024T (1 PiB)",
+    );
+    one(
+        &vo_with("memory = { limit = \"8G\", soft = \"10G\" }"),
+        2,
+        33,
+        "vo.atlas.memory.soft",
+        "\"10G\"",
+        "soft limit is above memory.limit (8G)",
+    );
+    // Exactly 1 PiB of swap and soft == limit are fine.
+    parse(&vo_with(
+        "memory = { limit = \"8G\", soft = \"8G\", swap = \"1024T\" }",
+    ))
+    .unwrap();
+}
+
+#[test]
+fn merged_soft_above_limit_is_reported_at_the_rule() {
+    // The role lowers the limit below the VO's soft limit.
+    let text = "[vo.atlas]\nmemory = { limit = \"8G\", soft = \"6G\" }\n\
+                [[vo.atlas.role]]\nfqan = \"/atlas/Role=prod\"\nmemory = { limit = \"4G\" }\n";
+    one(
+        text,
+        5,
+        20,
+        "vo.atlas.role[0].memory.limit",
+        "\"4G\"",
+        "limit is below memory.soft (6G)",
+    );
+    // The group raises soft above the VO's limit.
+    let text = "[vo.atlas]\nmemory = { limit = \"8G\" }\n\
+                [[vo.atlas.group]]\nfqan = \"/atlas/higgs\"\nmemory = { soft = \"10G\" }\n";
+    one(
+        text,
+        5,
+        19,
+        "vo.atlas.group[0].memory.soft",
+        "\"10G\"",
+        "soft limit is above memory.limit (8G)",
+    );
+    // A subgroup inherits its parent group's soft limit.
+    let text = "[vo.atlas]\n\
+                [[vo.atlas.group]]\nfqan = \"/atlas/higgs\"\nmemory = { soft = \"6G\" }\n\
+                [[vo.atlas.group]]\nfqan = \"/atlas/higgs/susy\"\nmemory = { limit = \"5G\" }\n";
+    one(
+        text,
+        7,
+        20,
+        "vo.atlas.group[1].memory.limit",
+        "\"5G\"",
+        "limit is below memory.soft (6G)",
+    );
+}
+
+#[test]
+fn pids_errors() {
+    for value in ["0", "4194305", "-1"] {
+        one(
+            &vo_with(&format!("pids = {value}")),
+            2,
+            8,
+            "vo.atlas.pids",
+            value,
+            "must be between 1 and 4194304",
+        );
+    }
+    parse(&vo_with("pids = 4194304")).unwrap();
+}
+
+#[test]
+fn io_errors() {
+    one(
+        &vo_with("io = [ { device = \"8:0\" } ]"),
+        2,
+        8,
+        "vo.atlas.io[0]",
+        "",
+        "at least one of read, write, read_iops or write_iops is required",
+    );
+    one(
+        &vo_with("io = [ { device = \"8:0\", read = 0 } ]"),
+        2,
+        33,
+        "vo.atlas.io[0].read",
+        "0",
+        "must be greater than 0",
+    );
+    one(
+        &vo_with("io = [ { device = \"8:0\", write = \"0M\" } ]"),
+        2,
+        34,
+        "vo.atlas.io[0].write",
+        "\"0M\"",
+        "must be greater than 0",
+    );
+    one(
+        &vo_with("io = [ { device = \"8:0\", write = \"fast\" } ]"),
+        2,
+        34,
+        "vo.atlas.io[0].write",
+        "\"fast\"",
+        "expected a size",
+    );
+    one(
+        &vo_with("io = [ { device = \"8:0\", read_iops = 0 } ]"),
+        2,
+        38,
+        "vo.atlas.io[0].read_iops",
+        "0",
+        "must be between 1 and",
+    );
+    for dev in [
+        "\"sda\"",
+        "\"8:\"",
+        "\"a:b\"",
+        "\"/dev/../etc\"",
+        "\"/dev/\"",
+        "\"/tmp/x\"",
+    ] {
+        one(
+            &vo_with(&format!("io = [ {{ device = {dev}, read = \"1M\" }} ]")),
+            2,
+            19,
+            "vo.atlas.io[0].device",
+            dev,
+            "expected \"MAJ:MIN\" (e.g. \"8:0\") or an absolute /dev path",
+        );
+    }
+    one(
+        &vo_with("io = [ { read = \"1M\" } ]"),
+        2,
+        8,
+        "vo.atlas.io[0]",
+        "",
+        "missing device",
+    );
+    one(
+        &vo_with(
+            "io = [ { device = \"8:0\", read = \"1M\" }, { device = \"8:0\", write = \"1M\" } ]",
+        ),
+        2,
+        52,
+        "vo.atlas.io[1].device",
+        "\"8:0\"",
+        "device listed twice",
+    );
+}
+
+#[test]
+fn cpuset_errors() {
+    for (value, msg) in [
+        ("\"3-1\"", "range \"3-1\" is backwards"),
+        ("\"8192\"", "CPU 8192 is out of range"),
+        ("\"a\"", "expected a CPU list like \"0-3,5\""),
+        ("\"\"", "expected a CPU list"),
+        ("0", "expected a string, found an integer"),
+    ] {
+        one(
+            &vo_with(&format!("cpuset = {{ cpus = {value} }}")),
+            2,
+            19,
+            "vo.atlas.cpuset.cpus",
+            value,
+            msg,
+        );
+    }
+    one(
+        &vo_with("cpuset = { cpus = \"0\", mems = \"1-0\" }"),
+        2,
+        31,
+        "vo.atlas.cpuset.mems",
+        "\"1-0\"",
+        "backwards",
+    );
+    one(
+        &vo_with("cpuset = { mems = \"0\" }"),
+        2,
+        10,
+        "vo.atlas.cpuset",
+        "",
+        "missing cpus",
+    );
+}
+
+#[test]
+fn idle_errors() {
+    one(
+        &vo_with("idle = { after = \"366d\" }"),
+        2,
+        18,
+        "vo.atlas.idle.after",
+        "\"366d\"",
+        "above the maximum of 365d",
+    );
+    one(
+        &vo_with("idle = { after = \"10 min\" }"),
+        2,
+        18,
+        "vo.atlas.idle.after",
+        "\"10 min\"",
+        "expected a duration in seconds or with an s/m/h/d suffix",
+    );
+    one(
+        &vo_with("idle = { after = -1 }"),
+        2,
+        18,
+        "vo.atlas.idle.after",
+        "-1",
+        "must not be negative",
+    );
+    parse(&vo_with("idle = { after = \"365d\" }")).unwrap();
+}
+
+#[test]
+fn backend_template_errors() {
+    one(
+        &vo_with("backend = \"libvirt\""),
+        2,
+        11,
+        "vo.atlas.backend",
+        "\"libvirt\"",
+        "backend \"libvirt\" requires template",
+    );
+    one(
+        &vo_with("template = \"el9\""),
+        2,
+        12,
+        "vo.atlas.template",
+        "\"el9\"",
+        "a template is only used with backend = \"libvirt\"",
+    );
+    one(
+        "[vo.atlas]\nbackend = \"libvirt\"\ntemplate = \"../x\"\n",
+        3,
+        12,
+        "vo.atlas.template",
+        "\"../x\"",
+        "character '/'",
+    );
+    // A role switching to libvirt must name a template.
+    let text = "[vo.atlas]\n[[vo.atlas.role]]\nfqan = \"/atlas/Role=vm\"\nbackend = \"libvirt\"\n";
+    one(
+        text,
+        4,
+        11,
+        "vo.atlas.role[0].backend",
+        "\"libvirt\"",
+        "requires template",
+    );
+    // ...and then it is fine, as is a role going back to containers.
+    let text = "[vo.atlas]\n[[vo.atlas.role]]\nfqan = \"/atlas/Role=vm\"\n\
+                backend = \"libvirt\"\ntemplate = \"el9\"\n";
+    let set = parse(text).unwrap();
+    let vm = set.resolve("atlas", Some(&fqan("/atlas/Role=vm"))).unwrap();
+    assert_eq!(vm.backend, BackendKind::Libvirt);
+    assert_eq!(vm.template.as_deref(), Some("el9"));
+    // A rule going back to containers under a libvirt VO inherits a template.
+    let text = "[vo.atlas]\nbackend = \"libvirt\"\ntemplate = \"el9\"\n\
+                [[vo.atlas.group]]\nfqan = \"/atlas/c\"\nbackend = \"container\"\n";
+    one(
+        text,
+        6,
+        11,
+        "vo.atlas.group[0].backend",
+        "\"container\"",
+        "template = \"el9\" is inherited",
+    );
+}
+
+#[test]
+fn rule_fqan_errors() {
+    let rule = |kind: &str, f: &str| format!("[vo.atlas]\n[[vo.atlas.{kind}]]\nfqan = {f}\n");
+    one(
+        &rule("group", "\"/cms/higgs\""),
+        3,
+        8,
+        "vo.atlas.group[0].fqan",
+        "\"/cms/higgs\"",
+        "the FQAN belongs to VO \"cms\", not \"atlas\"",
+    );
+    one(
+        &rule("group", "\"/atlas/Role=prod\""),
+        3,
+        8,
+        "vo.atlas.group[0].fqan",
+        "\"/atlas/Role=prod\"",
+        "a group rule must not have a Role; put role rules in [[vo.atlas.role]]",
+    );
+    one(
+        &rule("role", "\"/atlas/higgs\""),
+        3,
+        8,
+        "vo.atlas.role[0].fqan",
+        "\"/atlas/higgs\"",
+        "a role rule needs a Role",
+    );
+    one(
+        &rule("role", "\"/atlas/Role=NULL\""),
+        3,
+        8,
+        "vo.atlas.role[0].fqan",
+        "\"/atlas/Role=NULL\"",
+        "a role rule needs a Role",
+    );
+    one(
+        &rule("group", "\"/atlas//x\""),
+        3,
+        8,
+        "vo.atlas.group[0].fqan",
+        "\"/atlas//x\"",
+        "empty component",
+    );
+    one(
+        &rule("group", "\"/atlas/Capability=x\""),
+        3,
+        8,
+        "vo.atlas.group[0].fqan",
+        "\"/atlas/Capability=x\"",
+        "Capability is not supported",
+    );
+    one(
+        &rule("group", "7"),
+        3,
+        8,
+        "vo.atlas.group[0].fqan",
+        "7",
+        "expected a string, found an integer",
+    );
+    one(
+        "[vo.atlas]\n[[vo.atlas.group]]\npids = 5\n",
+        2,
+        1,
+        "vo.atlas.group[0]",
+        "",
+        "missing fqan",
+    );
+    // Duplicates, also when written differently.
+    let text = "[vo.atlas]\n[[vo.atlas.group]]\nfqan = \"/atlas/higgs\"\n\
+                [[vo.atlas.group]]\nfqan = \"/atlas/higgs/Role=NULL\"\n";
+    one(
+        text,
+        5,
+        8,
+        "vo.atlas.group[1].fqan",
+        "\"/atlas/higgs/Role=NULL\"",
+        "duplicate rule for /atlas/higgs: already defined by vo.atlas.group[0] (line 2)",
+    );
+}
+
+#[test]
+fn all_errors_are_collected_in_order() {
+    let text = r#"[vo.atlas]
+cpu = { limit = "abc", weight = 0 }
+pids = 0
+[[vo.atlas.role]]
+fqan = "/atlas/higgs"
+memory = { limit = "1" }
+[vo.cms]
+idle = { after = "1y" }
+"#;
+    let errs = errors(text);
+    let got: Vec<(usize, usize, &str)> = errs
+        .iter()
+        .map(|e| (e.line, e.column, e.field.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (2, 17, "vo.atlas.cpu.limit"),
+            (2, 33, "vo.atlas.cpu.weight"),
+            (3, 8, "vo.atlas.pids"),
+            (5, 8, "vo.atlas.role[0].fqan"),
+            (6, 20, "vo.atlas.role[0].memory.limit"),
+            (8, 18, "vo.cms.idle.after"),
+        ]
+    );
+    let shown = PolicyErrors(errs).to_string();
+    assert_eq!(shown.lines().count(), 6);
+    assert!(shown.starts_with(
+        "t.toml:2:17: vo.atlas.cpu.limit = \"abc\": expected cores (\"4\", \"0.5\") or a percentage (\"250%\")\n"
+    ));
+}
+
+#[test]
+fn columns_count_characters() {
+    // "é" is two bytes but one column.
+    one(
+        "[vo.atlas]\n# é\npids = 0 # é\n",
+        3,
+        8,
+        "vo.atlas.pids",
+        "0",
+        "between",
+    );
+    one(
+        "[vo.atlas]\nidle = { action = \"é\" }\n",
+        2,
+        19,
+        "vo.atlas.idle.action",
+        "\"é\"",
+        "expected one of",
+    );
+}
+
+// ---------------------------------------------------------- merge semantics
+
+const MERGE: &str = r#"
+[vo.atlas]
+granularity = "user"
+cpu      = { limit = "2", weight = 100 }
+memory   = { limit = "8G", soft = "6G", swap = "0" }
+pids     = 100
+io       = [ { device = "8:0", read = "10M" }, { device = "8:16", write = "5M" } ]
+cpuset   = { cpus = "0-1", mems = "0" }
+idle     = { action = "freeze", after = "10m" }
+
+[[vo.atlas.role]]
+fqan   = "/atlas/Role=production"
+memory = { limit = "16G" }
+cpu    = { weight = 500 }
+io     = [ { device = "8:32", read_iops = 10 } ]
+cpuset = { cpus = "1" }
+idle   = { after = "1h" }
+owner_may = []
+"#;
+
+#[test]
+fn rules_override_leaf_by_leaf() {
+    let set = parse(MERGE).unwrap();
+    let base = set.resolve("atlas", None).unwrap();
+    let r = set
+        .resolve("atlas", Some(&fqan("/atlas/Role=production")))
+        .unwrap();
+    assert_eq!(r.matched_fqan.as_deref(), Some("/atlas/Role=production"));
+    assert_eq!(r.group.as_deref(), Some("/atlas"));
+    assert_eq!(r.role.as_deref(), Some("production"));
+    // memory: limit replaced, soft and swap kept.
+    assert_eq!(
+        r.quotas.memory,
+        MemoryQuota {
+            limit_bytes: Some(16 << 30),
+            soft_bytes: Some(6 << 30),
+            swap_bytes: Some(0),
+        }
+    );
+    // cpu: weight replaced, limit kept.
+    assert_eq!(
+        r.quotas.cpu,
+        CpuQuota {
+            limit_millicores: Some(2000),
+            weight: Some(500)
+        }
+    );
+    // io and cpuset are replaced whole.
+    assert_eq!(r.quotas.io.len(), 1);
+    assert_eq!(r.quotas.io[0].device, "8:32");
+    assert_eq!(
+        r.quotas.cpuset,
+        Some(CpuSet {
+            cpus: "1".into(),
+            mems: None
+        })
+    );
+    // idle: after replaced, action kept.
+    assert_eq!(r.idle.action, IdleAction::Freeze);
+    assert_eq!(r.idle.after_secs, 3600);
+    // owner_may = [] means nothing, unlike leaving it out.
+    assert!(r.owner_may.is_empty());
+    assert_eq!(
+        base.owner_may,
+        perms(&[Permission::Freeze, Permission::Thaw])
+    );
+    // Untouched settings come from the VO.
+    assert_eq!(r.quotas.pids, Some(100));
+    assert_eq!(r.granularity, Granularity::User);
+    assert_eq!(base.quotas.io.len(), 2);
+}
+
+// --------------------------------------------------------------- resolution
+
+const SPECIFIC: &str = r#"
+[vo.atlas]
+pids = 1
+[[vo.atlas.group]]
+fqan = "/atlas"
+pids = 2
+priority = "high"
+[[vo.atlas.group]]
+fqan = "/atlas/higgs"
+pids = 4
+[[vo.atlas.group]]
+fqan = "/atlas/higgs/susy"
+pids = 6
+[[vo.atlas.role]]
+fqan = "/atlas/Role=prod"
+pids = 3
+granularity = "job"
+[[vo.atlas.role]]
+fqan = "/atlas/higgs/Role=prod"
+pids = 5
+cpu = { limit = "1" }
+"#;
+
+#[test]
+fn most_specific_rule_wins_field_by_field() {
+    let set = parse(SPECIFIC).unwrap();
+    let r = |f: Option<&str>| {
+        let f = f.map(fqan);
+        set.resolve("atlas", f.as_ref()).unwrap()
+    };
+
+    let none = r(None);
+    assert_eq!(
+        (none.quotas.pids, none.matched_fqan.clone()),
+        (Some(1), None)
+    );
+    assert_eq!(none.group, None);
+
+    let top = r(Some("/atlas"));
+    assert_eq!(top.quotas.pids, Some(2));
+    assert_eq!(top.matched_fqan.as_deref(), Some("/atlas"));
+    assert_eq!(top.group.as_deref(), Some("/atlas"));
+    assert_eq!(top.role, None);
+
+    // All five rules match; the susy group is the most specific.
+    let all = r(Some("/atlas/higgs/susy/Role=prod"));
+    assert_eq!(all.quotas.pids, Some(6));
+    assert_eq!(all.matched_fqan.as_deref(), Some("/atlas/higgs/susy"));
+    assert_eq!(all.priority, Priority::High); // from /atlas
+    assert_eq!(all.granularity, Granularity::Job); // from /atlas/Role=prod
+    assert_eq!(all.quotas.cpu.limit_millicores, Some(1000)); // from /atlas/higgs/Role=prod
+    assert_eq!(all.group.as_deref(), Some("/atlas/higgs/susy"));
+    assert_eq!(all.role.as_deref(), Some("prod"));
+
+    // A role rule beats a group rule of the same path.
+    let hp = r(Some("/atlas/higgs/Role=prod"));
+    assert_eq!(hp.quotas.pids, Some(5));
+    assert_eq!(hp.matched_fqan.as_deref(), Some("/atlas/higgs/Role=prod"));
+
+    // A longer group path beats a role on a shorter one.
+    let h = r(Some("/atlas/higgs/Role=other"));
+    assert_eq!(h.quotas.pids, Some(4));
+    assert_eq!(h.granularity, Granularity::User);
+    assert_eq!(h.role.as_deref(), Some("other"));
+
+    let p = r(Some("/atlas/Role=prod"));
+    assert_eq!(p.quotas.pids, Some(3));
+
+    // Prefixes are matched component by component.
+    let hx = r(Some("/atlas/higgsx"));
+    assert_eq!(hx.quotas.pids, Some(2));
+    assert_eq!(hx.matched_fqan.as_deref(), Some("/atlas"));
+}
+
+#[test]
+fn vo_defaults_only_when_no_rule_matches() {
+    let set =
+        parse("[vo.cms]\npids = 9\n[[vo.cms.group]]\nfqan = \"/cms/top\"\npids = 1\n").unwrap();
+    let r = set
+        .resolve("cms", Some(&fqan("/cms/other/Role=x")))
+        .unwrap();
+    assert_eq!(r.quotas.pids, Some(9));
+    assert_eq!(r.matched_fqan, None);
+    assert_eq!(r.group.as_deref(), Some("/cms/other"));
+    assert_eq!(r.role.as_deref(), Some("x"));
+    // Capabilities do not affect matching.
+    let r = set
+        .resolve("cms", Some(&fqan("/cms/top/Capability=c")))
+        .unwrap();
+    assert_eq!(r.quotas.pids, Some(1));
+}
+
+#[test]
+fn resolve_errors() {
+    let set = parse("[vo.atlas]\n[vo.cms]\n").unwrap();
+    let err = set.resolve("lhcb", None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown VO \"lhcb\" (policies define: atlas, cms)"
+    );
+    assert!(matches!(err, ResolveError::UnknownVo { ref vo, .. } if vo == "lhcb"));
+    let err = set.resolve("atlas", Some(&fqan("/cms/x"))).unwrap_err();
+    assert_eq!(
+        err,
+        ResolveError::FqanOfOtherVo {
+            vo: "atlas".into(),
+            fqan: "/cms/x".into()
+        }
+    );
+    let empty = parse("").unwrap();
+    assert_eq!(
+        empty.resolve("atlas", None).unwrap_err().to_string(),
+        "unknown VO \"atlas\" (policies define no VOs)"
+    );
+}
+
+#[test]
+fn sibling_rules_that_conflict_fail_at_resolution() {
+    // Each rule is fine alone; together soft (1536M) ends up above limit (1G).
+    let text = "[vo.atlas]\nmemory = { limit = \"2G\" }\n\
+                [[vo.atlas.group]]\nfqan = \"/atlas/higgs\"\nmemory = { soft = \"1536M\" }\n\
+                [[vo.atlas.role]]\nfqan = \"/atlas/Role=prod\"\nmemory = { limit = \"1G\" }\n";
+    let set = parse(text).unwrap();
+    let err = set
+        .resolve("atlas", Some(&fqan("/atlas/higgs/Role=prod")))
+        .unwrap_err();
+    assert!(matches!(err, ResolveError::Conflict { .. }));
+    assert!(
+        err.to_string()
+            .contains("memory.soft (1536M) is above memory.limit (1G)"),
+        "{err}"
+    );
+    set.resolve("atlas", Some(&fqan("/atlas/higgs"))).unwrap();
+    set.resolve("atlas", Some(&fqan("/atlas/Role=prod")))
+        .unwrap();
+}
+
+// ------------------------------------------------------- files and dirs
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn same_vo_in_two_files_names_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a.toml", "[vo.atlas]\npids = 1\n");
+    let b = write(dir.path(), "b.toml", "\n[vo.cms]\n[vo.atlas]\npids = 2\n");
+    let errs = PolicySet::load_files(&[a.clone(), b.clone()])
+        .unwrap_err()
+        .0;
+    assert_eq!(errs.len(), 1, "{}", PolicyErrors(errs.clone()));
+    let e = &errs[0];
+    assert_eq!(e.file, b);
+    assert_eq!((e.line, e.column, e.field.as_str()), (3, 5, "vo.atlas"));
+    assert_eq!(
+        e.message,
+        format!("VO \"atlas\" is already defined in {}:1:5", a.display())
+    );
+    assert!(e.to_string().contains(&a.display().to_string()));
+    assert!(e.to_string().contains(&b.display().to_string()));
+}
+
+#[test]
+fn load_files_reports_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a.toml", "[vo.atlas]\npids = 0\n");
+    let missing = dir.path().join("missing.toml");
+    let c = write(dir.path(), "c.toml", "[vo.cms]\npids = -1\n");
+    let errs = PolicySet::load_files(&[a.clone(), missing.clone(), c.clone()])
+        .unwrap_err()
+        .0;
+    assert_eq!(errs.len(), 3, "{}", PolicyErrors(errs.clone()));
+    assert_eq!(errs[0].file, a);
+    assert_eq!(errs[1].file, missing);
+    assert_eq!(errs[1].line, 0);
+    assert!(
+        errs[1].message.starts_with("cannot read file: "),
+        "{}",
+        errs[1]
+    );
+    assert!(errs[1]
+        .to_string()
+        .starts_with(&format!("{}: cannot read", missing.display())));
+    assert_eq!(errs[2].file, c);
+
+    let ok = PolicySet::load_files(std::slice::from_ref(&a));
+    assert!(ok.is_err());
+    let good = write(dir.path(), "good.toml", "[vo.atlas]\n");
+    let set = PolicySet::load_files(std::slice::from_ref(&good)).unwrap();
+    assert_eq!(set.files(), [good]);
+}
+
+#[test]
+fn load_dir_reads_toml_files_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "b.toml", "[vo.cms]\n");
+    write(dir.path(), "a.toml", "[vo.atlas]\n");
+    write(dir.path(), "z.toml", "");
+    // Ignored: dotfiles, other extensions, directories.
+    write(dir.path(), ".hidden.toml", "not toml at all [");
+    write(dir.path(), "notes.txt", "not toml at all [");
+    write(dir.path(), "a.toml.bak", "not toml at all [");
+    write(dir.path(), "toml", "not toml at all [");
+    std::fs::create_dir(dir.path().join("sub.toml")).unwrap();
+    let set = PolicySet::load_dir(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<_> = set
+        .files()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a.toml", "b.toml", "z.toml"]);
+    assert_eq!(set.vo_names(), ["atlas", "cms"]);
+    let atlas = set.resolve("atlas", None).unwrap();
+    assert_eq!(atlas.source, dir.path().join("a.toml"));
+}
+
+#[test]
+fn load_dir_edge_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = PolicySet::load_dir(dir.path()).unwrap();
+    assert!(set.vo_names().is_empty());
+    assert!(set.files().is_empty());
+
+    let missing = dir.path().join("nope");
+    let errs = PolicySet::load_dir(&missing).unwrap_err().0;
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].file, missing);
+    assert!(
+        errs[0]
+            .message
+            .starts_with("cannot read policy directory: "),
+        "{}",
+        errs[0]
+    );
+
+    write(dir.path(), "bad.toml", "[vo.atlas]\npids = 0\n");
+    let errs = PolicySet::load_dir(dir.path()).unwrap_err().0;
+    assert_eq!(errs[0].file, dir.path().join("bad.toml"));
+}
+
+#[test]
+fn resolved_rule_serializes() {
+    let set = parse(MERGE).unwrap();
+    let r = set
+        .resolve("atlas", Some(&fqan("/atlas/Role=production")))
+        .unwrap();
+    let text = toml::to_string(&r).unwrap();
+    assert!(text.contains("granularity = \"user\""), "{text}");
+    let back: ResolvedRule = toml::from_str(&text).unwrap();
+    assert_eq!(back, r);
+}
