@@ -2,6 +2,7 @@
 //! handler that the D-Bus, CLI and HTTP adapters share.
 
 pub mod cgroup;
+pub mod client;
 pub mod config;
 pub mod dbus;
 pub mod domain;

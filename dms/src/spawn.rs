@@ -414,7 +414,18 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd]) -> Result<i32, String> {
     let groups: Vec<libc::gid_t> = req.groups.clone();
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let stdio_raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+    // Without fds from the caller the child gets /dev/null, never the daemon's own stdio.
+    let devnull;
+    let stdio_raw: Vec<RawFd> = if stdio.is_empty() {
+        devnull = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| format!("/dev/null: {e}"))?;
+        vec![devnull.as_raw_fd(); 3]
+    } else {
+        stdio.iter().map(|f| f.as_raw_fd()).collect()
+    };
 
     // SAFETY: the zygote is single-threaded, so the child may run any code; it still only
     // makes direct syscalls before exec.

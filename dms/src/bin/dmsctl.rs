@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use dms::client::ManagerProxy;
 use dms::domain::Domain;
 use dms::service::{DomainView, ErrorKind, Status};
 use dms_policies::PolicySet;
@@ -127,34 +128,6 @@ enum PolicyCmd {
     Reload,
 }
 
-#[zbus::proxy(
-    interface = "io.dms.Manager1",
-    default_service = "io.dms.Manager1",
-    default_path = "/io/dms/Manager1"
-)]
-trait Manager {
-    fn ensure_domain(&self, user: &str, vo: &str, fqan: &str, job: &str) -> zbus::Result<String>;
-    fn get_domain(&self, name: &str) -> zbus::Result<String>;
-    fn list_domains(&self) -> zbus::Result<String>;
-    fn destroy_domain(&self, name: &str) -> zbus::Result<()>;
-    fn freeze_domain(&self, name: &str) -> zbus::Result<()>;
-    fn thaw_domain(&self, name: &str) -> zbus::Result<()>;
-    fn attach_pid(&self, name: &str, pid: i32) -> zbus::Result<()>;
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        name: &str,
-        argv: &[String],
-        env: &[(String, String)],
-        cwd: &str,
-        user: &str,
-        stdio: Vec<zbus::Fd<'_>>,
-        wait: bool,
-    ) -> zbus::Result<(i32, i32)>;
-    fn reload_policies(&self) -> zbus::Result<Vec<String>>;
-    fn status(&self) -> zbus::Result<String>;
-}
-
 struct Failure {
     code: u8,
     message: String,
@@ -213,27 +186,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn connect(socket: &PathBuf) -> Result<ManagerProxy<'static>, Failure> {
-    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        fail(
-            6,
-            format!(
-                "cannot reach dmsd at {}: {e} (is dmsd running? see --socket)",
-                socket.display()
-            ),
-        )
-    })?;
-    let conn = zbus::connection::Builder::unix_stream(stream)
-        .p2p()
-        .build()
-        .await
-        .map_err(|e| {
-            fail(
-                6,
-                format!("handshake with dmsd at {}: {e}", socket.display()),
-            )
-        })?;
-    ManagerProxy::new(&conn).await.map_err(Failure::from)
+async fn connect(socket: &std::path::Path) -> Result<ManagerProxy<'static>, Failure> {
+    dms::client::connect(socket).await.map_err(|e| fail(6, e))
 }
 
 fn print_json(s: &str) {
@@ -491,7 +445,12 @@ async fn domain(p: &ManagerProxy<'_>, cmd: DomainCmd, json: bool) -> Result<u8, 
             }
             use std::os::fd::AsFd;
             let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-            let fds = vec![i.as_fd().into(), o.as_fd().into(), e.as_fd().into()];
+            // A detached command must not hold this terminal (or a caller's pipes) open.
+            let fds = if no_wait {
+                Vec::new()
+            } else {
+                vec![i.as_fd().into(), o.as_fd().into(), e.as_fd().into()]
+            };
             let (pid, code) = p
                 .run(&name, &command, &vars, &cwd, &user, fds, !no_wait)
                 .await?;

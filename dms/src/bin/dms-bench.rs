@@ -1,0 +1,141 @@
+//! dms-bench: measures dmsd through its API (used by scripts/bench.sh, which prints the peers
+//! beside it). Prints `<name>\t<median_ms>\t<p90_ms>\t<n>` lines like bench/peers, plus
+//! `# key value` lines for the 1000-domain figures.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+/// dms-bench - benchmark dmsd's API against a running daemon (root).
+#[derive(Debug, Parser)]
+struct Args {
+    /// dmsd's socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// dmsd's pid (for its resident memory).
+    #[arg(long)]
+    dmsd_pid: u32,
+    /// VO whose policy gives per-job domains with cpu, memory and pids limits.
+    #[arg(long, default_value = "bench")]
+    vo: String,
+    /// Iterations for start and freeze.
+    #[arg(long, default_value_t = 200)]
+    n: usize,
+    /// Domains for the scale test.
+    #[arg(long, default_value_t = 1000)]
+    domains: usize,
+}
+
+fn stats(name: &str, mut v: Vec<f64>) {
+    v.sort_by(f64::total_cmp);
+    let med = v[v.len() / 2];
+    let p90 = v[v.len() * 9 / 10];
+    println!("{name}\t{med:.3}\t{p90:.3}\t{}", v.len());
+}
+
+fn meminfo(key: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let a = Args::parse();
+    let p = dms::client::connect(&a.socket)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let no_env: Vec<(String, String)> = Vec::new();
+    let t_argv = vec!["/bin/true".to_string()];
+
+    // 1. A /bin/true in a new limited domain, reaped, domain removed: create + run + destroy.
+    let mut v = Vec::with_capacity(a.n);
+    for i in 0..a.n + 5 {
+        let job = format!("s{i}");
+        let t = Instant::now();
+        let d: serde_json::Value =
+            serde_json::from_str(&p.ensure_domain("nobody", &a.vo, "", &job).await?)?;
+        let name = d["name"].as_str().context("name")?.to_string();
+        let (_, code) = p
+            .run(&name, &t_argv, &no_env, "/", "", Vec::new(), true)
+            .await?;
+        p.destroy_domain(&name).await?;
+        anyhow::ensure!(code == 0, "/bin/true exited {code}");
+        if i >= 5 {
+            v.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    stats("dms-start", v);
+
+    // 2. Freeze + thaw a domain of 100 processes.
+    let d: serde_json::Value =
+        serde_json::from_str(&p.ensure_domain("nobody", &a.vo, "", "freeze").await?)?;
+    let name = d["name"].as_str().context("name")?.to_string();
+    let sh = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        "i=1; while [ $i -lt 100 ]; do sleep 1000 & i=$((i+1)); done; wait".to_string(),
+    ];
+    p.run(&name, &sh, &no_env, "/", "", Vec::new(), false)
+        .await?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&p.get_domain(&name).await?)?;
+        if v["processes"].as_u64() == Some(100) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut v = Vec::with_capacity(a.n);
+    for _ in 0..a.n {
+        let t = Instant::now();
+        p.freeze_domain(&name).await?;
+        p.thaw_domain(&name).await?;
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    stats("dms-freeze-thaw", v);
+    p.destroy_domain(&name).await?;
+
+    // 3. 1000 domains.
+    let rss0 = rss_kb(a.dmsd_pid);
+    let kern0 = meminfo("Slab:") + meminfo("Percpu:");
+    let t = Instant::now();
+    let mut names = Vec::with_capacity(a.domains);
+    for i in 0..a.domains {
+        let d: serde_json::Value = serde_json::from_str(
+            &p.ensure_domain("nobody", &a.vo, "", &format!("m{i}"))
+                .await?,
+        )?;
+        names.push(d["name"].as_str().context("name")?.to_string());
+    }
+    let create_s = t.elapsed().as_secs_f64();
+    let rss1 = rss_kb(a.dmsd_pid);
+    let kern1 = meminfo("Slab:") + meminfo("Percpu:");
+    let t = Instant::now();
+    for n in &names {
+        p.destroy_domain(n).await?;
+    }
+    let destroy_s = t.elapsed().as_secs_f64();
+    println!("# domains {}", a.domains);
+    println!("# create_all_s {create_s:.2}");
+    println!("# destroy_all_s {destroy_s:.2}");
+    println!("# dmsd_rss_mb_before {:.1}", rss0 as f64 / 1024.0);
+    println!("# dmsd_rss_mb_with_domains {:.1}", rss1 as f64 / 1024.0);
+    println!(
+        "# kernel_kb_per_domain {:.1}",
+        kern1.saturating_sub(kern0) as f64 / a.domains as f64
+    );
+    Ok(())
+}

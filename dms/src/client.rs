@@ -1,0 +1,48 @@
+//! The client side of the D-Bus API, shared by dmsctl and the benchmarks.
+
+use std::path::Path;
+
+/// Proxy for `io.dms.Manager1` (see [`crate::dbus::Api`] for the semantics).
+#[zbus::proxy(
+    interface = "io.dms.Manager1",
+    default_service = "io.dms.Manager1",
+    default_path = "/io/dms/Manager1"
+)]
+pub trait Manager {
+    fn ensure_domain(&self, user: &str, vo: &str, fqan: &str, job: &str) -> zbus::Result<String>;
+    fn get_domain(&self, name: &str) -> zbus::Result<String>;
+    fn list_domains(&self) -> zbus::Result<String>;
+    fn destroy_domain(&self, name: &str) -> zbus::Result<()>;
+    fn freeze_domain(&self, name: &str) -> zbus::Result<()>;
+    fn thaw_domain(&self, name: &str) -> zbus::Result<()>;
+    fn attach_pid(&self, name: &str, pid: i32) -> zbus::Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        name: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: &str,
+        user: &str,
+        stdio: Vec<zbus::Fd<'_>>,
+        wait: bool,
+    ) -> zbus::Result<(i32, i32)>;
+    fn reload_policies(&self) -> zbus::Result<Vec<String>>;
+    fn status(&self) -> zbus::Result<String>;
+}
+
+/// Connects to dmsd's private socket (peer-to-peer D-Bus). The error says what to check.
+pub async fn connect(socket: &Path) -> Result<ManagerProxy<'static>, String> {
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach dmsd at {}: {e} (is dmsd running? see --socket)",
+            socket.display()
+        )
+    })?;
+    let conn = zbus::connection::Builder::unix_stream(stream)
+        .p2p()
+        .build()
+        .await
+        .map_err(|e| format!("handshake with dmsd at {}: {e}", socket.display()))?;
+    ManagerProxy::new(&conn).await.map_err(|e| e.to_string())
+}

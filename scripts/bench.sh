@@ -1,0 +1,47 @@
+#!/bin/bash
+# Benchmarks dmsd (release build) through its API beside the peers of ARCHITECTURE.md §6,
+# in one run, and prints medians and ratios.
+# usage: sudo scripts/bench.sh        env: N=200 iterations, DOMAINS=1000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
+scripts/deps.sh bench
+cargo build --release --bins 2>&1 | tail -1 >&2
+export N=${N:-200}
+W=$(mktemp -d /tmp/dms-bench-XXXXXX)
+sub=dms-bench-$$
+cleanup() {
+	[ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+	for d in /sys/fs/cgroup/*/"$sub" /sys/fs/cgroup/"$sub"; do
+		[ -d "$d" ] && { find "$d" -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null; rmdir "$d" 2>/dev/null; }
+	done
+	rm -rf "$W"
+}
+trap cleanup EXIT
+mkdir -p "$W/policies"
+cp bench/policy.toml "$W/policies/"
+target/release/dmsd --state-dir "$W/state" --policy-dir "$W/policies" --socket "$W/sock" \
+	--cgroup-subtree "$sub" --system-bus no 2>"$W/dmsd.log" &
+pid=$!
+for _ in $(seq 100); do [ -S "$W/sock" ] && break; sleep 0.1; done
+target/release/dms-bench --socket "$W/sock" --dmsd-pid "$pid" --n "$N" --domains "${DOMAINS:-1000}" >"$W/dms.out"
+bench/peers/run.sh all >"$W/peers.out"
+cat "$W/dms.out" "$W/peers.out" | awk -F'\t' '
+	/^#/ { split($0, a, " "); extra[a[2]] = a[3]; next }
+	{ med[$1] = $2; p90[$1] = $3 }
+	function row(name, base) {
+		if (!(name in med)) return
+		r = (med[name] != "NA" && med[base] > 0) ? sprintf("%.2fx", med[name] / med[base]) : "-"
+		printf "  %-20s %10s %10s   %s\n", name, med[name], p90[name], r
+	}
+	END {
+		print "start a limited /bin/true and reap it (median ms, p90 ms, ratio to dmsd):"
+		n = split("dms-start floor-start crun-start runc-start cgtools-start", s, " ")
+		for (i = 1; i <= n; i++) row(s[i], "dms-start")
+		print "freeze + thaw a domain of 100 processes (median ms, p90 ms, ratio to dmsd):"
+		n = split("dms-freeze-thaw floor-freeze-thaw crun-freeze-thaw runc-freeze-thaw", s, " ")
+		for (i = 1; i <= n; i++) row(s[i], "dms-freeze-thaw")
+		printf "%s domains: create all %s s, destroy all %s s; dmsd RSS %s MB before, %s MB with them; kernel %s kB per domain\n",
+			extra["domains"], extra["create_all_s"], extra["destroy_all_s"], extra["dmsd_rss_mb_before"],
+			extra["dmsd_rss_mb_with_domains"], extra["kernel_kb_per_domain"]
+	}'

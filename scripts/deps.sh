@@ -1,0 +1,26 @@
+#!/bin/bash
+# Installs the Debian packages DMS needs. usage: scripts/deps.sh run|test|bench
+# run:   build and run dmsd (a C compiler for the bundled SQLite)
+# test:  + QEMU, the Debian kernel, busybox and cpio for the cgroup v2 suite in a guest
+# bench: + crun, runc and libcgroup tools for the side-by-side peers
+set -euo pipefail
+pkgs=(gcc libc6-dev pkg-config procps)
+case "${1:-run}" in
+run) ;;
+test) pkgs+=(qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux) ;;
+bench) pkgs+=(crun runc cgroup-tools) ;;
+*) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
+esac
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "deps: installing ${missing[*]}" >&2
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+	echo "deps: cargo not found: install the Rust toolchain (rustup, Rust >= 1.85) first" >&2
+	exit 1
+fi

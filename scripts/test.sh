@@ -1,0 +1,22 @@
+#!/bin/bash
+# Every test: installs what the tests need, checks formatting and lints, runs the unit tests,
+# the root/kernel integration tests on this host's cgroups (v1 here), and the same integration
+# suite on cgroup v2 inside a QEMU guest booted for the purpose.
+# usage: sudo scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root (the integration tests create cgroups)" >&2; exit 1; }
+scripts/deps.sh test
+export DMS_REQUIRE_ROOT_TESTS=1
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== build"
+cargo build --workspace --bins
+echo "== unit and host integration tests (cgroup $( [ -e /sys/fs/cgroup/cgroup.controllers ] && echo v2 || echo v1 ))"
+cargo test --workspace -- --test-threads=2
+echo "== cgroup v2 integration tests in a QEMU guest"
+testbin=$(cargo test -p dms-integration --test root --no-run --message-format=json 2>/dev/null |
+	sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -x "$testbin" ] || { echo "test.sh: integration test binary not found" >&2; exit 1; }
+DMS_BIN_DIR=$PWD/target/debug tests/vm/run-v2.sh --timeout 1800 "$testbin" --test-threads=1

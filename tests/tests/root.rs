@@ -1,0 +1,598 @@
+//! Root/kernel integration tests: a real dmsd on the host's cgroups (v1 here, v2 when run
+//! inside the guest by `tests/vm/run-v2.sh`), driven through dmsctl.
+//!
+//! Gated by a predicate that prints why it skipped; with DMS_REQUIRE_ROOT_TESTS=1 (set by the
+//! project's test command and CI) a skip is a failure.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("DMS_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/debug")
+        .join(name)
+}
+
+/// Whether these tests can run here; prints why not.
+fn can_run() -> bool {
+    let why = if !nix::unistd::geteuid().is_root() {
+        Some("not root".to_string())
+    } else if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        && !Path::new("/sys/fs/cgroup/freezer").exists()
+    {
+        Some("no cgroup freezer (v1) or cgroup v2 hierarchy".into())
+    } else if !bin("dmsd").exists() {
+        Some(format!(
+            "{} not built (run cargo build first)",
+            bin("dmsd").display()
+        ))
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(w) => {
+            assert!(
+                std::env::var("DMS_REQUIRE_ROOT_TESTS").is_err(),
+                "root tests required but cannot run: {w}"
+            );
+            eprintln!("SKIPPED: {w}");
+            false
+        }
+    }
+}
+
+const POLICY: &str = r#"
+[vo.dmstest]
+granularity = "user"
+cpu = { limit = "50%" }
+memory = { limit = "64M" }
+pids = 32
+owner_may = ["freeze", "thaw"]
+
+[[vo.dmstest.role]]
+fqan = "/dmstest/Role=big"
+cpu = { limit = "1" }
+pids = 64
+"#;
+
+/// A dmsd with its own state, policies, socket and cgroup subtree; torn down on drop, also
+/// when the test fails.
+struct Daemon {
+    dir: PathBuf,
+    subtree: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(tag: &str) -> Daemon {
+        let base = std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into());
+        let dir = PathBuf::from(base).join(format!("dms-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        std::fs::write(dir.join("policies/dmstest.toml"), POLICY).unwrap();
+        let mut d = Daemon {
+            subtree: format!("dms-test-{tag}-{}", std::process::id()),
+            dir,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dmsd.log"))
+            .unwrap();
+        let child = Command::new(bin("dmsd"))
+            .args(["--state-dir", &self.dir.join("state").display().to_string()])
+            .args([
+                "--policy-dir",
+                &self.dir.join("policies").display().to_string(),
+            ])
+            .args(["--socket", &self.sock()])
+            .args(["--cgroup-subtree", &self.subtree, "--system-bus", "no"])
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.ctl(&["status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("dmsd did not come up; log:\n{}", self.log());
+    }
+
+    fn sock(&self) -> String {
+        self.dir.join("dms.sock").display().to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dmsd.log")).unwrap_or_default()
+    }
+
+    fn ctl_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
+        let mut c = Command::new(bin("dmsctl"));
+        c.arg("--socket")
+            .arg(self.sock())
+            .args(args)
+            .stdin(Stdio::null());
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            c.uid(uid).gid(uid);
+        }
+        c.output().unwrap()
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_as(None, args)
+    }
+
+    /// Runs dmsctl, asserts success, returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.ctl(args);
+        assert!(
+            o.status.success(),
+            "dmsctl {args:?} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    fn cpu_ns(&self, name: &str) -> u64 {
+        self.json(&["domain", "show", name])["usage"]["cpu_usage_ns"]
+            .as_u64()
+            .unwrap()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Destroy every domain through the API, stop the daemon, remove the subtree.
+        if self.child.is_some() {
+            let list = self.ctl(&["--json", "domain", "list"]);
+            if let Ok(v) = serde_json::from_slice::<Value>(&list.stdout) {
+                for d in v.as_array().into_iter().flatten() {
+                    let _ = self.ctl(&["domain", "destroy", d["name"].as_str().unwrap_or("")]);
+                }
+            }
+            if let Some(mut c) = self.child.take() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let _ = c.wait();
+            }
+        }
+        for root in [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/cpu",
+            "/sys/fs/cgroup/cpuacct",
+            "/sys/fs/cgroup/cpuset",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/freezer",
+            "/sys/fs/cgroup/blkio",
+            "/sys/fs/cgroup/pids",
+        ] {
+            let sub = Path::new(root).join(&self.subtree);
+            if let Ok(entries) = std::fs::read_dir(&sub) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&sub);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn cpu_limit_freeze_and_thaw() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("cpu");
+    let dom = d.json(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    let name = dom["name"].as_str().unwrap().to_string();
+    assert_eq!(name, "dmstest.nobody");
+    assert_eq!(dom["limits"]["cpu_millicores"], 500);
+    // Two busy loops: the limit, not one core, is what holds them.
+    d.ok(&[
+        "domain",
+        "run",
+        &name,
+        "--no-wait",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    d.ok(&[
+        "domain",
+        "run",
+        &name,
+        "--no-wait",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (c0, t0) = (d.cpu_ns(&name), Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let share = (d.cpu_ns(&name) - c0) as f64 / t0.elapsed().as_nanos() as f64;
+    eprintln!("cpu share under a 50% limit: {share:.3}");
+    assert!(
+        (0.45..=0.55).contains(&share),
+        "cpu share {share:.3} not 50% ±5%"
+    );
+
+    d.ok(&["domain", "freeze", &name]);
+    let frozen_state = d.json(&["domain", "show", &name]);
+    assert_eq!(frozen_state["state"], "frozen");
+    let c1 = d.cpu_ns(&name);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = d.cpu_ns(&name) - c1;
+    assert!(used < 1_000_000, "frozen domain used {used} ns of CPU");
+    // Already frozen: a clear conflict, exit status 5.
+    let o = d.ctl(&["domain", "freeze", &name]);
+    assert_eq!(o.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already frozen"));
+
+    d.ok(&["domain", "thaw", &name]);
+    let c2 = d.cpu_ns(&name);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        d.cpu_ns(&name) - c2 > 300_000_000,
+        "thawed domain did not resume"
+    );
+    d.ok(&["domain", "destroy", &name]);
+    assert!(
+        d.ok(&["domain", "list"]).lines().count() == 1,
+        "domain still listed"
+    );
+}
+
+#[test]
+fn memory_hog_is_oom_killed_inside_the_domain() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("mem");
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    // 200 MB in a shell variable against a 64M limit.
+    let o = d.ctl(&[
+        "domain",
+        "run",
+        "dmstest.nobody",
+        "--",
+        "sh",
+        "-c",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("survived"));
+    assert_ne!(o.status.code(), Some(0));
+    let v = d.json(&["domain", "show", "dmstest.nobody"]);
+    assert!(
+        v["usage"]["oom_kills"].as_u64().unwrap_or(0) >= 1,
+        "no OOM kill reported: {v}"
+    );
+    // The daemon and the domain are still fine.
+    assert_eq!(v["state"], "running");
+    d.ok(&["domain", "run", "dmstest.nobody", "--", "true"]);
+}
+
+#[test]
+fn fork_loop_stops_at_pids_max() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("pids");
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    d.ok(&[
+        "domain",
+        "run",
+        "dmstest.nobody",
+        "--no-wait",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done; wait",
+    ]);
+    wait_until("pids.max hits", Duration::from_secs(20), || {
+        d.json(&["domain", "show", "dmstest.nobody"])["usage"]["pids_limit_hits"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    let v = d.json(&["domain", "show", "dmstest.nobody"]);
+    let n = v["usage"]["pids_current"].as_u64().unwrap();
+    assert!(n <= 32, "{n} tasks in a domain with pids = 32");
+    d.ok(&["domain", "destroy", "dmstest.nobody"]);
+}
+
+#[test]
+fn kill9_and_restart_adopts_domains() {
+    if !can_run() {
+        return;
+    }
+    let mut d = Daemon::start("adopt");
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    d.ok(&[
+        "domain",
+        "create",
+        "--user",
+        "nobody",
+        "--fqan",
+        "/dmstest/Role=big",
+        "--vo",
+        "dmstest",
+    ]);
+    let pid: i32 = d
+        .ok(&[
+            "domain",
+            "run",
+            "dmstest.nobody",
+            "--no-wait",
+            "--",
+            "sleep",
+            "300",
+        ])
+        .trim()
+        .parse()
+        .unwrap();
+    d.ok(&["domain", "freeze", "dmstest.nobody"]);
+    d.kill9();
+    // While it is down: an orphan group appears under the subtree.
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let orphan_roots: Vec<PathBuf> = if v2 {
+        vec![PathBuf::from("/sys/fs/cgroup").join(&d.subtree)]
+    } else {
+        [
+            "cpu", "cpuacct", "memory", "freezer", "pids", "blkio", "cpuset",
+        ]
+        .iter()
+        .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&d.subtree))
+        .collect()
+    };
+    for r in &orphan_roots {
+        std::fs::create_dir(r.join("stray")).unwrap();
+    }
+    d.spawn();
+    let list = d.json(&["domain", "list"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"dmstest.nobody"), "{names:?}");
+    let v = d.json(&["domain", "show", "dmstest.nobody"]);
+    assert_eq!(v["state"], "frozen", "frozen state not adopted: {v}");
+    assert_eq!(v["processes"], 1);
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "process lost");
+    for r in &orphan_roots {
+        assert!(
+            !r.join("stray").exists(),
+            "orphan {} not removed",
+            r.display()
+        );
+    }
+    assert!(d.log().contains("removed_orphans"));
+    d.ok(&["domain", "thaw", "dmstest.nobody"]);
+    d.ok(&["domain", "destroy", "dmstest.nobody"]);
+    wait_until("process killed", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
+    });
+}
+
+#[test]
+fn authorization_from_caller_credentials() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("auth");
+    // A domain owned by "daemon" (uid 1); nobody is neither owner nor admin.
+    d.ok(&["domain", "create", "--user", "daemon", "--vo", "dmstest"]);
+    for op in ["freeze", "destroy"] {
+        let o = d.ctl_as(Some(NOBODY), &["domain", op, "dmstest.daemon"]);
+        assert_eq!(o.status.code(), Some(4), "{op} by nobody: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("permission denied") && err.contains("uid 65534"),
+            "{err}"
+        );
+    }
+    let o = d.ctl_as(
+        Some(NOBODY),
+        &["domain", "create", "--user", "nobody", "--vo", "dmstest"],
+    );
+    assert_eq!(o.status.code(), Some(4));
+    // The owner may freeze and thaw (policy owner_may) but not destroy.
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    assert!(d
+        .ctl_as(Some(NOBODY), &["domain", "freeze", "dmstest.nobody"])
+        .status
+        .success());
+    assert!(d
+        .ctl_as(Some(NOBODY), &["domain", "thaw", "dmstest.nobody"])
+        .status
+        .success());
+    assert_eq!(
+        d.ctl_as(Some(NOBODY), &["domain", "destroy", "dmstest.nobody"])
+            .status
+            .code(),
+        Some(4)
+    );
+    // Non-admins see only their own domains.
+    let o = d.ctl_as(Some(NOBODY), &["--json", "domain", "list"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_leaves_nothing() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("bad");
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["domain", "create", "--user", "nobody", "--vo", "nosuchvo"],
+            3,
+            "unknown VO",
+        ),
+        (
+            &["domain", "create", "--user", "no/body", "--vo", "dmstest"],
+            2,
+            "'/'",
+        ),
+        (
+            &["domain", "create", "--user", "..", "--vo", "dmstest"],
+            2,
+            "user",
+        ),
+        (
+            &["domain", "create", "--user", "nobody\nx", "--vo", "dmstest"],
+            2,
+            "\\n",
+        ),
+        (
+            &[
+                "domain",
+                "create",
+                "--user",
+                &"a".repeat(65),
+                "--vo",
+                "dmstest",
+            ],
+            2,
+            "64",
+        ),
+        (
+            &[
+                "domain",
+                "create",
+                "--user",
+                "nosuchuser",
+                "--vo",
+                "dmstest",
+            ],
+            3,
+            "no such account",
+        ),
+        (
+            &[
+                "domain",
+                "create",
+                "--user",
+                "nobody",
+                "--fqan",
+                "/dmstest//x",
+            ],
+            2,
+            "invalid FQAN",
+        ),
+        (
+            &[
+                "domain",
+                "create",
+                "--user",
+                "nobody",
+                "--fqan",
+                "/other/Role=x",
+                "--vo",
+                "dmstest",
+            ],
+            2,
+            "not in vo",
+        ),
+        (&["domain", "freeze", "nosuchdomain"], 3, "no domain"),
+        (&["domain", "freeze", "../etc"], 2, "domain name"),
+    ];
+    for (args, code, text) in cases {
+        let o = d.ctl(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {err}");
+        assert!(err.contains(text), "{args:?}: {err:?} lacks {text:?}");
+    }
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    let o = d.ctl(&["domain", "attach", "dmstest.nobody", "999999999"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    // A broken policy is refused by check and by reload; the old one stays in force.
+    std::fs::write(
+        d.dir.join("policies/broken.toml"),
+        "[vo.x]\ncpu = { limit = \"lots\" }\n",
+    )
+    .unwrap();
+    let o = d.ctl(&[
+        "policy",
+        "check",
+        &d.dir.join("policies").display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("broken.toml:2:"),
+        "{o:?}"
+    );
+    let o = d.ctl(&["policy", "reload"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("previous policies stay in force"));
+    std::fs::remove_file(d.dir.join("policies/broken.toml")).unwrap();
+    d.ok(&["domain", "create", "--user", "daemon", "--vo", "dmstest"]);
+    // Only the two good domains exist, in the store and as cgroups.
+    let list = d.json(&["domain", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup").join(&d.subtree)
+    } else {
+        PathBuf::from("/sys/fs/cgroup/freezer").join(&d.subtree)
+    };
+    let groups = std::fs::read_dir(base)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .count();
+    assert_eq!(groups, 2);
+}
