@@ -179,6 +179,8 @@ pub struct ContainerBackend {
     cgroups: Cgroups,
     spawner: Spawner,
     freeze_timeout: std::time::Duration,
+    /// Stat files opened once per domain and re-read with pread.
+    readers: parking_lot::Mutex<std::collections::HashMap<String, dms_accounting::UsageReader>>,
 }
 
 impl ContainerBackend {
@@ -188,6 +190,7 @@ impl ContainerBackend {
             cgroups,
             spawner,
             freeze_timeout,
+            readers: parking_lot::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -211,6 +214,7 @@ impl Backend for ContainerBackend {
     }
 
     fn destroy(&self, name: &str) -> Result<(), BackendError> {
+        self.readers.lock().remove(name);
         if !self.cgroups.exists(name) {
             return Ok(());
         }
@@ -248,7 +252,22 @@ impl Backend for ContainerBackend {
     }
 
     fn stats(&self, name: &str) -> Result<Usage, BackendError> {
-        Ok(self.cgroups.usage_reader(name)?.read()?)
+        let mut readers = self.readers.lock();
+        if !readers.contains_key(name) {
+            readers.insert(name.to_string(), self.cgroups.usage_reader(name)?);
+        }
+        let result = readers.get_mut(name).map(|r| r.read());
+        match result {
+            Some(Ok(u)) => Ok(u),
+            Some(Err(e)) => {
+                // A vanished or broken group: forget the open files, report the error.
+                readers.remove(name);
+                Err(e.into())
+            }
+            None => Err(BackendError::Unsupported(format!(
+                "no usage reader for {name:?}"
+            ))),
+        }
     }
 
     fn members(&self, name: &str) -> Result<Vec<i32>, BackendError> {
