@@ -7,7 +7,7 @@ set -euo pipefail
 pkgs=(gcc libc6-dev pkg-config procps)
 case "${1:-run}" in
 run) ;;
-test) pkgs+=(qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux) ;;
+test) pkgs+=(dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux) ;;
 bench) pkgs+=(crun runc cgroup-tools) ;;
 *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac

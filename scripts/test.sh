@@ -11,12 +11,13 @@ export DMS_REQUIRE_ROOT_TESTS=1
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== build"
+echo "== build (debug for the host suite, release for the emulated v2 guest)"
 cargo build --workspace --bins
+cargo build --release --bins
 echo "== unit and host integration tests (cgroup $( [ -e /sys/fs/cgroup/cgroup.controllers ] && echo v2 || echo v1 ))"
 cargo test --workspace -- --test-threads=2
 echo "== cgroup v2 integration tests in a QEMU guest"
 testbin=$(cargo test -p dms-integration --test root --no-run --message-format=json 2>/dev/null |
 	sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$testbin" ] || { echo "test.sh: integration test binary not found" >&2; exit 1; }
-DMS_BIN_DIR=$PWD/target/debug tests/vm/run-v2.sh --timeout 1800 "$testbin" --test-threads=1
+DMS_BIN_DIR=$PWD/target/release tests/vm/run-v2.sh --timeout 1800 "$testbin" --test-threads=1

@@ -29,20 +29,44 @@ pub trait Manager {
     ) -> zbus::Result<(i32, i32)>;
     fn reload_policies(&self) -> zbus::Result<Vec<String>>;
     fn status(&self) -> zbus::Result<String>;
+    /// Emitted on every domain state change; `new` is "destroyed" when a domain is removed.
+    #[zbus(signal)]
+    fn state_changed(&self, name: String, old: String, new: String) -> zbus::Result<()>;
 }
 
-/// Connects to dmsd's private socket (peer-to-peer D-Bus). The error says what to check.
-pub async fn connect(socket: &Path) -> Result<ManagerProxy<'static>, String> {
-    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot reach dmsd at {}: {e} (is dmsd running? see --socket)",
-            socket.display()
-        )
-    })?;
-    let conn = zbus::connection::Builder::unix_stream(stream)
-        .p2p()
-        .build()
-        .await
-        .map_err(|e| format!("handshake with dmsd at {}: {e}", socket.display()))?;
+/// Where to reach dmsd.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// The private socket (peer-to-peer D-Bus).
+    Socket(std::path::PathBuf),
+    /// The system bus (`DBUS_SYSTEM_BUS_ADDRESS` or the standard socket), name io.dms.Manager1.
+    SystemBus,
+}
+
+/// Connects to dmsd. The error says what to check.
+pub async fn connect(endpoint: &Endpoint) -> Result<ManagerProxy<'static>, String> {
+    let conn = match endpoint {
+        Endpoint::Socket(socket) => {
+            let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+                format!(
+                    "cannot reach dmsd at {}: {e} (is dmsd running? see --socket)",
+                    socket.display()
+                )
+            })?;
+            zbus::connection::Builder::unix_stream(stream)
+                .p2p()
+                .build()
+                .await
+                .map_err(|e| format!("handshake with dmsd at {}: {e}", socket.display()))?
+        }
+        Endpoint::SystemBus => zbus::Connection::system()
+            .await
+            .map_err(|e| format!("cannot reach the system bus: {e}"))?,
+    };
     ManagerProxy::new(&conn).await.map_err(|e| e.to_string())
+}
+
+/// Convenience for the private socket.
+pub async fn connect_socket(socket: &Path) -> Result<ManagerProxy<'static>, String> {
+    connect(&Endpoint::Socket(socket.to_path_buf())).await
 }

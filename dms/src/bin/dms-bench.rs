@@ -54,7 +54,7 @@ fn rss_kb(pid: u32) -> u64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    let p = dms::client::connect(&a.socket)
+    let p = dms::client::connect_socket(&a.socket)
         .await
         .map_err(anyhow::Error::msg)?;
     let no_env: Vec<(String, String)> = Vec::new();

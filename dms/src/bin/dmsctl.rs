@@ -28,6 +28,9 @@ struct Cli {
         default_value = "/run/dms/dms.sock"
     )]
     socket: PathBuf,
+    /// Talk to dmsd on the D-Bus system bus instead of the private socket.
+    #[arg(long, global = true)]
+    system_bus: bool,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -45,6 +48,8 @@ enum Cmd {
     Policy(PolicyCmd),
     /// Show node capacity, cgroup version, domain counts and the policies in force.
     Status,
+    /// Print domain state changes as they happen ("NAME OLD -> NEW"), until interrupted.
+    Monitor,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,8 +191,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn connect(socket: &std::path::Path) -> Result<ManagerProxy<'static>, Failure> {
-    dms::client::connect(socket).await.map_err(|e| fail(6, e))
+async fn connect(endpoint: &dms::client::Endpoint) -> Result<ManagerProxy<'static>, Failure> {
+    dms::client::connect(endpoint).await.map_err(|e| fail(6, e))
 }
 
 fn print_json(s: &str) {
@@ -292,6 +297,11 @@ fn print_domain(v: &DomainView) {
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
+    let endpoint = if cli.system_bus {
+        dms::client::Endpoint::SystemBus
+    } else {
+        dms::client::Endpoint::Socket(cli.socket.clone())
+    };
     match cli.cmd {
         Cmd::Policy(PolicyCmd::Check { paths }) => {
             let mut files = Vec::new();
@@ -325,7 +335,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
         }
         Cmd::Policy(PolicyCmd::Reload) => {
-            let p = connect(&cli.socket).await?;
+            let p = connect(&endpoint).await?;
             let notes = p.reload_policies().await?;
             if cli.json {
                 println!("{}", serde_json::json!({"ok": true, "changes": notes}));
@@ -338,7 +348,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Cmd::Status => {
-            let p = connect(&cli.socket).await?;
+            let p = connect(&endpoint).await?;
             let s = p.status().await?;
             if cli.json {
                 print_json(&s);
@@ -365,8 +375,38 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Cmd::Monitor => {
+            use futures_util::StreamExt;
+            let p = connect(&endpoint).await?;
+            let mut stream = p.receive_state_changed().await?;
+            // Tell a script reading our output that the subscription is in place.
+            if cli.json {
+                println!("{}", serde_json::json!({"monitoring": true}));
+            } else {
+                println!("monitoring domain state changes");
+            }
+            while let Some(sig) = stream.next().await {
+                let a = sig.args()?;
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"domain": a.name, "old": a.old, "new": a.new})
+                    );
+                } else {
+                    println!(
+                        "{} {} -> {}",
+                        a.name,
+                        if a.old.is_empty() { "-" } else { &a.old },
+                        a.new
+                    );
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }
+            Err(fail(6, "dmsd closed the connection"))
+        }
         Cmd::Domain(cmd) => {
-            let p = connect(&cli.socket).await?;
+            let p = connect(&endpoint).await?;
             domain(&p, cmd, cli.json).await
         }
     }

@@ -167,14 +167,19 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     // System bus (optional).
     let _bus = match cfg.system_bus {
         SystemBus::No => None,
-        mode => match serve_bus(&svc, &events).await {
-            Ok(c) => Some(c),
-            Err(e) if mode == SystemBus::Auto => {
-                tracing::info!("not on the system bus: {e:#}");
-                None
+        mode => {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), serve_bus(&svc, &events))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("system bus: no answer within 10 s")))
+            {
+                Ok(c) => Some(c),
+                Err(e) if mode == SystemBus::Auto => {
+                    tracing::info!("not on the system bus: {e:#}");
+                    None
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        },
+        }
     };
 
     // Private socket.

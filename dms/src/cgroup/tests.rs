@@ -206,3 +206,35 @@ fn v2_freezer_state_from_events() {
     fs::write(d.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
     assert_eq!(cg.freezer_state("d1").unwrap(), FreezerState::Frozen);
 }
+
+/// A freeze that never completes (a fault the kernel rarely produces on demand: tasks stuck in
+/// uninterruptible sleep) is bounded, thawed back and reported.
+#[test]
+fn v2_freeze_timeout_thaws_back() {
+    let t = v2_root("cpu memory pids");
+    let d = t.path().join("dms/d1");
+    fs::write(d.join("cgroup.freeze"), "0\n").unwrap();
+    fs::write(d.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+    fs::write(d.join("cgroup.procs"), "").unwrap();
+    let cg = Cgroups::detect(t.path(), "dms").unwrap();
+    let started = std::time::Instant::now();
+    let e = cg
+        .freeze("d1", std::time::Duration::from_millis(150))
+        .unwrap_err();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+    assert!(matches!(e, CgroupError::FreezeTimeout { .. }), "{e}");
+    assert!(e.to_string().contains("thawed back"), "{e}");
+    assert!(fs::read_to_string(d.join("cgroup.freeze"))
+        .unwrap()
+        .starts_with('0'));
+}
+
+#[test]
+fn freeze_of_missing_domain_is_not_found() {
+    let t = v2_root("cpu memory pids");
+    let cg = Cgroups::detect(t.path(), "dms").unwrap();
+    let e = cg
+        .freeze("nope", std::time::Duration::from_millis(10))
+        .unwrap_err();
+    assert!(matches!(e, CgroupError::NotFound(_)), "{e}");
+}
