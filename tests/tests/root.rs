@@ -778,3 +778,62 @@ fn system_bus_api_authorizes_by_bus_credentials() {
     drop(d);
     let _ = std::fs::remove_dir_all(&busdir);
 }
+
+#[test]
+fn attach_moves_a_running_process() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("attach");
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    let sleeper = KillOnDrop(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = sleeper.0.id().to_string();
+    d.ok(&["domain", "attach", "dmstest.nobody", &pid]);
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cg.contains(&format!("/{}/dmstest.nobody", d.subtree)),
+        "{cg}"
+    );
+    let v = d.json(&["domain", "show", "dmstest.nobody"]);
+    assert_eq!(v["processes"], 1);
+    // The owner's policy does not grant attach: denied even for the owner's own domain.
+    let o = d.ctl_as(Some(NOBODY), &["domain", "attach", "dmstest.nobody", &pid]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+}
+
+#[test]
+fn policy_changes_reload_and_reapply_limits() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("reload");
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    let pids_max = || d.json(&["domain", "show", "dmstest.nobody"])["limits"]["pids_max"].clone();
+    assert_eq!(pids_max(), 32);
+    // A changed file is picked up by itself and applied to the live domain.
+    let policy = d.dir.join("policies/dmstest.toml");
+    std::fs::write(&policy, POLICY.replace("pids = 32", "pids = 48")).unwrap();
+    wait_until(
+        "reload after a file change",
+        Duration::from_secs(30),
+        || pids_max() == 48,
+    );
+    // SIGHUP reloads too.
+    let pid = d.child.as_ref().unwrap().id() as i32;
+    std::fs::write(&policy, POLICY.replace("pids = 32", "pids = 40")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_until("reload after SIGHUP", Duration::from_secs(30), || {
+        pids_max() == 40
+    });
+    let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup").join(&d.subtree)
+    } else {
+        PathBuf::from("/sys/fs/cgroup/pids").join(&d.subtree)
+    };
+    let kernel = std::fs::read_to_string(base.join("dmstest.nobody/pids.max")).unwrap();
+    assert_eq!(kernel.trim(), "40", "kernel limit not updated");
+}
