@@ -121,21 +121,7 @@ impl BackendError {
 }
 
 /// What a backend needs to run a command in a domain.
-#[derive(Debug, Clone)]
-pub struct ExecSpec {
-    /// Program and arguments.
-    pub argv: Vec<String>,
-    /// Clean environment.
-    pub env: Vec<(String, String)>,
-    /// Working directory.
-    pub cwd: PathBuf,
-    /// Credentials.
-    pub uid: u32,
-    /// Primary gid.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
-}
+pub type ExecSpec = crate::spawn::ProcessSpec;
 
 /// What the reconciler learns about a backend's live domains.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,12 +226,7 @@ impl Backend for ContainerBackend {
             return Err(CgroupError::NotFound(name.to_string()).into());
         }
         let req = SpawnRequest {
-            argv: spec.argv.clone(),
-            env: spec.env.clone(),
-            cwd: spec.cwd.clone(),
-            uid: spec.uid,
-            gid: spec.gid,
-            groups: spec.groups.clone(),
+            process: spec.clone(),
             procs_files: self.cgroups.procs_files(name),
         };
         Ok(self.spawner.spawn(&req, stdio)?)

@@ -26,9 +26,9 @@ use nix::unistd::{fork, ForkResult, Pid};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-/// What to run and where.
+/// A process to start: program, environment, directory and credentials.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SpawnRequest {
+pub struct ProcessSpec {
     /// Program and arguments; a program without `/` is looked up in the clean PATH.
     pub argv: Vec<String>,
     /// Environment (the caller builds a clean one).
@@ -41,6 +41,13 @@ pub struct SpawnRequest {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
+}
+
+/// What to run and where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// The process.
+    pub process: ProcessSpec,
     /// `cgroup.procs` files the child writes itself into before exec.
     pub procs_files: Vec<PathBuf>,
 }
@@ -375,6 +382,8 @@ fn cstr(s: &str, what: &str) -> Result<CString, String> {
 /// Forks one child. Everything the child needs is prepared before fork so the child only makes
 /// syscalls; its pre-exec failure comes back through a CLOEXEC pipe.
 fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd]) -> Result<i32, String> {
+    let procs_files = &req.procs_files;
+    let req = &req.process;
     if req.argv.is_empty() {
         return Err("argv is empty".into());
     }
@@ -405,8 +414,7 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd]) -> Result<i32, String> {
             .map(|d| cstr(&format!("{d}/{prog}"), "program"))
             .collect::<Result<_, _>>()?
     };
-    let procs: Vec<CString> = req
-        .procs_files
+    let procs: Vec<CString> = procs_files
         .iter()
         .map(|p| cstr(&p.to_string_lossy(), "cgroup file"))
         .collect::<Result<_, _>>()?;

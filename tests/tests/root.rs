@@ -227,6 +227,16 @@ impl Drop for Daemon {
     }
 }
 
+/// The directory of the daemon's subtree (or a domain in it) for a controller: on v2 the one
+/// unified directory, on v1 that controller's hierarchy.
+fn cgroup_dir(subtree: &str, controller: &str) -> PathBuf {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup").join(subtree)
+    } else {
+        Path::new("/sys/fs/cgroup").join(controller).join(subtree)
+    }
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -251,26 +261,18 @@ fn cpu_limit_freeze_and_thaw() {
     assert_eq!(name, "dmstest.nobody");
     assert_eq!(dom["limits"]["cpu_millicores"], 500);
     // Two busy loops: the limit, not one core, is what holds them.
-    d.ok(&[
-        "domain",
-        "run",
-        &name,
-        "--no-wait",
-        "--",
-        "sh",
-        "-c",
-        "while :; do :; done",
-    ]);
-    d.ok(&[
-        "domain",
-        "run",
-        &name,
-        "--no-wait",
-        "--",
-        "sh",
-        "-c",
-        "while :; do :; done",
-    ]);
+    for _ in 0..2 {
+        d.ok(&[
+            "domain",
+            "run",
+            &name,
+            "--no-wait",
+            "--",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ]);
+    }
     std::thread::sleep(Duration::from_millis(500));
     let (c0, t0) = (d.cpu_ns(&name), Instant::now());
     std::thread::sleep(Duration::from_secs(4));
@@ -597,11 +599,7 @@ fn bad_input_gets_clear_errors_and_leaves_nothing() {
     // Only the two good domains exist, in the store and as cgroups.
     let list = d.json(&["domain", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
-    let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        PathBuf::from("/sys/fs/cgroup").join(&d.subtree)
-    } else {
-        PathBuf::from("/sys/fs/cgroup/freezer").join(&d.subtree)
-    };
+    let base = cgroup_dir(&d.subtree, "freezer");
     let groups = std::fs::read_dir(base)
         .unwrap()
         .flatten()
@@ -829,11 +827,7 @@ fn policy_changes_reload_and_reapply_limits() {
     wait_until("reload after SIGHUP", Duration::from_secs(30), || {
         pids_max() == 40
     });
-    let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        PathBuf::from("/sys/fs/cgroup").join(&d.subtree)
-    } else {
-        PathBuf::from("/sys/fs/cgroup/pids").join(&d.subtree)
-    };
+    let base = cgroup_dir(&d.subtree, "pids");
     let kernel = std::fs::read_to_string(base.join("dmstest.nobody/pids.max")).unwrap();
     assert_eq!(kernel.trim(), "40", "kernel limit not updated");
 }
