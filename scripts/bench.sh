@@ -35,10 +35,10 @@ cat "$W/dms.out" "$W/peers.out" | awk -F'\t' '
 		printf "  %-20s %10s %10s   %s\n", name, med[name], p90[name], r
 	}
 	END {
-		print "start a limited /bin/true and reap it (median ms, p90 ms, ratio to dmsd):"
-		n = split("dms-start floor-start crun-start runc-start cgtools-start", s, " ")
+		print "start a limited /bin/true and reap it: median ms, p90 ms, peer time / dmsd time (>1: dmsd faster)"
+		n = split("dms-start dms-start:create dms-start:run dms-start:destroy floor-start floor-start-exec crun-start runc-start cgtools-start", s, " ")
 		for (i = 1; i <= n; i++) row(s[i], "dms-start")
-		print "freeze + thaw a domain of 100 processes (median ms, p90 ms, ratio to dmsd):"
+		print "freeze + thaw a domain of 100 processes: median ms, p90 ms, peer time / dmsd time"
 		n = split("dms-freeze-thaw floor-freeze-thaw crun-freeze-thaw runc-freeze-thaw", s, " ")
 		for (i = 1; i <= n; i++) row(s[i], "dms-freeze-thaw")
 		printf "%s domains: create all %s s, destroy all %s s; dmsd RSS %s MB before, %s MB with them; kernel %s kB per domain\n",

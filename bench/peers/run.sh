@@ -7,7 +7,7 @@
 #
 # Prints one line per peer on stdout, nothing else (diagnostics go to stderr):
 #   <name>\t<median_ms>\t<p90_ms>\t<n>
-# start:  floor-start  crun-start  runc-start  cgtools-start
+# start:  floor-start  floor-start-exec  crun-start  runc-start  cgtools-start
 #         (an isolated /bin/true with cpu 50%, memory 256M, pids 64, started and reaped)
 # freeze: floor-freeze-thaw  crun-freeze-thaw  runc-freeze-thaw
 #         (freeze + wait + thaw + wait of a group of 100 sleeping processes)
@@ -297,6 +297,8 @@ peer_start_cgtools() {
 
 run_start() {
 	report floor-start "$W/bin/floor" start
+	# The same floor as a fresh process per start (the one-shot figure of ARCHITECTURE.md §6).
+	report floor-start-exec "$W/bin/timeit" floor-start-exec -- env N=1 "$W/bin/floor" start
 	for rt in crun runc; do
 		if have_rt "$rt"; then
 			report "$rt-start" peer_start_runtime "$rt"
