@@ -527,11 +527,23 @@ impl Service {
 
     /// Domains the caller may see (all for admins, their own otherwise).
     pub fn list(&self, caller: &Caller) -> Vec<Domain> {
-        let entries: Vec<Entry> = self.domains.read().values().cloned().collect();
+        let entries: Vec<(String, Entry)> = self
+            .domains
+            .read()
+            .iter()
+            .map(|(n, e)| (n.clone(), Arc::clone(e)))
+            .collect();
         let admin = self.is_admin(caller);
+        // A domain held by a long operation (a freeze waits up to its timeout) is listed from
+        // its last stored record instead of blocking the listing.
         entries
             .iter()
-            .map(|e| e.lock().clone())
+            .filter_map(
+                |(name, e)| match e.try_lock_for(Duration::from_millis(200)) {
+                    Some(d) => Some(d.clone()),
+                    None => self.store.lock().get(name).ok().flatten(),
+                },
+            )
             .filter(|d| admin || d.owner.uid == caller.uid)
             .collect()
     }
@@ -773,10 +785,12 @@ impl Service {
     /// Node and daemon status.
     pub fn status(&self) -> Status {
         let mut domains = BTreeMap::new();
-        for d in self.domains.read().values() {
-            *domains
-                .entry(d.lock().state.as_str().to_string())
-                .or_insert(0) += 1;
+        let entries: Vec<Entry> = self.domains.read().values().cloned().collect();
+        for e in entries {
+            let state = e
+                .try_lock_for(Duration::from_millis(200))
+                .map_or("busy", |d| d.state.as_str());
+            *domains.entry(state.to_string()).or_insert(0) += 1;
         }
         let (set, loaded) = self.policies.read().clone();
         Status {

@@ -60,6 +60,15 @@ async fn main() -> Result<()> {
     let no_env: Vec<(String, String)> = Vec::new();
     let t_argv = vec!["/bin/true".to_string()];
 
+    // 0. The cost of one API round trip (Status), for reading the figures below.
+    let mut v = Vec::with_capacity(a.n);
+    for _ in 0..a.n {
+        let t = Instant::now();
+        p.status().await?;
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    stats("dms-api-roundtrip", v);
+
     // 1. A /bin/true in a new limited domain, reaped, domain removed: create + run + destroy.
     let mut v = Vec::with_capacity(a.n);
     let (mut ve, mut vr, mut vd) = (Vec::new(), Vec::new(), Vec::new());
