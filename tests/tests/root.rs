@@ -61,6 +61,10 @@ owner_may = ["freeze", "thaw"]
 fqan = "/dmstest/Role=big"
 cpu = { limit = "1" }
 pids = 64
+
+# Valid as policy, refused by the kernel on this 2-CPU test machine: exercises rollback.
+[vo.dmsbadcpu]
+cpuset = { cpus = "7" }
 "#;
 
 /// A dmsd with its own state, policies, socket and cgroup subtree; torn down on drop, also
@@ -398,8 +402,15 @@ fn kill9_and_restart_adopts_domains() {
         .parse()
         .unwrap();
     d.ok(&["domain", "freeze", "dmstest.nobody"]);
+    d.ok(&["domain", "create", "--user", "daemon", "--vo", "dmstest"]);
     d.kill9();
-    // While it is down: an orphan group appears under the subtree.
+    // While it is down: one domain's (empty) group is removed by hand, and an orphan group
+    // appears under the subtree.
+    for c in [
+        "cpu", "cpuacct", "memory", "freezer", "pids", "blkio", "cpuset",
+    ] {
+        let _ = std::fs::remove_dir(cgroup_dir(&d.subtree, c).join("dmstest.daemon"));
+    }
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let orphan_roots: Vec<PathBuf> = if v2 {
         vec![PathBuf::from("/sys/fs/cgroup").join(&d.subtree)]
@@ -435,6 +446,14 @@ fn kill9_and_restart_adopts_domains() {
         );
     }
     assert!(d.log().contains("removed_orphans"));
+    let gone = d.json(&["domain", "show", "dmstest.daemon"]);
+    assert_eq!(gone["state"], "failed", "{gone}");
+    assert!(
+        gone["reason"].as_str().unwrap().contains("vanished"),
+        "{gone}"
+    );
+    // A failed domain can still be destroyed.
+    d.ok(&["domain", "destroy", "dmstest.daemon"]);
     d.ok(&["domain", "thaw", "dmstest.nobody"]);
     d.ok(&["domain", "destroy", "dmstest.nobody"]);
     wait_until("process killed", Duration::from_secs(5), || {
@@ -830,4 +849,56 @@ fn policy_changes_reload_and_reapply_limits() {
     let base = cgroup_dir(&d.subtree, "pids");
     let kernel = std::fs::read_to_string(base.join("dmstest.nobody/pids.max")).unwrap();
     assert_eq!(kernel.trim(), "40", "kernel limit not updated");
+}
+
+#[test]
+fn failed_creation_is_rolled_back_completely() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("rollback");
+    let o = d.ctl(&["domain", "create", "--user", "nobody", "--vo", "dmsbadcpu"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cpuset.cpus") && err.contains("\"7\""),
+        "{err}"
+    );
+    assert_eq!(d.json(&["domain", "list"]).as_array().unwrap().len(), 0);
+    for c in ["cpu", "memory", "freezer", "pids", "cpuset"] {
+        let dir = cgroup_dir(&d.subtree, c).join("dmsbadcpu.nobody");
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    // The daemon keeps serving.
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+}
+
+#[test]
+fn concurrent_ensures_of_one_identity_make_one_domain() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("race");
+    let children: Vec<Child> = (0..8)
+        .map(|_| {
+            Command::new(bin("dmsctl"))
+                .args([
+                    "--socket",
+                    &d.sock(),
+                    "domain",
+                    "create",
+                    "--user",
+                    "nobody",
+                ])
+                .args(["--vo", "dmstest"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let list = d.json(&["domain", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
 }
