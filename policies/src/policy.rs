@@ -517,23 +517,31 @@ impl<'a> Cx<'a> {
     }
 
     fn size(&mut self, v: &Spanned<Scalar>, field: &str) -> Option<u64> {
-        match v.get_ref() {
-            Scalar::Int(n) => match u64::try_from(*n) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    self.error(&v.span(), field, "must not be negative");
-                    None
-                }
-            },
-            Scalar::Str(s) => self.unit(v, field, units::parse_size(s)),
-            _ => {
-                self.type_error(v, field, "a size (bytes, or a string like \"8G\")");
-                None
-            }
-        }
+        self.int_or_unit(
+            v,
+            field,
+            units::parse_size,
+            "a size (bytes, or a string like \"8G\")",
+        )
     }
 
     fn duration(&mut self, v: &Spanned<Scalar>, field: &str) -> Option<u64> {
+        self.int_or_unit(
+            v,
+            field,
+            units::parse_duration,
+            "a duration (seconds, or a string like \"10m\")",
+        )
+    }
+
+    /// A non-negative integer as written, or a string in the unit syntax `parse` reads.
+    fn int_or_unit(
+        &mut self,
+        v: &Spanned<Scalar>,
+        field: &str,
+        parse: fn(&str) -> Result<u64, units::UnitError>,
+        expected: &str,
+    ) -> Option<u64> {
         match v.get_ref() {
             Scalar::Int(n) => match u64::try_from(*n) {
                 Ok(n) => Some(n),
@@ -542,9 +550,9 @@ impl<'a> Cx<'a> {
                     None
                 }
             },
-            Scalar::Str(s) => self.unit(v, field, units::parse_duration(s)),
+            Scalar::Str(s) => self.unit(v, field, parse(s)),
             _ => {
-                self.type_error(v, field, "a duration (seconds, or a string like \"10m\")");
+                self.type_error(v, field, expected);
                 None
             }
         }

@@ -644,6 +644,15 @@ fn line_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<S
     rx
 }
 
+/// Removes a test directory when the test ends, passed or failed.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -715,6 +724,7 @@ fn system_bus_api_authorizes_by_bus_credentials() {
     let base = std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into());
     let busdir = PathBuf::from(base).join(format!("dms-test-dbus-{}", std::process::id()));
     std::fs::create_dir_all(&busdir).unwrap();
+    let _cleanup = RemoveOnDrop(busdir.clone());
     // World-traversable so nobody can reach the bus socket.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&busdir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -792,8 +802,6 @@ fn system_bus_api_authorizes_by_bus_credentials() {
     assert!(bus_ok(None, &["domain", "destroy", "dmstest.daemon"])
         .status
         .success());
-    drop(d);
-    let _ = std::fs::remove_dir_all(&busdir);
 }
 
 #[test]
