@@ -834,18 +834,14 @@ impl Service {
                         DomainState::Running
                     };
                     if d.state != want && d.state != DomainState::Failed {
-                        d.state = want;
-                        d.updated_at = now();
-                        self.store.lock().put(&d)?;
+                        self.set_state(&mut d, want, None)?;
                     }
                     report.adopted.push(d.name.clone());
                 }
                 (DomainState::Failed, None) => {}
                 (_, None) => {
-                    d.state = DomainState::Failed;
-                    d.reason = Some("its cgroup vanished while the daemon was down".into());
-                    d.updated_at = now();
-                    self.store.lock().put(&d)?;
+                    let why = "its cgroup vanished while the daemon was down";
+                    self.set_state(&mut d, DomainState::Failed, Some(why.into()))?;
                     report.marked_failed.push(d.name.clone());
                 }
             }

@@ -295,7 +295,9 @@ async fn serve_bus(
 /// Reloads policies when files in the directory change (debounced), from a plain thread.
 fn spawn_policy_watch(svc: Arc<Service>, dir: PathBuf) {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    let Ok(ino) = Inotify::init(InitFlags::IN_CLOEXEC) else {
+    // Non-blocking, so the events of one burst of edits can be drained after the quiet
+    // period and cause a single reload.
+    let Ok(ino) = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) else {
         return;
     };
     let flags = AddWatchFlags::IN_CLOSE_WRITE
@@ -310,11 +312,24 @@ fn spawn_policy_watch(svc: Arc<Service>, dir: PathBuf) {
     let _ = std::thread::Builder::new()
         .name("policy-watch".into())
         .spawn(move || loop {
-            if ino.read_events().is_err() {
-                return;
+            use std::os::fd::AsFd;
+            let mut fds = [nix::poll::PollFd::new(
+                ino.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
             }
-            // Editors write in several steps: wait for quiet before reloading once.
+            // Editors write in several steps: wait for quiet, drain, then reload once.
             std::thread::sleep(std::time::Duration::from_millis(300));
+            loop {
+                match ino.read_events() {
+                    Ok(events) if !events.is_empty() => {}
+                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => break,
+                    Err(_) => return,
+                }
+            }
             tracing::info!(dir = %dir.display(), "policy files changed; reloading");
             let _ = svc.reload_policies();
         });
