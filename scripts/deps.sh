@@ -1,13 +1,13 @@
 #!/bin/bash
 # Installs the Debian packages DMS needs. usage: scripts/deps.sh run|test|bench
-# run:   build and run dmsd (a C compiler for the bundled SQLite)
+# run:   build and run dmsd (a C compiler for the bundled SQLite; iproute2 for tc, nftables for NAT)
 # test:  + QEMU, the Debian kernel, busybox and cpio for the cgroup v2 suite in a guest
 # bench: + crun, runc and libcgroup tools for the side-by-side peers
 set -euo pipefail
-pkgs=(gcc libc6-dev pkg-config procps)
+pkgs=(gcc libc6-dev pkg-config procps iproute2 nftables)
 case "${1:-run}" in
 run) ;;
-test) pkgs+=(dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux) ;;
+test) pkgs+=(dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux iputils-ping iperf3) ;;
 bench) pkgs+=(crun runc cgroup-tools) ;;
 *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac

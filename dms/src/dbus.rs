@@ -192,6 +192,19 @@ impl Api {
         self.blocking(move |s| s.thaw(&c, &name)).await
     }
 
+    /// What a single-threaded root process needs to enter a running container domain itself
+    /// (init pid and start time, cgroup.procs files, namespaces), as JSON.
+    async fn join_info(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let t = self.blocking(move |s| s.join_info(&c, &name)).await?;
+        json(&t)
+    }
+
     /// Moves a process into a domain.
     async fn attach_pid(
         &self,

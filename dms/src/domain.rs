@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::cgroup::{CgroupError, Cgroups, Limits, StuckProcess};
-use crate::spawn::{Child, SpawnError, SpawnRequest, Spawner};
+use crate::spawn::{Child, Enter, InitSpec, SpawnError, SpawnRequest, Spawner};
+pub use dms_join::{JoinTarget, Namespace};
 
 /// Lifecycle states of a domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +92,27 @@ pub struct Domain {
     pub updated_at: u64,
     /// Why the domain failed, if it did.
     pub reason: Option<String>,
+    /// What the backend created for it (init process, network), so that a restarted daemon
+    /// can adopt or clean it.
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// Backend resources of a live domain, kept in its record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runtime {
+    /// The container domain's init.
+    #[serde(default)]
+    pub init: Option<InitHandle>,
+}
+
+/// A domain init process, identified by pid and start time (a pid alone can be recycled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitHandle {
+    /// Host pid.
+    pub pid: i32,
+    /// Start time in clock ticks since boot.
+    pub start: u64,
 }
 
 /// A backend failure.
@@ -108,6 +130,9 @@ pub enum BackendError {
     /// The operation does not apply to this backend.
     #[error("{0}")]
     Unsupported(String),
+    /// The domain cannot do this in its current condition.
+    #[error("{0}")]
+    NotRunning(String),
 }
 
 impl BackendError {
@@ -132,13 +157,19 @@ pub struct LiveDomain {
     pub frozen: bool,
 }
 
+/// Called with a domain's name when its init process dies.
+pub type InitExitHandler = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The operations every domain backend provides. Calls block; the daemon runs them off its
 /// async threads. Each is idempotent where that makes sense (destroy of a missing domain is Ok).
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Which kind this is.
     fn kind(&self) -> BackendKind;
-    /// Creates the domain's resources with its limits; on failure nothing is left behind.
-    fn create(&self, domain: &Domain) -> Result<(), BackendError>;
+    /// Creates the domain's resources with its limits and records them in `domain.runtime`;
+    /// on failure nothing is left behind.
+    fn create(&self, domain: &mut Domain) -> Result<(), BackendError>;
+    /// Takes over a live domain after a daemon restart (checks and watches its init).
+    fn adopt(&self, domain: &Domain) -> Result<(), BackendError>;
     /// Re-applies limits to a live domain (after a policy reload).
     fn update(&self, domain: &Domain) -> Result<(), BackendError>;
     /// Kills everything in the domain and removes its resources.
@@ -149,8 +180,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn thaw(&self, name: &str) -> Result<(), BackendError>;
     /// Moves an existing process into the domain.
     fn attach(&self, name: &str, pid: i32) -> Result<(), BackendError>;
-    /// Starts a command in the domain; `stdio` fds become its stdin/stdout/stderr.
-    fn exec(&self, name: &str, spec: &ExecSpec, stdio: &[i32]) -> Result<Child, BackendError>;
+    /// Starts a command inside the domain; `stdio` fds become its stdin/stdout/stderr.
+    fn exec(&self, domain: &Domain, spec: &ExecSpec, stdio: &[i32]) -> Result<Child, BackendError>;
+    /// What a single-threaded process needs to enter the domain itself.
+    fn join_target(&self, domain: &Domain) -> Result<JoinTarget, BackendError>;
+    /// Registers the function called when a domain's init dies.
+    fn on_init_exit(&self, handler: InitExitHandler);
     /// Current usage.
     fn stats(&self, name: &str) -> Result<Usage, BackendError>;
     /// Pids in the domain.
@@ -159,7 +194,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn list(&self) -> Result<Vec<LiveDomain>, BackendError>;
 }
 
-/// Container domains on cgroups (namespaces come with the isolation issue).
+/// Container domains: cgroups plus namespaces held by a per-domain init.
 #[derive(Debug)]
 pub struct ContainerBackend {
     cgroups: Cgroups,
@@ -167,22 +202,54 @@ pub struct ContainerBackend {
     freeze_timeout: std::time::Duration,
     /// Stat files opened once per domain and re-read with pread.
     readers: parking_lot::Mutex<std::collections::HashMap<String, dms_accounting::UsageReader>>,
+    inits: InitWatcher,
+    resolv_conf: Option<PathBuf>,
 }
 
 impl ContainerBackend {
-    /// A backend over the detected cgroups, spawning through the zygote.
-    pub fn new(cgroups: Cgroups, spawner: Spawner, freeze_timeout: std::time::Duration) -> Self {
-        Self {
+    /// A backend over the detected cgroups, spawning through the zygote. `resolv_conf`, when
+    /// set, is bind-mounted over every domain's `/etc/resolv.conf`.
+    pub fn new(
+        cgroups: Cgroups,
+        spawner: Spawner,
+        freeze_timeout: std::time::Duration,
+        resolv_conf: Option<PathBuf>,
+    ) -> Result<Self, BackendError> {
+        Ok(Self {
             cgroups,
             spawner,
             freeze_timeout,
             readers: parking_lot::Mutex::new(std::collections::HashMap::new()),
-        }
+            inits: InitWatcher::start()
+                .map_err(|e| BackendError::Unsupported(format!("watching domain inits: {e}")))?,
+            resolv_conf,
+        })
     }
 
     /// The cgroup layer (for status output).
     pub fn cgroups(&self) -> &Cgroups {
         &self.cgroups
+    }
+
+    fn init_of(domain: &Domain) -> Result<InitHandle, BackendError> {
+        domain.runtime.init.ok_or_else(|| {
+            BackendError::NotRunning(format!("domain {:?} has no init process", domain.name))
+        })
+    }
+
+    fn start_init(&self, domain: &Domain) -> Result<InitHandle, BackendError> {
+        let spec = InitSpec {
+            hostname: domain.name.clone(),
+            procs_files: self.cgroups.procs_files(&domain.name),
+            private_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+            resolv_conf: self.resolv_conf.clone(),
+        };
+        let pid = self.spawner.start_init(&spec)?;
+        let start = dms_join::start_time(pid).map_err(|e| {
+            BackendError::NotRunning(format!("domain init {pid} exited during setup: {e}"))
+        })?;
+        Ok(InitHandle { pid, start })
     }
 }
 
@@ -191,8 +258,24 @@ impl Backend for ContainerBackend {
         BackendKind::Container
     }
 
-    fn create(&self, domain: &Domain) -> Result<(), BackendError> {
-        Ok(self.cgroups.create(&domain.name, &domain.limits)?)
+    fn create(&self, domain: &mut Domain) -> Result<(), BackendError> {
+        self.cgroups.create(&domain.name, &domain.limits)?;
+        let made = (|| {
+            let init = self.start_init(domain)?;
+            domain.runtime.init = Some(init);
+            self.inits.watch(&domain.name, init)
+        })();
+        if let Err(e) = made {
+            let _ = self.destroy(&domain.name);
+            domain.runtime = Runtime::default();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn adopt(&self, domain: &Domain) -> Result<(), BackendError> {
+        let init = Self::init_of(domain)?;
+        self.inits.watch(&domain.name, init)
     }
 
     fn update(&self, domain: &Domain) -> Result<(), BackendError> {
@@ -201,6 +284,8 @@ impl Backend for ContainerBackend {
 
     fn destroy(&self, name: &str) -> Result<(), BackendError> {
         self.readers.lock().remove(name);
+        // Killing the init ends its pid namespace; that is expected, not a failure to report.
+        self.inits.unwatch(name);
         if !self.cgroups.exists(name) {
             return Ok(());
         }
@@ -221,15 +306,37 @@ impl Backend for ContainerBackend {
         Ok(self.cgroups.add_pid(name, pid)?)
     }
 
-    fn exec(&self, name: &str, spec: &ExecSpec, stdio: &[i32]) -> Result<Child, BackendError> {
-        if !self.cgroups.exists(name) {
-            return Err(CgroupError::NotFound(name.to_string()).into());
+    fn exec(&self, domain: &Domain, spec: &ExecSpec, stdio: &[i32]) -> Result<Child, BackendError> {
+        if !self.cgroups.exists(&domain.name) {
+            return Err(CgroupError::NotFound(domain.name.clone()).into());
         }
+        let init = Self::init_of(domain)?;
         let req = SpawnRequest {
             process: spec.clone(),
-            procs_files: self.cgroups.procs_files(name),
+            procs_files: self.cgroups.procs_files(&domain.name),
+            enter: Some(Enter {
+                domain: domain.name.clone(),
+                init_pid: init.pid,
+                init_start: init.start,
+                flags: Namespace::DOMAIN.iter().fold(0, |f, n| f | n.clone_flag()),
+            }),
         };
         Ok(self.spawner.spawn(&req, stdio)?)
+    }
+
+    fn join_target(&self, domain: &Domain) -> Result<JoinTarget, BackendError> {
+        let init = Self::init_of(domain)?;
+        Ok(JoinTarget {
+            domain: domain.name.clone(),
+            init_pid: init.pid,
+            init_start: init.start,
+            procs_files: self.cgroups.procs_files(&domain.name),
+            namespaces: Namespace::DOMAIN.to_vec(),
+        })
+    }
+
+    fn on_init_exit(&self, handler: InitExitHandler) {
+        self.inits.set_handler(handler);
     }
 
     fn stats(&self, name: &str) -> Result<Usage, BackendError> {
@@ -263,5 +370,122 @@ impl Backend for ContainerBackend {
             out.push(LiveDomain { name, frozen });
         }
         Ok(out)
+    }
+}
+
+/// Watches domain inits through pidfds on one epoll thread and calls the handler when one
+/// exits (works for inits adopted after a restart too, which are not our children).
+struct InitWatcher {
+    epoll: std::sync::Arc<std::os::fd::OwnedFd>,
+    state: std::sync::Arc<parking_lot::Mutex<WatchState>>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    next: u64,
+    by_token: std::collections::HashMap<u64, (String, std::os::fd::OwnedFd)>,
+    by_name: std::collections::HashMap<String, u64>,
+    handler: Option<std::sync::Arc<InitExitHandler>>,
+}
+
+impl std::fmt::Debug for InitWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitWatcher")
+            .field("watched", &self.state.lock().by_name.len())
+            .finish()
+    }
+}
+
+impl InitWatcher {
+    fn start() -> std::io::Result<InitWatcher> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: epoll_create1 with a valid flag; the fd is owned below.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new fd nobody else owns.
+        let epoll = std::sync::Arc::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        let state = std::sync::Arc::new(parking_lot::Mutex::new(WatchState::default()));
+        let (ep, st) = (std::sync::Arc::clone(&epoll), std::sync::Arc::clone(&state));
+        std::thread::Builder::new()
+            .name("init-watch".into())
+            .spawn(move || watch_loop(&ep, &st))?;
+        Ok(InitWatcher { epoll, state })
+    }
+
+    fn set_handler(&self, handler: InitExitHandler) {
+        self.state.lock().handler = Some(std::sync::Arc::new(handler));
+    }
+
+    fn watch(&self, name: &str, init: InitHandle) -> Result<(), BackendError> {
+        use std::os::fd::AsRawFd;
+        let fd = dms_join::open_process(name, init.pid, init.start)
+            .map_err(|e| BackendError::NotRunning(e.to_string()))?;
+        self.unwatch(name);
+        let mut st = self.state.lock();
+        st.next += 1;
+        let token = st.next;
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: valid epoll fd, pidfd and event struct.
+        if unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        } != 0
+        {
+            return Err(BackendError::Unsupported(format!(
+                "watching init {} of {name:?}: {}",
+                init.pid,
+                std::io::Error::last_os_error()
+            )));
+        }
+        st.by_token.insert(token, (name.to_string(), fd));
+        st.by_name.insert(name.to_string(), token);
+        Ok(())
+    }
+
+    fn unwatch(&self, name: &str) {
+        let mut st = self.state.lock();
+        if let Some(token) = st.by_name.remove(name) {
+            // Closing the pidfd removes it from the epoll set.
+            st.by_token.remove(&token);
+        }
+    }
+}
+
+fn watch_loop(epoll: &std::os::fd::OwnedFd, state: &parking_lot::Mutex<WatchState>) {
+    use std::os::fd::AsRawFd;
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
+    loop {
+        // SAFETY: valid epoll fd and a buffer of 16 events.
+        let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), 16, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return;
+        }
+        for ev in &events[..n as usize] {
+            let token = ev.u64;
+            let (name, handler) = {
+                let mut st = state.lock();
+                let Some((name, _fd)) = st.by_token.remove(&token) else {
+                    continue;
+                };
+                st.by_name.remove(&name);
+                (name, st.handler.clone())
+            };
+            tracing::warn!(domain = %name, "domain init exited");
+            if let Some(h) = handler {
+                h(&name);
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod dbus;
 pub mod domain;
+pub mod init;
 pub mod service;
 pub mod spawn;
 pub mod store;

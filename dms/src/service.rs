@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{IoLimit, Limits};
-use crate::domain::{Backend, BackendError, Domain, DomainState, ExecSpec, Owner};
+use crate::domain::{Backend, BackendError, Domain, DomainState, ExecSpec, JoinTarget, Owner};
 use crate::spawn::Child;
 use crate::store::{Store, StoreError};
 
@@ -94,6 +94,7 @@ impl From<BackendError> for ApiError {
                 ErrorKind::Timeout
             }
             BackendError::Cgroup(C::NotFound(_)) => ErrorKind::NotFound,
+            BackendError::NotRunning(_) => ErrorKind::Conflict,
             BackendError::Cgroup(C::Unsupported(_)) | BackendError::Unsupported(_) => {
                 ErrorKind::InvalidArgument
             }
@@ -481,6 +482,7 @@ impl Service {
                 created_at: t,
                 updated_at: t,
                 reason: None,
+                runtime: Default::default(),
             };
             entry = Arc::new(Mutex::new(d));
             guard = entry.lock_arc();
@@ -488,7 +490,7 @@ impl Service {
         }
         let result = (|| {
             self.store.lock().put(&guard)?;
-            self.backend.create(&guard)?;
+            self.backend.create(&mut guard)?;
             self.set_state(&mut guard, DomainState::Running, None)
         })();
         if let Err(e) = result {
@@ -655,16 +657,7 @@ impl Service {
         let e = self.entry(&req.name)?;
         let d = self.lock(&e)?;
         self.authorize(caller, &d, Permission::Exec)?;
-        if d.state != DomainState::Running {
-            return Err(err(
-                ErrorKind::Conflict,
-                format!(
-                    "domain {:?} is {}; commands run only in running domains",
-                    d.name,
-                    d.state.as_str()
-                ),
-            ));
-        }
+        Self::require_running(&d)?;
         if req.argv.is_empty() || req.argv[0].is_empty() {
             return Err(err(ErrorKind::InvalidArgument, "argv: empty command"));
         }
@@ -716,9 +709,65 @@ impl Service {
             gid: who.gid,
             groups,
         };
-        let child = self.backend.exec(&d.name, &spec, stdio)?;
+        let child = self.backend.exec(&d, &spec, stdio)?;
         tracing::info!(domain = %d.name, pid = child.pid, argv = ?req.argv, uid = who.uid, "command started");
         Ok(child)
+    }
+
+    /// What a single-threaded process (pam_dms.so, dms-enter) needs to enter a running domain
+    /// itself. Same permission as running a command in it.
+    pub fn join_info(&self, caller: &Caller, name: &str) -> ApiResult<JoinTarget> {
+        let e = self.entry(name)?;
+        let d = self.lock(&e)?;
+        self.authorize(caller, &d, Permission::Exec)?;
+        Self::require_running(&d)?;
+        Ok(self.backend.join_target(&d)?)
+    }
+
+    fn require_running(d: &Domain) -> ApiResult<()> {
+        match d.state {
+            DomainState::Running => Ok(()),
+            DomainState::Frozen => Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "domain {:?} is frozen; thaw it first (dmsctl domain thaw {})",
+                    d.name, d.name
+                ),
+            )),
+            DomainState::Failed => Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "domain {:?} has failed ({}); destroy it and create it again",
+                    d.name,
+                    d.reason.as_deref().unwrap_or("no reason recorded")
+                ),
+            )),
+            s => Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "domain {:?} is {}; commands run only in running domains",
+                    d.name,
+                    s.as_str()
+                ),
+            )),
+        }
+    }
+
+    /// Called (on the watcher thread) when a domain's init exits: unless the domain is being
+    /// destroyed, it is marked failed, since its namespaces and processes are gone.
+    pub fn init_exited(&self, name: &str) {
+        let Ok(e) = self.entry(name) else { return };
+        let Ok(mut d) = self.lock(&e) else {
+            tracing::warn!(domain = %name, "init exited while the domain was busy; not marked");
+            return;
+        };
+        if matches!(d.state, DomainState::Running | DomainState::Frozen) {
+            let why =
+                "its init process exited (all its processes in the pid namespace were killed)";
+            if let Err(e) = self.set_state(&mut d, DomainState::Failed, Some(why.into())) {
+                tracing::warn!(domain = %name, error = %e.message, "could not record init exit");
+            }
+        }
     }
 
     /// Reloads the policy directory. On failure the previous policies stay in force. On
@@ -826,6 +875,13 @@ impl Service {
                     self.store.lock().delete(&d.name)?;
                     report.cleaned.push(d.name.clone());
                     continue;
+                }
+                (DomainState::Running | DomainState::Frozen, Some(_))
+                    if self.backend.adopt(&d).is_err() =>
+                {
+                    let why = "its init process exited while the daemon was down";
+                    self.set_state(&mut d, DomainState::Failed, Some(why.into()))?;
+                    report.marked_failed.push(d.name.clone());
                 }
                 (_, Some(frozen)) => {
                     let want = if frozen {

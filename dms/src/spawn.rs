@@ -50,12 +50,50 @@ pub struct SpawnRequest {
     pub process: ProcessSpec,
     /// `cgroup.procs` files the child writes itself into before exec.
     pub procs_files: Vec<PathBuf>,
+    /// Namespaces of a domain init to enter before exec (after joining the cgroups).
+    #[serde(default)]
+    pub enter: Option<Enter>,
+}
+
+/// A domain init whose namespaces a child enters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enter {
+    /// Domain name, for messages.
+    pub domain: String,
+    /// Host pid of the init.
+    pub init_pid: i32,
+    /// Its start time, to refuse a recycled pid.
+    pub init_start: u64,
+    /// `CLONE_NEW*` flags of the namespaces to enter.
+    pub flags: i32,
+}
+
+/// A domain init to start: it holds new pid, mount, uts, ipc, net and cgroup namespaces, sets
+/// up the domain's filesystem view and then only reaps orphans until it is killed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InitSpec {
+    /// Hostname inside the domain (truncated to 64 bytes).
+    pub hostname: String,
+    /// `cgroup.procs` files the init joins before unsharing its cgroup namespace.
+    pub procs_files: Vec<PathBuf>,
+    /// Directories that get an empty private tmpfs (same mode and owner as the original).
+    pub private_paths: Vec<PathBuf>,
+    /// Paths that become read-only (recursive bind mounts remounted read-only).
+    pub readonly_paths: Vec<PathBuf>,
+    /// A file bind-mounted over `/etc/resolv.conf`, if any.
+    pub resolv_conf: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Job {
+    Spawn(SpawnRequest),
+    Init(InitSpec),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     id: u64,
-    req: SpawnRequest,
+    job: Job,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -166,8 +204,30 @@ impl Spawner {
         }
     }
 
+    /// Starts a domain init and returns its host pid. The zygote reaps it when it dies but
+    /// reports nothing: the daemon watches inits through pidfds, which also works after a
+    /// restart, when they are no longer the zygote's children.
+    pub fn start_init(&self, spec: &InitSpec) -> Result<i32, SpawnError> {
+        self.request(Job::Init(spec.clone()), &[])
+    }
+
     /// Starts a process; `stdio` fds (if any) become its stdin, stdout, stderr.
     pub fn spawn(&self, req: &SpawnRequest, stdio: &[RawFd]) -> Result<Child, SpawnError> {
+        let pid = self.request(Job::Spawn(req.clone()), stdio)?;
+        let (etx, erx) = mpsc::channel();
+        // Same lock order as the reader (waiters, then early_exits), so an exit that races
+        // with this registration lands in exactly one of the two maps.
+        let mut waiters = self.inner.waiters.lock();
+        if let Some(status) = self.inner.early_exits.lock().remove(&pid) {
+            let _ = etx.send(status);
+        } else {
+            waiters.insert(pid, etx);
+        }
+        drop(waiters);
+        Ok(Child { pid, exit: erx })
+    }
+
+    fn request(&self, job: Job, stdio: &[RawFd]) -> Result<i32, SpawnError> {
         let id = {
             let mut n = self.inner.next_id.lock();
             *n += 1;
@@ -175,11 +235,8 @@ impl Spawner {
         };
         let (tx, rx) = mpsc::channel();
         self.inner.pending.lock().insert(id, tx);
-        let msg = serde_json::to_vec(&Envelope {
-            id,
-            req: req.clone(),
-        })
-        .map_err(|e| SpawnError::Failed(e.to_string()))?;
+        let msg = serde_json::to_vec(&Envelope { id, job })
+            .map_err(|e| SpawnError::Failed(e.to_string()))?;
         let cmsg = [ControlMessage::ScmRights(stdio)];
         let cmsgs: &[ControlMessage] = if stdio.is_empty() { &[] } else { &cmsg };
         if let Err(e) = sendmsg::<()>(
@@ -192,25 +249,14 @@ impl Spawner {
             self.inner.pending.lock().remove(&id);
             return Err(SpawnError::Unavailable(format!("send: {e}")));
         }
-        let pid = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(pid)) => pid,
-            Ok(Err(e)) => return Err(SpawnError::Failed(e)),
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(pid)) => Ok(pid),
+            Ok(Err(e)) => Err(SpawnError::Failed(e)),
             Err(_) => {
                 self.inner.pending.lock().remove(&id);
-                return Err(SpawnError::Unavailable("no answer within 10 s".into()));
+                Err(SpawnError::Unavailable("no answer within 10 s".into()))
             }
-        };
-        let (etx, erx) = mpsc::channel();
-        // Same lock order as the reader (waiters, then early_exits), so an exit that races
-        // with this registration lands in exactly one of the two maps.
-        let mut waiters = self.inner.waiters.lock();
-        if let Some(status) = self.inner.early_exits.lock().remove(&pid) {
-            let _ = etx.send(status);
-        } else {
-            waiters.insert(pid, etx);
         }
-        drop(waiters);
-        Ok(Child { pid, exit: erx })
     }
 }
 
@@ -228,7 +274,8 @@ fn reader_loop(inner: &Inner) {
         };
         match reply {
             Reply::Started { id, pid } => {
-                // Register before answering so an immediate exit finds its waiter or early slot.
+                // An exit recorded earlier under this pid belongs to a process that is gone.
+                inner.early_exits.lock().remove(&pid);
                 if let Some(tx) = inner.pending.lock().remove(&id) {
                     let _ = tx.send(Ok(pid));
                 }
@@ -261,11 +308,25 @@ fn reader_loop(inner: &Inner) {
     inner.waiters.lock().clear();
 }
 
+/// The zygote's own state.
+struct Zygote {
+    /// Our pid namespace, to return to after forking a child into a domain's.
+    own_pidns: Option<OwnedFd>,
+    /// Domain inits: reaped silently.
+    inits: std::collections::HashSet<i32>,
+}
+
 fn zygote_main(sock: OwnedFd) -> ! {
     // Die with the daemon.
     // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let _ = nix::unistd::setsid();
+    let mut zygote = Zygote {
+        own_pidns: std::fs::File::open("/proc/self/ns/pid")
+            .ok()
+            .map(OwnedFd::from),
+        inits: std::collections::HashSet::new(),
+    };
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     let _ = mask.thread_block();
@@ -294,7 +355,7 @@ fn zygote_main(sock: OwnedFd) -> ! {
         }
         if fds[1].revents != 0 {
             while let Ok(Some(_)) = sfd.read_signal() {}
-            reap(&sock);
+            reap(&sock, &mut zygote.inits);
         }
         if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0
             && fds[0].revents & libc::POLLIN == 0
@@ -331,10 +392,18 @@ fn zygote_main(sock: OwnedFd) -> ! {
                 std::process::exit(0);
             }
             let reply = match serde_json::from_slice::<Envelope>(&buf[..n]) {
-                Ok(env) => match spawn_child(&env.req, &fds_in) {
-                    Ok(pid) => Reply::Started { id: env.id, pid },
-                    Err(error) => Reply::Failed { id: env.id, error },
-                },
+                Ok(env) => {
+                    let started = match &env.job {
+                        Job::Spawn(req) => spawn_child(req, &fds_in, &zygote),
+                        Job::Init(spec) => crate::init::start(spec).inspect(|pid| {
+                            zygote.inits.insert(*pid);
+                        }),
+                    };
+                    match started {
+                        Ok(pid) => Reply::Started { id: env.id, pid },
+                        Err(error) => Reply::Failed { id: env.id, error },
+                    }
+                }
                 Err(e) => Reply::Failed {
                     id: 0,
                     error: format!("bad request: {e}"),
@@ -352,9 +421,11 @@ fn send_reply(sock: &OwnedFd, reply: &Reply) {
     }
 }
 
-fn reap(sock: &OwnedFd) {
+fn reap(sock: &OwnedFd, inits: &mut std::collections::HashSet<i32>) {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _))
+                if inits.remove(&pid.as_raw()) => {}
             Ok(WaitStatus::Exited(pid, code)) => send_reply(
                 sock,
                 &Reply::Exited {
@@ -381,8 +452,17 @@ fn cstr(s: &str, what: &str) -> Result<CString, String> {
 
 /// Forks one child. Everything the child needs is prepared before fork so the child only makes
 /// syscalls; its pre-exec failure comes back through a CLOEXEC pipe.
-fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd]) -> Result<i32, String> {
+fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result<i32, String> {
     let procs_files = &req.procs_files;
+    // The domain's init, pinned by a pidfd and checked against its start time.
+    let enter = match &req.enter {
+        Some(e) => Some((
+            dms_join::open_process(&e.domain, e.init_pid, e.init_start)
+                .map_err(|err| err.to_string())?,
+            e.flags,
+        )),
+        None => None,
+    };
     let req = &req.process;
     if req.argv.is_empty() {
         return Err("argv is empty".into());
@@ -435,9 +515,35 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd]) -> Result<i32, String> {
         stdio.iter().map(|f| f.as_raw_fd()).collect()
     };
 
+    // A pid namespace is entered by the parent: the next child it forks is created inside
+    // it (as a child of the zygote, which can then reap it and report its status).
+    let into_pidns = enter.as_ref().filter(|(_, f)| f & libc::CLONE_NEWPID != 0);
+    if let Some((pidfd, _)) = into_pidns {
+        if zygote.own_pidns.is_none() {
+            return Err("cannot return to the zygote's pid namespace".into());
+        }
+        // SAFETY: setns on a valid pidfd.
+        if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+            return Err(format!(
+                "entering the domain's pid namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
     // SAFETY: the zygote is single-threaded, so the child may run any code; it still only
     // makes direct syscalls before exec.
-    match unsafe { fork() } {
+    let forked = unsafe { fork() };
+    if let (Some(ns), Some(_)) = (&zygote.own_pidns, into_pidns) {
+        if let Ok(ForkResult::Parent { .. }) | Err(_) = forked {
+            // SAFETY: setns back to our own pid namespace (always allowed: it is our active one).
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) };
+        }
+    }
+    let other_ns = enter
+        .as_ref()
+        .map(|(fd, f)| (fd.as_raw_fd(), f & !libc::CLONE_NEWPID))
+        .filter(|(_, f)| *f != 0);
+    match forked {
         Err(e) => Err(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
             drop(rd);
@@ -466,6 +572,11 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd]) -> Result<i32, String> {
                         fail(2);
                     }
                     libc::close(fd);
+                }
+                if let Some((pidfd, flags)) = other_ns {
+                    if libc::setns(pidfd, flags) != 0 {
+                        fail(6);
+                    }
                 }
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
                     fail(3);
@@ -511,6 +622,7 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd]) -> Result<i32, String> {
                 2 => "joining the domain's cgroups".to_string(),
                 3 => format!("switching to uid {} gid {}", req.uid, req.gid),
                 4 => format!("changing to directory {}", req.cwd.display()),
+                6 => "entering the domain's namespaces".to_string(),
                 _ => format!("executing {:?}", req.argv[0]),
             };
             Err(format!("{step}: {}", errno.desc()))

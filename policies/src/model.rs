@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::units::UnitError;
+
 /// A string that is not one of an enum's names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -218,6 +220,156 @@ pub struct Quotas {
     pub cpuset: Option<CpuSet>,
 }
 
+named_enum! {
+    /// The network of a container domain.
+    NetworkMode, "network mode", {
+        /// Its own network namespace, reaching out through NAT (the default).
+        #[default]
+        Nat = "nat",
+        /// Its own network namespace with only the loopback interface.
+        None = "none",
+    }
+}
+
+named_enum! {
+    /// The traffic-control qdisc that enforces a domain's rates.
+    Shaper, "shaper", {
+        /// Hierarchical token bucket (the default).
+        #[default]
+        Htb = "htb",
+        /// Token bucket filter.
+        Tbf = "tbf",
+    }
+}
+
+named_enum! {
+    /// The transport protocol of a port forward.
+    Proto, "protocol", {
+        /// TCP (the default).
+        #[default]
+        Tcp = "tcp",
+        /// UDP.
+        Udp = "udp",
+    }
+}
+
+/// One forwarded port: connections to `host` on the node reach `domain`
+/// inside the domain's network namespace. Written `"HOST:DOMAIN[/PROTO]"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortForward {
+    /// Port on the node, 1..=65535.
+    pub host: u16,
+    /// Port inside the domain, 1..=65535.
+    pub domain: u16,
+    /// Protocol; TCP unless the policy says `/udp`.
+    #[serde(default)]
+    pub proto: Proto,
+}
+
+impl FromStr for PortForward {
+    type Err = UnitError;
+
+    /// Parses `"HOST:DOMAIN"`, `"HOST:DOMAIN/tcp"` or `"HOST:DOMAIN/udp"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const EXPECTED: &str =
+            "expected \"HOST:DOMAIN\" with an optional \"/tcp\" or \"/udp\" (\"8080:80\", \"5353:53/udp\")";
+        let (ports, proto) = match s.split_once('/') {
+            None => (s, Proto::Tcp),
+            Some((ports, proto)) => match proto.parse() {
+                Ok(p) => (ports, p),
+                Err(_) => {
+                    return Err(UnitError(format!(
+                        "unknown protocol {}; expected \"tcp\" or \"udp\"",
+                        crate::identity::quote(proto)
+                    )))
+                }
+            },
+        };
+        let Some((host, domain)) = ports.split_once(':') else {
+            return Err(UnitError(EXPECTED.into()));
+        };
+        let port = |p: &str, what: &str| -> Result<u16, UnitError> {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(UnitError(EXPECTED.into()));
+            }
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(UnitError(format!(
+                    "{what} port {p} is out of range (1-65535)"
+                ))),
+            }
+        };
+        Ok(PortForward {
+            host: port(host, "host")?,
+            domain: port(domain, "domain")?,
+            proto,
+        })
+    }
+}
+
+impl fmt::Display for PortForward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.host, self.domain, self.proto)
+    }
+}
+
+/// The network of a container domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkPolicy {
+    /// NAT or loopback only.
+    pub mode: NetworkMode,
+    /// Outgoing rate limit, bits per second.
+    pub egress: Option<u64>,
+    /// Incoming rate limit, bits per second.
+    pub ingress: Option<u64>,
+    /// Burst allowance of the shaper, bytes.
+    pub burst: Option<u64>,
+    /// The qdisc enforcing `egress` and `ingress`.
+    pub shaper: Shaper,
+    /// Forwarded ports (only with [`NetworkMode::Nat`]); no two share a
+    /// host port and protocol.
+    pub ports: Vec<PortForward>,
+    /// When false, the domain may reach other non-isolated domains.
+    pub isolated: bool,
+}
+
+impl Default for NetworkPolicy {
+    fn default() -> Self {
+        NetworkPolicy {
+            mode: NetworkMode::default(),
+            egress: None,
+            ingress: None,
+            burst: None,
+            shaper: Shaper::default(),
+            ports: Vec::new(),
+            isolated: true,
+        }
+    }
+}
+
+/// Directories a container domain sees differently from the node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PathPolicy {
+    /// Replaced by an empty directory private to the domain.
+    pub private: Vec<PathBuf>,
+    /// Mounted read-only in the domain.
+    pub readonly: Vec<PathBuf>,
+}
+
+/// The isolation of a container domain beyond its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Isolation {
+    /// Network namespace, shaping and port forwards.
+    pub network: NetworkPolicy,
+    /// Private and read-only directories.
+    pub paths: PathPolicy,
+    /// Run the domain in its own user namespace.
+    pub userns: bool,
+}
+
 /// The owner permissions used when a policy does not say: freeze and thaw.
 pub fn default_owner_may() -> BTreeSet<Permission> {
     [Permission::Freeze, Permission::Thaw].into_iter().collect()
@@ -250,6 +402,9 @@ pub struct ResolvedRule {
     pub owner_may: BTreeSet<Permission>,
     /// Idle handling.
     pub idle: IdlePolicy,
+    /// Network, file-system and user-namespace isolation (container domains).
+    #[serde(default)]
+    pub isolation: Isolation,
     /// The policy file that defines the VO.
     pub source: PathBuf,
 }
@@ -269,6 +424,7 @@ impl ResolvedRule {
             priority: Priority::default(),
             owner_may: default_owner_may(),
             idle: IdlePolicy::default(),
+            isolation: Isolation::default(),
             source,
         }
     }
@@ -297,6 +453,17 @@ mod tests {
         for a in IdleAction::ALL {
             assert_eq!(a.as_str().parse::<IdleAction>().unwrap(), *a);
         }
+        for m in NetworkMode::ALL {
+            assert_eq!(m.as_str().parse::<NetworkMode>().unwrap(), *m);
+        }
+        for s in Shaper::ALL {
+            assert_eq!(s.as_str().parse::<Shaper>().unwrap(), *s);
+        }
+        for p in Proto::ALL {
+            assert_eq!(p.as_str().parse::<Proto>().unwrap(), *p);
+        }
+        assert_eq!(NetworkMode::None.as_str(), "none");
+        assert_eq!(Proto::Udp.as_str(), "udp");
         let err = "VO".parse::<Granularity>().unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -316,6 +483,92 @@ mod tests {
             [Permission::Freeze, Permission::Thaw].into_iter().collect()
         );
         assert_eq!(r.idle.after_secs, 0);
+        let net = &r.isolation.network;
+        assert_eq!(net.mode, NetworkMode::Nat);
+        assert_eq!(net.shaper, Shaper::Htb);
+        assert!(net.isolated);
+        assert_eq!((net.egress, net.ingress, net.burst), (None, None, None));
+        assert!(net.ports.is_empty());
+        assert_eq!(r.isolation.paths, PathPolicy::default());
+        assert!(!r.isolation.userns);
+        assert_eq!(Proto::default(), Proto::Tcp);
+    }
+
+    #[test]
+    fn port_forwards() {
+        let p: PortForward = "8080:80".parse().unwrap();
+        assert_eq!(
+            p,
+            PortForward {
+                host: 8080,
+                domain: 80,
+                proto: Proto::Tcp
+            }
+        );
+        assert_eq!(p.to_string(), "8080:80/tcp");
+        let p: PortForward = "5353:53/udp".parse().unwrap();
+        assert_eq!((p.host, p.domain, p.proto), (5353, 53, Proto::Udp));
+        assert_eq!(p.to_string().parse::<PortForward>().unwrap(), p);
+        assert_eq!("1:65535/tcp".parse::<PortForward>().unwrap().domain, 65535);
+        for bad in [
+            "", "8080", ":80", "80:", "a:80", "80:b", "+80:80", "80:80:80", " 80:80", "80 :80",
+        ] {
+            assert!(
+                bad.parse::<PortForward>()
+                    .unwrap_err()
+                    .0
+                    .contains("HOST:DOMAIN"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            "0:80".parse::<PortForward>().unwrap_err().0,
+            "host port 0 is out of range (1-65535)"
+        );
+        assert_eq!(
+            "80:65536".parse::<PortForward>().unwrap_err().0,
+            "domain port 65536 is out of range (1-65535)"
+        );
+        assert!("80:99999999999999999999".parse::<PortForward>().is_err());
+        for proto in ["80:80/sctp", "80:80/TCP", "80:80/", "80:80/tcp/udp"] {
+            assert!(
+                proto
+                    .parse::<PortForward>()
+                    .unwrap_err()
+                    .0
+                    .contains("unknown protocol"),
+                "{proto:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn isolation_fields_default_when_absent() {
+        // A record written before isolation existed.
+        #[derive(Deserialize)]
+        struct Old {
+            #[serde(default)]
+            isolation: Isolation,
+        }
+        let old: Old = toml::from_str("").unwrap();
+        assert_eq!(old.isolation, Isolation::default());
+        // Partial tables fill in the rest from the defaults.
+        let iso: Isolation = toml::from_str("[network]\negress = 1000\n").unwrap();
+        assert_eq!(iso.network.egress, Some(1000));
+        assert!(iso.network.isolated);
+        assert_eq!(iso.network.mode, NetworkMode::Nat);
+        let iso: Isolation =
+            toml::from_str("[[network.ports]]\nhost = 80\ndomain = 8080\n").unwrap();
+        assert_eq!(iso.network.ports[0].proto, Proto::Tcp);
+        let text = toml::to_string(&Isolation {
+            network: NetworkPolicy {
+                mode: NetworkMode::None,
+                ..NetworkPolicy::default()
+            },
+            ..Isolation::default()
+        })
+        .unwrap();
+        assert!(text.contains("mode = \"none\""), "{text}");
     }
 
     #[test]

@@ -10,10 +10,10 @@ use serde_spanned::Spanned;
 use crate::error::{PolicyError, PolicyErrors, ResolveError};
 use crate::identity::{validate_name, Fqan};
 use crate::model::{
-    BackendKind, CpuSet, Granularity, IdleAction, IoThrottle, Permission, Priority, ResolvedRule,
-    UnknownVariant,
+    BackendKind, CpuSet, Granularity, IdleAction, IoThrottle, NetworkMode, Permission, PortForward,
+    Priority, ResolvedRule, Shaper, UnknownVariant,
 };
-use crate::raw::{Common, RawFile, RawIo, RawRule, RawVo, Scalar};
+use crate::raw::{Common, RawFile, RawIo, RawNetwork, RawPaths, RawRule, RawVo, Scalar};
 use crate::units::{self, format_size, UnitError};
 
 /// Smallest accepted memory limit: below this a domain cannot even start.
@@ -24,6 +24,19 @@ const MAX_SWAP: u64 = 1 << 50;
 const MAX_IDLE_SECS: u64 = 365 * 86_400;
 /// Largest accepted `pids` (the kernel's `PID_MAX_LIMIT`).
 const MAX_PIDS: u64 = 4_194_304;
+/// Largest accepted network burst: the kernel keeps it in 32 bits.
+const MAX_BURST: u64 = u32::MAX as u64;
+/// Longest accepted path (`PATH_MAX`, with its NUL).
+const MAX_PATH: usize = 4095;
+/// Longest accepted path component (`NAME_MAX`).
+const MAX_NAME: usize = 255;
+/// Linux qdiscs other than htb and tbf, which this platform's kernel module
+/// set does not ship (named in errors as `sch_<name>`).
+const OTHER_QDISCS: &[&str] = &[
+    "sfq", "fq", "fq_codel", "fq_pie", "cake", "netem", "codel", "pie", "red", "choke", "sfb",
+    "gred", "hfsc", "cbq", "drr", "qfq", "ets", "prio", "multiq", "hhf", "skbprio", "cbs", "etf",
+    "taprio", "plug",
+];
 /// Longest value quoted "as written" in an error.
 const MAX_WRITTEN: usize = 80;
 
@@ -52,10 +65,26 @@ struct Layer {
     owner_may: Option<BTreeSet<Permission>>,
     idle_action: Option<IdleAction>,
     idle_after: Option<u64>,
+    net_mode: Option<NetworkMode>,
+    egress: Option<u64>,
+    ingress: Option<u64>,
+    burst: Option<u64>,
+    shaper: Option<Shaper>,
+    ports: Option<Vec<PortForward>>,
+    isolated: Option<bool>,
+    private: Option<Vec<PathBuf>>,
+    readonly: Option<Vec<PathBuf>>,
+    userns: Option<bool>,
     backend_site: Option<Site>,
     template_site: Option<Site>,
     mem_limit_site: Option<Site>,
     mem_soft_site: Option<Site>,
+    net_mode_site: Option<Site>,
+    ports_site: Option<Site>,
+    /// Every valid entry of `paths.private` with where it was written.
+    private_sites: Vec<(PathBuf, Site)>,
+    /// Every valid entry of `paths.readonly` with where it was written.
+    readonly_sites: Vec<(PathBuf, Site)>,
 }
 
 impl Layer {
@@ -86,6 +115,17 @@ impl Layer {
         set(&mut r.owner_may, &self.owner_may);
         set(&mut r.idle.action, &self.idle_action);
         set(&mut r.idle.after_secs, &self.idle_after);
+        let net = &mut r.isolation.network;
+        set(&mut net.mode, &self.net_mode);
+        set_opt(&mut net.egress, &self.egress);
+        set_opt(&mut net.ingress, &self.ingress);
+        set_opt(&mut net.burst, &self.burst);
+        set(&mut net.shaper, &self.shaper);
+        set(&mut net.ports, &self.ports);
+        set(&mut net.isolated, &self.isolated);
+        set(&mut r.isolation.paths.private, &self.private);
+        set(&mut r.isolation.paths.readonly, &self.readonly);
+        set(&mut r.isolation.userns, &self.userns);
     }
 }
 
@@ -143,11 +183,22 @@ impl VoPolicy {
 }
 
 /// Inconsistencies only visible once layers are merged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Conflict {
-    SoftAboveLimit { soft: u64, limit: u64 },
+    SoftAboveLimit {
+        soft: u64,
+        limit: u64,
+    },
     LibvirtWithoutTemplate,
     TemplateWithoutLibvirt,
+    /// Ports are forwarded but the network mode is not NAT.
+    PortsWithoutNat {
+        mode: NetworkMode,
+    },
+    /// A directory is both private and read-only.
+    PrivateAndReadonly {
+        path: PathBuf,
+    },
 }
 
 impl Conflict {
@@ -164,11 +215,21 @@ impl Conflict {
             (BackendKind::Container, Some(_)) => out.push(Conflict::TemplateWithoutLibvirt),
             _ => {}
         }
+        let net = &r.isolation.network;
+        if net.mode != NetworkMode::Nat && !net.ports.is_empty() {
+            out.push(Conflict::PortsWithoutNat { mode: net.mode });
+        }
+        let paths = &r.isolation.paths;
+        for path in &paths.readonly {
+            if paths.private.contains(path) {
+                out.push(Conflict::PrivateAndReadonly { path: path.clone() });
+            }
+        }
         out
     }
 
-    fn describe(self) -> String {
-        match self {
+    fn describe(&self) -> String {
+        match *self {
             Conflict::SoftAboveLimit { soft, limit } => format!(
                 "memory.soft ({}) is above memory.limit ({})",
                 format_size(soft),
@@ -176,14 +237,21 @@ impl Conflict {
             ),
             Conflict::LibvirtWithoutTemplate => "backend \"libvirt\" without a template".into(),
             Conflict::TemplateWithoutLibvirt => "a template with backend \"container\"".into(),
+            Conflict::PortsWithoutNat { mode } => format!(
+                "network.ports forwards ports, but network.mode is \"{mode}\" (ports need \"nat\")"
+            ),
+            Conflict::PrivateAndReadonly { ref path } => format!(
+                "{:?} is in both paths.private and paths.readonly",
+                path.display().to_string()
+            ),
         }
     }
 
     /// The site and message to report, if `layer` wrote one of the
     /// conflicting settings (otherwise a less specific section is to blame
     /// and reports it).
-    fn locate<'a>(self, layer: &'a Layer, r: &ResolvedRule) -> Option<(&'a Site, String)> {
-        match self {
+    fn locate<'a>(&self, layer: &'a Layer, r: &ResolvedRule) -> Option<(&'a Site, String)> {
+        match *self {
             Conflict::SoftAboveLimit { soft, limit } => {
                 if let Some(site) = &layer.mem_soft_site {
                     Some((
@@ -221,6 +289,59 @@ impl Conflict {
                             format!(
                                 "backend \"container\" does not use a template, but template = {template:?} is inherited"
                             ),
+                        )
+                    })
+                }
+            }
+            // The ports written here are invalid: that error suffices.
+            Conflict::PortsWithoutNat { .. }
+                if layer.ports_site.is_some() && layer.ports.is_none() =>
+            {
+                None
+            }
+            Conflict::PortsWithoutNat { mode } => {
+                if let Some(site) = &layer.ports_site {
+                    Some((
+                        site,
+                        format!(
+                            "port forwarding requires network.mode = \"nat\", but the mode is \"{mode}\""
+                        ),
+                    ))
+                } else {
+                    layer.net_mode_site.as_ref().map(|site| {
+                        let ports: Vec<String> = r
+                            .isolation
+                            .network
+                            .ports
+                            .iter()
+                            .map(|p| format!("\"{p}\""))
+                            .collect();
+                        (
+                            site,
+                            format!(
+                                "mode \"{mode}\" cannot forward ports, but ports = [{}] is inherited; add ports = [] here",
+                                ports.join(", ")
+                            ),
+                        )
+                    })
+                }
+            }
+            Conflict::PrivateAndReadonly { ref path } => {
+                let find = |sites: &'a [(PathBuf, Site)]| {
+                    sites.iter().find(|(p, _)| p == path).map(|(_, site)| site)
+                };
+                if let Some(site) = find(&layer.readonly_sites) {
+                    Some((
+                        site,
+                        "also listed in paths.private; a directory is either private or read-only"
+                            .into(),
+                    ))
+                } else {
+                    find(&layer.private_sites).map(|site| {
+                        (
+                            site,
+                            "also listed in paths.readonly (inherited); a directory is either private or read-only"
+                                .into(),
                         )
                     })
                 }
@@ -483,6 +604,19 @@ impl<'a> Cx<'a> {
         v: &Spanned<Scalar>,
         field: &str,
     ) -> Option<T> {
+        self.enumeration_or(v, field, |e| {
+            format!("expected one of {}", quoted_list(e.expected))
+        })
+    }
+
+    /// Like [`Cx::enumeration`], with the message for an unknown name made
+    /// by `unknown`.
+    fn enumeration_or<T: FromStr<Err = UnknownVariant>>(
+        &mut self,
+        v: &Spanned<Scalar>,
+        field: &str,
+        unknown: impl FnOnce(&UnknownVariant) -> String,
+    ) -> Option<T> {
         let Scalar::Str(s) = v.get_ref() else {
             let expected = match "".parse::<T>() {
                 Err(e) => format!("a string, one of {}", quoted_list(e.expected)),
@@ -494,8 +628,29 @@ impl<'a> Cx<'a> {
         match s.parse() {
             Ok(t) => Some(t),
             Err(e) => {
-                let msg = format!("expected one of {}", quoted_list(e.expected));
+                let msg = unknown(&e);
                 self.error(&v.span(), field, msg);
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, v: &Spanned<Scalar>, field: &str) -> Option<bool> {
+        match v.get_ref() {
+            Scalar::Bool(b) => Some(*b),
+            _ => {
+                self.type_error(v, field, "a boolean (true or false)");
+                None
+            }
+        }
+    }
+
+    /// A network rate string, in bits per second.
+    fn rate(&mut self, v: &Spanned<Scalar>, field: &str) -> Option<u64> {
+        match v.get_ref() {
+            Scalar::Str(s) => self.unit(v, field, units::parse_rate(s)),
+            _ => {
+                self.type_error(v, field, "a rate string like \"200mbit\"");
                 None
             }
         }
@@ -590,6 +745,16 @@ fn quoted_list(names: &[&str]) -> String {
         .map(|n| format!("\"{n}\""))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `"a" or "b"`, `"a", "b" or "c"`.
+fn either_list(names: &[&str]) -> String {
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => {
+            format!("{} or \"{last}\"", quoted_list(rest))
+        }
+        _ => quoted_list(names),
+    }
 }
 
 /// Deserializes and validates a whole file.
@@ -858,7 +1023,219 @@ fn parse_layer(cx: &mut Cx<'_>, path: &str, c: Common<'_>) -> Layer {
             });
         }
     }
+    if let Some(net) = c.network {
+        parse_network(cx, &f("network"), net.get_ref(), &mut l);
+    }
+    if let Some(paths) = c.paths {
+        parse_paths(cx, &f("paths"), paths.get_ref(), &mut l);
+    }
+    if let Some(v) = c.userns {
+        l.userns = cx.boolean(v, &f("userns"));
+    }
     l
+}
+
+/// Parses `network = { ... }` into `l`.
+fn parse_network(cx: &mut Cx<'_>, path: &str, raw: &RawNetwork, l: &mut Layer) {
+    let f = |name: &str| format!("{path}.{name}");
+    if let Some(v) = &raw.mode {
+        let field = f("mode");
+        l.net_mode = cx.enumeration_or(v, &field, |e| {
+            format!("expected {}", either_list(e.expected))
+        });
+        l.net_mode_site = Some(Cx::site(v, field));
+    }
+    if let Some(v) = &raw.egress {
+        l.egress = cx.rate(v, &f("egress"));
+    }
+    if let Some(v) = &raw.ingress {
+        l.ingress = cx.rate(v, &f("ingress"));
+    }
+    if let Some(v) = &raw.burst {
+        let field = f("burst");
+        l.burst = cx.size(v, &field).filter(|&n| {
+            let msg = match n {
+                0 => "must be greater than 0",
+                n if n > MAX_BURST => {
+                    "above the maximum of 4294967295 bytes (the kernel keeps bursts in 32 bits)"
+                }
+                _ => return true,
+            };
+            cx.error(&v.span(), &field, msg);
+            false
+        });
+    }
+    if let Some(v) = &raw.shaper {
+        l.shaper = cx.enumeration_or(v, &f("shaper"), |e| shaper_message(&e.value));
+    }
+    if let Some(list) = &raw.ports {
+        let field = f("ports");
+        l.ports = parse_ports(cx, &field, list.get_ref());
+        l.ports_site = Some(Site {
+            span: list.span(),
+            field,
+        });
+    }
+    if let Some(v) = &raw.isolated {
+        l.isolated = cx.boolean(v, &f("isolated"));
+    }
+}
+
+/// Why a shaper other than htb and tbf is refused.
+fn shaper_message(value: &str) -> String {
+    if OTHER_QDISCS.contains(&value) {
+        format!(
+            "only \"htb\" and \"tbf\" are supported: the kernel module set of this platform lacks sch_{value} and the other qdiscs"
+        )
+    } else {
+        "expected \"htb\" or \"tbf\", the only shapers the kernel module set of this platform provides"
+            .into()
+    }
+}
+
+/// Parses `network.ports = [...]`; `None` if any entry is invalid.
+fn parse_ports(cx: &mut Cx<'_>, path: &str, list: &[Spanned<Scalar>]) -> Option<Vec<PortForward>> {
+    let mut out = Vec::new();
+    let mut seen: Vec<(PortForward, usize)> = Vec::new();
+    let mut ok = true;
+    for (i, v) in list.iter().enumerate() {
+        let field = format!("{path}[{i}]");
+        let Some(text) = cx.string(v, &field) else {
+            ok = false;
+            continue;
+        };
+        let Some(port) = cx.unit(v, &field, text.parse::<PortForward>()) else {
+            ok = false;
+            continue;
+        };
+        if let Some((_, j)) = seen
+            .iter()
+            .find(|(p, _)| p.host == port.host && p.proto == port.proto)
+        {
+            let msg = format!(
+                "host port {}/{} is already forwarded by ports[{j}]",
+                port.host, port.proto
+            );
+            cx.error(&v.span(), &field, msg);
+            ok = false;
+            continue;
+        }
+        seen.push((port, i));
+        out.push(port);
+    }
+    ok.then_some(out)
+}
+
+/// Parses `paths = { ... }` into `l`.
+fn parse_paths(cx: &mut Cx<'_>, path: &str, raw: &RawPaths, l: &mut Layer) {
+    if let Some(list) = &raw.private {
+        l.private = parse_path_list(
+            cx,
+            &format!("{path}.private"),
+            list.get_ref(),
+            &mut l.private_sites,
+        );
+    }
+    if let Some(list) = &raw.readonly {
+        l.readonly = parse_path_list(
+            cx,
+            &format!("{path}.readonly"),
+            list.get_ref(),
+            &mut l.readonly_sites,
+        );
+    }
+}
+
+/// Parses a list of directories, recording each valid one in `sites`;
+/// `None` if any entry is invalid.
+fn parse_path_list(
+    cx: &mut Cx<'_>,
+    path: &str,
+    list: &[Spanned<Scalar>],
+    sites: &mut Vec<(PathBuf, Site)>,
+) -> Option<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut ok = true;
+    for (i, v) in list.iter().enumerate() {
+        let field = format!("{path}[{i}]");
+        let Some(text) = cx.string(v, &field) else {
+            ok = false;
+            continue;
+        };
+        if let Err(msg) = check_domain_path(&text) {
+            cx.error(&v.span(), &field, msg);
+            ok = false;
+            continue;
+        }
+        let dir = PathBuf::from(text);
+        if let Some((_, first)) = sites.iter().find(|(p, _)| *p == dir) {
+            let msg = format!("listed twice; already {}", first.field);
+            cx.error(&v.span(), &field, msg);
+            ok = false;
+            continue;
+        }
+        sites.push((dir.clone(), Cx::site(v, field)));
+        out.push(dir);
+    }
+    ok.then_some(out)
+}
+
+/// Checks a directory of `paths.private` or `paths.readonly`: absolute,
+/// normalized, printable, and not one the daemon manages itself.
+fn check_domain_path(p: &str) -> Result<(), String> {
+    if p.chars().any(char::is_control) {
+        return Err("must not contain control characters (NUL, newline, ...)".into());
+    }
+    if !p.starts_with('/') {
+        return Err("must be an absolute path (starting with \"/\")".into());
+    }
+    if p.len() > MAX_PATH {
+        return Err(format!("longer than {MAX_PATH} bytes"));
+    }
+    if p != "/" {
+        let components: Vec<&str> = p[1..].split('/').collect();
+        if components.contains(&"..") {
+            return Err("must not contain \"..\" components".into());
+        }
+        if components.iter().any(|c| c.is_empty() || *c == ".") {
+            let normal: Vec<&str> = components
+                .into_iter()
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect();
+            return Err(format!(
+                "must be normalized (no \".\" or empty components, no trailing \"/\"); write \"/{}\"",
+                normal.join("/")
+            ));
+        }
+        if components.iter().any(|c| c.len() > MAX_NAME) {
+            return Err(format!("has a component longer than {MAX_NAME} bytes"));
+        }
+    }
+    let under = |base: &str| {
+        p.strip_prefix(base)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    if p == "/" {
+        return Err(
+            "the root directory cannot be private or read-only as a whole; list directories below it"
+                .into(),
+        );
+    }
+    for base in ["/tmp", "/dev/shm"] {
+        if under(base) {
+            return Err(format!(
+                "{base} is already private to every domain (a fresh tmpfs)"
+            ));
+        }
+    }
+    for base in ["/proc", "/dev", "/sys"] {
+        if under(base) {
+            return Err(format!(
+                "{base} is a kernel file system that the daemon sets up for every domain"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `io = [...]`; `None` if any entry is invalid.

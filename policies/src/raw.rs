@@ -87,6 +87,9 @@ impl<'de> Visitor<'de> for ScalarVisitor {
 /// An optional leaf with its span.
 pub(crate) type Field = Option<Spanned<Scalar>>;
 
+/// An optional array of leaves, each with its span.
+pub(crate) type List = Option<Spanned<Vec<Spanned<Scalar>>>>;
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a policy file with [vo.NAME] tables")]
@@ -168,6 +171,42 @@ pub(crate) struct RawIdle {
     pub after: Field,
 }
 
+/// `network = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { mode = \"nat\", egress = \"200mbit\", ports = [\"8080:80\"] }"
+)]
+pub(crate) struct RawNetwork {
+    #[serde(default)]
+    pub mode: Field,
+    #[serde(default)]
+    pub egress: Field,
+    #[serde(default)]
+    pub ingress: Field,
+    #[serde(default)]
+    pub burst: Field,
+    #[serde(default)]
+    pub shaper: Field,
+    #[serde(default)]
+    pub ports: List,
+    #[serde(default)]
+    pub isolated: Field,
+}
+
+/// `paths = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { private = [\"/scratch\"], readonly = [\"/opt/sw\"] }"
+)]
+pub(crate) struct RawPaths {
+    #[serde(default)]
+    pub private: List,
+    #[serde(default)]
+    pub readonly: List,
+}
+
 /// The settings shared by VO sections and rules, borrowed from either.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Common<'a> {
@@ -182,6 +221,9 @@ pub(crate) struct Common<'a> {
     pub priority: Option<&'a Spanned<Scalar>>,
     pub owner_may: Option<&'a Spanned<Vec<Spanned<Scalar>>>>,
     pub idle: Option<&'a Spanned<RawIdle>>,
+    pub network: Option<&'a Spanned<RawNetwork>>,
+    pub paths: Option<&'a Spanned<RawPaths>>,
+    pub userns: Option<&'a Spanned<Scalar>>,
 }
 
 /// Declares a section struct holding the shared settings plus `extra`
@@ -203,8 +245,11 @@ macro_rules! section {
             #[serde(default)] pub io: Option<Spanned<Vec<Spanned<RawIo>>>>,
             #[serde(default)] pub cpuset: Option<Spanned<RawCpuSet>>,
             #[serde(default)] pub priority: Field,
-            #[serde(default)] pub owner_may: Option<Spanned<Vec<Spanned<Scalar>>>>,
+            #[serde(default)] pub owner_may: List,
             #[serde(default)] pub idle: Option<Spanned<RawIdle>>,
+            #[serde(default)] pub network: Option<Spanned<RawNetwork>>,
+            #[serde(default)] pub paths: Option<Spanned<RawPaths>>,
+            #[serde(default)] pub userns: Field,
         }
 
         impl $name {
@@ -221,6 +266,9 @@ macro_rules! section {
                     priority: self.priority.as_ref(),
                     owner_may: self.owner_may.as_ref(),
                     idle: self.idle.as_ref(),
+                    network: self.network.as_ref(),
+                    paths: self.paths.as_ref(),
+                    userns: self.userns.as_ref(),
                 }
             }
         }

@@ -186,6 +186,43 @@ fn examples_load_cleanly() {
     assert_eq!(dteam.quotas.pids, Some(256));
     assert!(dteam.owner_may.contains(&Permission::Destroy));
 
+    // Isolation: atlas shapes a NAT network, its production role raises
+    // egress only; cms forwards ports for the shared domain but not for
+    // pilots; dteam is loopback only.
+    let net = &atlas.isolation.network;
+    assert_eq!(net.mode, NetworkMode::Nat);
+    assert_eq!(
+        (net.egress, net.ingress, net.burst),
+        (Some(200_000_000), Some(500_000_000), Some(256 << 10))
+    );
+    assert_eq!(atlas.isolation.paths.private, [PathBuf::from("/var/tmp")]);
+    assert!(!atlas.isolation.userns);
+    let prod_net = &prod.isolation.network;
+    assert_eq!(prod_net.egress, Some(1_000_000_000));
+    assert_eq!((prod_net.mode, prod_net.ingress), (net.mode, net.ingress));
+    assert_eq!(
+        cms.isolation.network.ports,
+        [
+            PortForward {
+                host: 3128,
+                domain: 3128,
+                proto: Proto::Tcp
+            },
+            PortForward {
+                host: 5353,
+                domain: 53,
+                proto: Proto::Udp
+            }
+        ]
+    );
+    assert!(!cms.isolation.network.isolated);
+    assert_eq!(cms.isolation.paths.readonly, [PathBuf::from("/opt/cms")]);
+    assert!(pilot.isolation.network.ports.is_empty());
+    assert!(pilot.isolation.network.isolated);
+    assert_eq!(pilot.isolation.network.egress, cms.isolation.network.egress);
+    assert_eq!(pilot.isolation.paths, cms.isolation.paths);
+    assert_eq!(dteam.isolation.network.mode, NetworkMode::None);
+
     // The examples respect the limits promised to the test machines.
     for vo in set.vo_names() {
         let r = set.resolve(vo, None).unwrap();
@@ -214,8 +251,18 @@ fn unknown_keys_are_errors() {
     let e = &errors("[vo.atlas]\npool = 3\n")[0];
     assert_eq!((e.line, e.column), (2, 1));
     assert!(e.message.contains("unknown field `pool`"), "{e}");
+    let e = &errors("[vo.atlas]\nvolumes = \"x\"\n")[0];
+    assert!(e.message.contains("unknown field `volumes`"), "{e}");
+    // network and paths are tables with their own keys.
     let e = &errors("[vo.atlas]\nnetwork = \"x\"\n")[0];
-    assert!(e.message.contains("unknown field `network`"), "{e}");
+    assert!(e.message.contains("a table like { mode"), "{e}");
+    let e = &errors("[vo.atlas]\nnetwork = { bandwidth = \"1mbit\" }\n")[0];
+    assert_eq!((e.line, e.column), (2, 13));
+    assert!(e.message.contains("unknown field `bandwidth`"), "{e}");
+    let e = &errors("[vo.atlas]\npaths = { scratch = [] }\n")[0];
+    assert!(e.message.contains("unknown field `scratch`"), "{e}");
+    let e = &errors("[vo.atlas]\npaths = { private = \"/scratch\" }\n")[0];
+    assert_eq!(e.line, 2);
     let e = &errors("[vo.atlas]\ncpu = { limit = \"1\", shares = 3 }\n")[0];
     assert_eq!((e.line, e.column), (2, 22));
     assert!(e.message.contains("unknown field `shares`"), "{e}");
@@ -1133,4 +1180,625 @@ fn resolved_rule_serializes() {
     assert!(text.contains("granularity = \"user\""), "{text}");
     let back: ResolvedRule = toml::from_str(&text).unwrap();
     assert_eq!(back, r);
+}
+
+// ---------------------------------------------------------------- isolation
+
+#[test]
+fn isolation_defaults() {
+    let r = parse("[vo.atlas]\n")
+        .unwrap()
+        .resolve("atlas", None)
+        .unwrap();
+    assert_eq!(r.isolation, Isolation::default());
+    assert_eq!(r.isolation.network.mode, NetworkMode::Nat);
+    assert_eq!(r.isolation.network.shaper, Shaper::Htb);
+    assert!(r.isolation.network.isolated);
+    assert!(!r.isolation.userns);
+    // Setting one key of a table leaves the others at their defaults.
+    let r = parse(&vo_with("network = { isolated = false }"))
+        .unwrap()
+        .resolve("atlas", None)
+        .unwrap();
+    assert_eq!(
+        r.isolation.network,
+        NetworkPolicy {
+            isolated: false,
+            ..NetworkPolicy::default()
+        }
+    );
+}
+
+#[test]
+fn full_isolation_parses() {
+    let text = r#"
+[vo.atlas]
+network = { mode = "nat", egress = "200Mbit", ingress = "500mbit", burst = "256k", shaper = "htb", ports = ["8080:80", "5353:53/udp"], isolated = true }
+paths   = { private = ["/var/tmp", "/scratch"], readonly = ["/opt/experiment"] }
+userns  = true
+"#;
+    let r = parse(text).unwrap().resolve("atlas", None).unwrap();
+    assert_eq!(
+        r.isolation,
+        Isolation {
+            network: NetworkPolicy {
+                mode: NetworkMode::Nat,
+                egress: Some(200_000_000),
+                ingress: Some(500_000_000),
+                burst: Some(256 << 10),
+                shaper: Shaper::Htb,
+                ports: vec![
+                    PortForward {
+                        host: 8080,
+                        domain: 80,
+                        proto: Proto::Tcp
+                    },
+                    PortForward {
+                        host: 5353,
+                        domain: 53,
+                        proto: Proto::Udp
+                    },
+                ],
+                isolated: true,
+            },
+            paths: PathPolicy {
+                private: vec!["/var/tmp".into(), "/scratch".into()],
+                readonly: vec!["/opt/experiment".into()],
+            },
+            userns: true,
+        }
+    );
+    // The same keys as sub-tables, with the other accepted forms.
+    let text = r#"
+[vo.dteam.network]
+mode = "none"
+egress = "1.5gbit"
+burst = 65536
+shaper = "tbf"
+isolated = false
+[vo.dteam.paths]
+readonly = ["/", ]
+"#;
+    // "/" is refused; everything else in this table is fine.
+    one(
+        text,
+        9,
+        13,
+        "vo.dteam.paths.readonly[0]",
+        "\"/\"",
+        "root directory",
+    );
+    let r = parse(&text.replace("readonly = [\"/\", ]", "readonly = []"))
+        .unwrap()
+        .resolve("dteam", None)
+        .unwrap();
+    let net = &r.isolation.network;
+    assert_eq!(net.mode, NetworkMode::None);
+    assert_eq!(net.egress, Some(1_500_000_000));
+    assert_eq!(net.burst, Some(65536));
+    assert_eq!(net.shaper, Shaper::Tbf);
+    assert!(!net.isolated);
+    assert!(r.isolation.paths.readonly.is_empty());
+}
+
+#[test]
+fn network_mode_errors() {
+    let text = vo_with("network = { mode = \"bridge\" }");
+    one(
+        &text,
+        2,
+        20,
+        "vo.atlas.network.mode",
+        "\"bridge\"",
+        "expected \"nat\" or \"none\"",
+    );
+    assert_eq!(
+        errors(&text)[0].to_string(),
+        "t.toml:2:20: vo.atlas.network.mode = \"bridge\": expected \"nat\" or \"none\""
+    );
+    one(
+        &vo_with("network = { mode = \"NAT\" }"),
+        2,
+        20,
+        "vo.atlas.network.mode",
+        "\"NAT\"",
+        "expected \"nat\" or \"none\"",
+    );
+    one(
+        &vo_with("network = { mode = false }"),
+        2,
+        20,
+        "vo.atlas.network.mode",
+        "false",
+        "expected a string, one of \"nat\", \"none\", found a boolean",
+    );
+}
+
+#[test]
+fn rate_errors() {
+    let cases: &[(&str, &str)] = &[
+        ("\"200Mbps\"", "tc reads \"mbps\" as megabytes per second"),
+        ("\"25MB/s\"", "byte units are not accepted"),
+        ("\"200\"", "expected a rate in bits per second"),
+        ("\"200 mbit\"", "expected a rate in bits per second"),
+        ("\"0mbit\"", "must be greater than 0"),
+        ("\"101gbit\"", "above the maximum of 100gbit"),
+        ("\"0.5bit\"", "below 1 bit/s"),
+        (
+            "200000000",
+            "expected a rate string like \"200mbit\", found an integer",
+        ),
+        ("1.5", "found a float"),
+    ];
+    for (value, msg) in cases {
+        for key in ["egress", "ingress"] {
+            let text = vo_with(&format!("network = {{ {key} = {value} }}"));
+            let col = "network = { ".len() + key.len() + " = ".len() + 1;
+            one(
+                &text,
+                2,
+                col,
+                &format!("vo.atlas.network.{key}"),
+                value,
+                msg,
+            );
+        }
+    }
+    let ok = parse(&vo_with(
+        "network = { egress = \"100gbit\", ingress = \"1bit\" }",
+    ))
+    .unwrap()
+    .resolve("atlas", None)
+    .unwrap();
+    assert_eq!(ok.isolation.network.egress, Some(100_000_000_000));
+    assert_eq!(ok.isolation.network.ingress, Some(1));
+}
+
+#[test]
+fn burst_errors() {
+    let cases: &[(&str, &str)] = &[
+        ("0", "must be greater than 0"),
+        ("\"0k\"", "must be greater than 0"),
+        ("-1", "must not be negative"),
+        ("\"4G\"", "above the maximum of 4294967295 bytes"),
+        ("\"256kbit\"", "expected a size"),
+        ("true", "expected a size"),
+    ];
+    for (value, msg) in cases {
+        one(
+            &vo_with(&format!("network = {{ burst = {value} }}")),
+            2,
+            21,
+            "vo.atlas.network.burst",
+            value,
+            msg,
+        );
+    }
+    let r = parse(&vo_with("network = { burst = 4294967295 }"))
+        .unwrap()
+        .resolve("atlas", None)
+        .unwrap();
+    assert_eq!(r.isolation.network.burst, Some(u64::from(u32::MAX)));
+}
+
+#[test]
+fn shaper_errors() {
+    for qdisc in ["sfq", "fq_codel", "cake", "netem"] {
+        let errs = errors(&vo_with(&format!("network = {{ shaper = \"{qdisc}\" }}")));
+        assert_eq!(errs.len(), 1);
+        let e = &errs[0];
+        assert_eq!(
+            (e.line, e.column, e.field.as_str()),
+            (2, 22, "vo.atlas.network.shaper")
+        );
+        assert_eq!(
+            e.message,
+            format!(
+                "only \"htb\" and \"tbf\" are supported: the kernel module set of this platform lacks sch_{qdisc} and the other qdiscs"
+            )
+        );
+    }
+    one(
+        &vo_with("network = { shaper = \"fancy\" }"),
+        2,
+        22,
+        "vo.atlas.network.shaper",
+        "\"fancy\"",
+        "expected \"htb\" or \"tbf\", the only shapers the kernel module set of this platform provides",
+    );
+    one(
+        &vo_with("network = { shaper = 1 }"),
+        2,
+        22,
+        "vo.atlas.network.shaper",
+        "1",
+        "expected a string, one of \"htb\", \"tbf\"",
+    );
+}
+
+#[test]
+fn boolean_errors() {
+    one(
+        &vo_with("network = { isolated = \"yes\" }"),
+        2,
+        24,
+        "vo.atlas.network.isolated",
+        "\"yes\"",
+        "expected a boolean (true or false), found a string",
+    );
+    one(
+        &vo_with("userns = 1"),
+        2,
+        10,
+        "vo.atlas.userns",
+        "1",
+        "expected a boolean (true or false), found an integer",
+    );
+}
+
+#[test]
+fn port_errors() {
+    let col = "network = { ports = [".len() + 1;
+    let cases: &[(&str, &str)] = &[
+        ("\"8080\"", "expected \"HOST:DOMAIN\""),
+        ("\"8080:\"", "expected \"HOST:DOMAIN\""),
+        ("\"0:80\"", "host port 0 is out of range (1-65535)"),
+        (
+            "\"80:65536\"",
+            "domain port 65536 is out of range (1-65535)",
+        ),
+        (
+            "\"80:80/sctp\"",
+            "unknown protocol \"sctp\"; expected \"tcp\" or \"udp\"",
+        ),
+        ("8080", "expected a string, found an integer"),
+    ];
+    for (value, msg) in cases {
+        one(
+            &vo_with(&format!("network = {{ ports = [{value}] }}")),
+            2,
+            col,
+            "vo.atlas.network.ports[0]",
+            value,
+            msg,
+        );
+    }
+    // The same host port and protocol twice; the same port over another
+    // protocol is fine.
+    let text = vo_with(
+        "network = { ports = [\"8080:80\", \"8080:80/udp\", \"53:53/udp\", \"8080:81/tcp\"] }",
+    );
+    one(
+        &text,
+        2,
+        61,
+        "vo.atlas.network.ports[3]",
+        "\"8080:81/tcp\"",
+        "host port 8080/tcp is already forwarded by ports[0]",
+    );
+    let text = vo_with("network = { ports = [\"x\", \"53:53/udp\", \"53:54/udp\"] }");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{}", PolicyErrors(errs.clone()));
+    assert!(errs[1].message.contains("already forwarded by ports[1]"));
+    let r = parse(&vo_with(
+        "network = { ports = [\"8080:80\", \"8080:80/udp\", \"9090:80\"] }",
+    ))
+    .unwrap()
+    .resolve("atlas", None)
+    .unwrap();
+    assert_eq!(r.isolation.network.ports.len(), 3);
+    // A list must be a list.
+    let e = &errors(&vo_with("network = { ports = \"8080:80\" }"))[0];
+    assert_eq!(e.line, 2);
+}
+
+#[test]
+fn ports_need_nat() {
+    // In one table: reported at the ports, naming the field.
+    let text = vo_with("network = { mode = \"none\", ports = [\"8080:80\"] }");
+    one(
+        &text,
+        2,
+        36,
+        "vo.atlas.network.ports",
+        "[\"8080:80\"]",
+        "port forwarding requires network.mode = \"nat\", but the mode is \"none\"",
+    );
+    // Empty ports are fine with "none".
+    parse(&vo_with("network = { mode = \"none\", ports = [] }")).unwrap();
+    // Invalid ports are reported once.
+    one(
+        &vo_with("network = { mode = \"none\", ports = [\"x\"] }"),
+        2,
+        37,
+        "vo.atlas.network.ports[0]",
+        "\"x\"",
+        "HOST:DOMAIN",
+    );
+
+    // VO mode "none", rule forwards ports: the rule is to blame.
+    let text = r#"[vo.atlas]
+network = { mode = "none" }
+[[vo.atlas.role]]
+fqan = "/atlas/Role=web"
+network = { ports = ["8080:80"] }
+"#;
+    one(
+        text,
+        5,
+        21,
+        "vo.atlas.role[0].network.ports",
+        "[\"8080:80\"]",
+        "requires network.mode = \"nat\", but the mode is \"none\"",
+    );
+
+    // VO forwards ports, a rule switches to "none" without clearing them.
+    let text = r#"[vo.atlas]
+network = { ports = ["8080:80", "53:53/udp"] }
+[[vo.atlas.group]]
+fqan = "/atlas/offline"
+network = { mode = "none" }
+"#;
+    one(
+        text,
+        5,
+        20,
+        "vo.atlas.group[0].network.mode",
+        "\"none\"",
+        "mode \"none\" cannot forward ports, but ports = [\"8080:80/tcp\", \"53:53/udp\"] is inherited; add ports = [] here",
+    );
+    let fixed = text.replace("mode = \"none\"", "mode = \"none\", ports = []");
+    let set = parse(&fixed).unwrap();
+    let r = set
+        .resolve("atlas", Some(&fqan("/atlas/offline/x")))
+        .unwrap();
+    assert_eq!(r.isolation.network.mode, NetworkMode::None);
+    assert!(r.isolation.network.ports.is_empty());
+    assert_eq!(
+        set.resolve("atlas", None)
+            .unwrap()
+            .isolation
+            .network
+            .ports
+            .len(),
+        2
+    );
+
+    // A group and a role rule that only clash together fail at resolution.
+    let text = r#"[vo.atlas]
+[[vo.atlas.group]]
+fqan = "/atlas/offline"
+network = { mode = "none" }
+[[vo.atlas.role]]
+fqan = "/atlas/Role=web"
+network = { ports = ["8080:80"] }
+"#;
+    let set = parse(text).unwrap();
+    let err = set
+        .resolve("atlas", Some(&fqan("/atlas/offline/Role=web")))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "VO \"atlas\", FQAN \"/atlas/offline/Role=web\": the matching rules conflict: \
+         network.ports forwards ports, but network.mode is \"none\" (ports need \"nat\")"
+    );
+    set.resolve("atlas", Some(&fqan("/atlas/Role=web")))
+        .unwrap();
+}
+
+#[test]
+fn path_errors() {
+    let col = "paths = { private = [".len() + 1;
+    let cases: &[(&str, &str)] = &[
+        ("\"scratch\"", "must be an absolute path"),
+        ("\"\"", "must be an absolute path"),
+        ("\"/scratch/../etc\"", "must not contain \"..\" components"),
+        ("\"/..\"", "must not contain \"..\" components"),
+        ("\"/scratch/./x\"", "must be normalized (no \".\" or empty components, no trailing \"/\"); write \"/scratch/x\""),
+        ("\"/scratch/\"", "write \"/scratch\""),
+        ("\"//scratch\"", "write \"/scratch\""),
+        ("\"/scratch\\u0000\"", "must not contain control characters"),
+        ("\"/scr\\natch\"", "must not contain control characters"),
+        ("\"/\"", "the root directory cannot be private or read-only"),
+        ("\"/proc\"", "/proc is a kernel file system"),
+        ("\"/proc/sys\"", "/proc is a kernel file system"),
+        ("\"/sys\"", "/sys is a kernel file system"),
+        ("\"/dev\"", "/dev is a kernel file system"),
+        ("\"/tmp\"", "/tmp is already private to every domain"),
+        ("\"/tmp/x\"", "/tmp is already private to every domain"),
+        ("\"/dev/shm\"", "/dev/shm is already private to every domain"),
+        ("42", "expected a string, found an integer"),
+    ];
+    for (value, msg) in cases {
+        for list in ["private", "readonly"] {
+            let text = format!("[vo.atlas]\npaths = {{ {list} = [{value}] }}\n");
+            let col = col - "private".len() + list.len();
+            one(
+                &text,
+                2,
+                col,
+                &format!("vo.atlas.paths.{list}[0]"),
+                value,
+                msg,
+            );
+        }
+    }
+    let long = format!("\"/{}\"", "a".repeat(256));
+    let e = &errors(&vo_with(&format!("paths = {{ readonly = [{long}] }}")))[0];
+    assert_eq!((e.line, e.column), (2, 23));
+    assert!(e.value.ends_with("a ..."), "{e}");
+    assert!(e.message.contains("component longer than 255 bytes"), "{e}");
+    let longer = format!("\"/{}\"", ["a"; 2100].join("/"));
+    let e = &errors(&vo_with(&format!("paths = {{ readonly = [{longer}] }}")))[0];
+    assert!(e.message.contains("longer than 4095 bytes"), "{e}");
+    // Only whole components count: /procfs and /tmpdata are ordinary.
+    let r = parse(&vo_with(
+        "paths = { private = [\"/procfs\", \"/tmpdata\", \"/devices\"], readonly = [\"/system\"] }",
+    ))
+    .unwrap()
+    .resolve("atlas", None)
+    .unwrap();
+    assert_eq!(r.isolation.paths.private.len(), 3);
+    // Existence is the daemon's business.
+    parse(&vo_with("paths = { readonly = [\"/does/not/exist\"] }")).unwrap();
+}
+
+#[test]
+fn path_duplicates() {
+    one(
+        &vo_with("paths = { private = [\"/scratch\", \"/a\", \"/scratch\"] }"),
+        2,
+        40,
+        "vo.atlas.paths.private[2]",
+        "\"/scratch\"",
+        "listed twice; already vo.atlas.paths.private[0]",
+    );
+    // Private and read-only at once, in one table.
+    one(
+        &vo_with("paths = { private = [\"/scratch\"], readonly = [\"/opt\", \"/scratch\"] }"),
+        2,
+        55,
+        "vo.atlas.paths.readonly[1]",
+        "\"/scratch\"",
+        "also listed in paths.private; a directory is either private or read-only",
+    );
+    // ... or across the VO and a rule: the rule is to blame.
+    let text = r#"[vo.atlas]
+paths = { readonly = ["/opt/sw", "/scratch"] }
+[[vo.atlas.group]]
+fqan = "/atlas/higgs"
+paths = { private = ["/scratch"] }
+"#;
+    one(
+        text,
+        5,
+        22,
+        "vo.atlas.group[0].paths.private[0]",
+        "\"/scratch\"",
+        "also listed in paths.readonly (inherited)",
+    );
+    // A rule that replaces readonly too resolves the clash.
+    let fixed = text.replace(
+        "private = [\"/scratch\"]",
+        "private = [\"/scratch\"], readonly = [\"/opt/sw\"]",
+    );
+    let r = parse(&fixed)
+        .unwrap()
+        .resolve("atlas", Some(&fqan("/atlas/higgs")))
+        .unwrap();
+    assert_eq!(r.isolation.paths.private, [PathBuf::from("/scratch")]);
+    assert_eq!(r.isolation.paths.readonly, [PathBuf::from("/opt/sw")]);
+}
+
+const ISOLATION_MERGE: &str = r#"
+[vo.atlas]
+network = { mode = "nat", egress = "200mbit", ingress = "500mbit", burst = "256k", ports = ["8080:80"], isolated = false }
+paths   = { private = ["/scratch"], readonly = ["/opt/experiment"] }
+
+[[vo.atlas.group]]
+fqan    = "/atlas/higgs"
+network = { egress = "1gbit", shaper = "tbf" }
+paths   = { readonly = ["/opt/higgs", "/opt/experiment"] }
+userns  = true
+
+[[vo.atlas.role]]
+fqan    = "/atlas/Role=production"
+network = { ports = ["9090:90/udp"], isolated = true }
+
+[[vo.atlas.group]]
+fqan    = "/atlas/higgs/susy"
+network = { mode = "none", ports = [] }
+userns  = false
+"#;
+
+#[test]
+fn isolation_merges_key_by_key() {
+    let set = parse(ISOLATION_MERGE).unwrap();
+    let r = |f: Option<&str>| {
+        let f = f.map(fqan);
+        set.resolve("atlas", f.as_ref()).unwrap().isolation
+    };
+    let base = r(None);
+    assert_eq!(base.network.egress, Some(200_000_000));
+    assert_eq!(base.network.shaper, Shaper::Htb);
+    assert!(!base.network.isolated);
+    assert!(!base.userns);
+
+    // egress and shaper replaced; mode, ingress, burst, ports, isolated kept.
+    let higgs = r(Some("/atlas/higgs"));
+    assert_eq!(
+        higgs.network,
+        NetworkPolicy {
+            mode: NetworkMode::Nat,
+            egress: Some(1_000_000_000),
+            ingress: Some(500_000_000),
+            burst: Some(256 << 10),
+            shaper: Shaper::Tbf,
+            ports: base.network.ports.clone(),
+            isolated: false,
+        }
+    );
+    // readonly replaced whole, private kept.
+    assert_eq!(
+        higgs.paths,
+        PathPolicy {
+            private: vec!["/scratch".into()],
+            readonly: vec!["/opt/higgs".into(), "/opt/experiment".into()],
+        }
+    );
+    assert!(higgs.userns);
+
+    // The role's ports replace the VO's list; the group's keys still apply.
+    let prod = r(Some("/atlas/higgs/Role=production"));
+    assert_eq!(
+        prod.network.ports,
+        [PortForward {
+            host: 9090,
+            domain: 90,
+            proto: Proto::Udp
+        }]
+    );
+    assert!(prod.network.isolated);
+    assert_eq!(prod.network.egress, Some(1_000_000_000));
+    assert_eq!(prod.network.shaper, Shaper::Tbf);
+    assert!(prod.userns);
+
+    // The most specific rule goes loopback-only and clears the ports.
+    let susy = r(Some("/atlas/higgs/susy/Role=production"));
+    assert_eq!(susy.network.mode, NetworkMode::None);
+    assert!(susy.network.ports.is_empty());
+    assert_eq!(susy.network.egress, Some(1_000_000_000));
+    assert!(!susy.userns);
+    assert_eq!(susy.paths, higgs.paths);
+}
+
+#[test]
+fn isolation_serializes_and_old_records_load() {
+    let set = parse(ISOLATION_MERGE).unwrap();
+    let r = set
+        .resolve("atlas", Some(&fqan("/atlas/higgs/Role=production")))
+        .unwrap();
+    let text = toml::to_string(&r).unwrap();
+    let back: ResolvedRule = toml::from_str(&text).unwrap();
+    assert_eq!(back, r);
+    // A record from before isolation existed gets the defaults.
+    let plain = ResolvedRule::defaults("atlas", "t.toml".into());
+    let text = toml::to_string(&plain).unwrap();
+    let mut skip = false;
+    let old: String = text
+        .lines()
+        .filter(|line| {
+            if line.starts_with('[') {
+                skip = line.starts_with("[isolation");
+            }
+            !skip
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(
+        !old.contains("isolation") && old.contains("[idle]"),
+        "{old}"
+    );
+    let back: ResolvedRule = toml::from_str(&old).unwrap_or_else(|e| panic!("{e}\n{old}"));
+    assert_eq!(back, plain);
 }

@@ -1,5 +1,5 @@
 //! Parsing of the human-friendly quantities used in policy files: sizes,
-//! durations, CPU amounts and kernel CPU lists.
+//! durations, network rates, CPU amounts and kernel CPU lists.
 
 /// A quantity that could not be parsed or is out of range; the message says
 /// what was expected (the caller adds the field and value).
@@ -11,6 +11,9 @@ fn err<T>(msg: impl Into<String>) -> Result<T, UnitError> {
     Err(UnitError(msg.into()))
 }
 
+/// The largest network rate, in bits per second (100gbit).
+pub const MAX_RATE_BITS: u64 = 100_000_000_000;
+
 /// The largest CPU limit, in millicores (4096 cores).
 pub const MAX_MILLICORES: u64 = 4096 * 1000;
 
@@ -21,6 +24,8 @@ const SIZE_EXPECTED: &str =
     "expected a size in bytes or with a K/M/G/T suffix (\"512M\", \"8G\", \"1GiB\")";
 const DURATION_EXPECTED: &str =
     "expected a duration in seconds or with an s/m/h/d suffix (\"30s\", \"10m\", \"2h\", \"7d\")";
+const RATE_EXPECTED: &str = "expected a rate in bits per second: a number with the decimal unit \"bit\", \"kbit\", \"mbit\" or \"gbit\" (\"200mbit\", \"1.5gbit\")";
+const RATE_BYTES: &str = "byte units are not accepted (tc reads \"mbps\" as megabytes per second); write bits per second with \"bit\", \"kbit\", \"mbit\" or \"gbit\" (\"200mbit\")";
 const CPU_EXPECTED: &str = "expected cores (\"4\", \"0.5\") or a percentage (\"250%\")";
 
 /// Splits `s` into its leading ASCII digits and the rest.
@@ -67,6 +72,101 @@ pub fn parse_duration(s: &str) -> Result<u64, UnitError> {
     let too_big = || UnitError("too large".into());
     let n: u64 = digits.parse().map_err(|_| too_big())?;
     n.checked_mul(unit).ok_or_else(too_big)
+}
+
+/// Parses a network rate: a decimal number (`"200"`, `"1.5"`) followed by
+/// `bit`, `kbit`, `mbit` or `gbit`, case-insensitive, with decimal SI
+/// prefixes (`1mbit` = 1 000 000 bit/s). Returns bits per second, which must
+/// be a whole number, at least 1 and at most [`MAX_RATE_BITS`]. Byte units
+/// (`"mbps"`, `"MB/s"`) are refused with a hint, since tc reads `mbps` as
+/// megabytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, UnitError> {
+    let (int, rest) = split_digits(s);
+    let (frac, unit) = match rest.strip_prefix('.') {
+        Some(after) => {
+            let (frac, unit) = split_digits(after);
+            if frac.is_empty() {
+                return err(RATE_EXPECTED);
+            }
+            (frac, unit)
+        }
+        None => ("", rest),
+    };
+    if int.is_empty() {
+        return err(RATE_EXPECTED);
+    }
+    let unit = unit.to_ascii_lowercase();
+    let per_unit: u128 = match unit.as_str() {
+        "bit" => 1,
+        "kbit" => 1_000,
+        "mbit" => 1_000_000,
+        "gbit" => 1_000_000_000,
+        u if is_byte_rate_unit(u) => return err(RATE_BYTES),
+        _ => return err(RATE_EXPECTED),
+    };
+    // As in parse_cpu: zeros that carry no value are dropped so that the
+    // arithmetic stays in range.
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    if int.len() > 12 {
+        return err("above the maximum of 100gbit");
+    }
+    // A unit is at most 10^9 bits, so a longer fraction cannot be whole.
+    if frac.len() > 9 {
+        return err("more precise than 1 bit/s");
+    }
+    let digits = |d: &str| -> Result<u128, UnitError> {
+        if d.is_empty() {
+            Ok(0)
+        } else {
+            d.parse().map_err(|_| UnitError(RATE_EXPECTED.into()))
+        }
+    };
+    let denom = 10u128.pow(frac.len() as u32);
+    let scaled = (digits(int)? * denom + digits(frac)?) * per_unit;
+    if scaled == 0 {
+        return err("must be greater than 0");
+    }
+    let bits = scaled / denom;
+    if bits == 0 {
+        return err("below 1 bit/s");
+    }
+    if scaled % denom != 0 {
+        return err("more precise than 1 bit/s");
+    }
+    match u64::try_from(bits) {
+        Ok(bits) if bits <= MAX_RATE_BITS => Ok(bits),
+        _ => err("above the maximum of 100gbit"),
+    }
+}
+
+/// Whether a lowercase unit names bytes per second (`"mbps"`, `"mb/s"`,
+/// `"kib/s"`, `"mb"`, ...) rather than bits.
+fn is_byte_rate_unit(unit: &str) -> bool {
+    let core = unit
+        .strip_suffix("/s")
+        .or_else(|| unit.strip_suffix("ps"))
+        .unwrap_or(unit);
+    matches!(
+        core,
+        "b" | "kb" | "mb" | "gb" | "tb" | "kib" | "mib" | "gib" | "tib" | "byte" | "bytes"
+    )
+}
+
+/// Formats bits per second with the largest decimal unit that divides them
+/// exactly (`200mbit`, `1500mbit`, `64bit`), in the syntax [`parse_rate`]
+/// accepts and tc understands.
+pub fn format_rate(bits: u64) -> String {
+    for (unit, suffix) in [
+        (1_000_000_000, "gbit"),
+        (1_000_000, "mbit"),
+        (1_000, "kbit"),
+    ] {
+        if bits != 0 && bits % unit == 0 {
+            return format!("{}{suffix}", bits / unit);
+        }
+    }
+    format!("{bits}bit")
 }
 
 /// Checks an exact millicore amount against the accepted range.
@@ -321,6 +421,94 @@ mod tests {
             "CPU 8192 is out of range (CPUs are numbered below 8192)"
         );
         assert!(validate_cpu_list("99999999999999", "CPU").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("1bit").unwrap(), 1);
+        assert_eq!(parse_rate("200mbit").unwrap(), 200_000_000);
+        assert_eq!(parse_rate("200Mbit").unwrap(), 200_000_000);
+        assert_eq!(parse_rate("200MBIT").unwrap(), 200_000_000);
+        assert_eq!(parse_rate("500kbit").unwrap(), 500_000);
+        assert_eq!(parse_rate("1mbit").unwrap(), 1_000_000);
+        assert_eq!(parse_rate("1.5gbit").unwrap(), 1_500_000_000);
+        assert_eq!(parse_rate("0.5kbit").unwrap(), 500);
+        assert_eq!(parse_rate("1.000gbit").unwrap(), 1_000_000_000);
+        assert_eq!(parse_rate("0001kbit").unwrap(), 1000);
+        assert_eq!(parse_rate("0.000000001gbit").unwrap(), 1);
+        assert_eq!(parse_rate("100gbit").unwrap(), MAX_RATE_BITS);
+        assert_eq!(parse_rate("100000mbit").unwrap(), MAX_RATE_BITS);
+        for bad in [
+            "",
+            "mbit",
+            "200",
+            "200m",
+            "200 mbit",
+            " 200mbit",
+            "200mbit ",
+            ".5gbit",
+            "5.gbit",
+            "-1mbit",
+            "+1mbit",
+            "1e3mbit",
+            "200mibit",
+            "200mbit/s",
+            "200mbits",
+            "1,5gbit",
+            "200tbit",
+            "1.2.3mbit",
+        ] {
+            assert_eq!(parse_rate(bad).unwrap_err().0, RATE_EXPECTED, "{bad:?}");
+        }
+        for bytes in [
+            "200mbps", "200Mbps", "200MBps", "200MB/s", "200mb/s", "10kbps", "1gbps", "100bps",
+            "100B/s", "100MiB/s", "100MB", "1GiB", "5bytes",
+        ] {
+            assert_eq!(parse_rate(bytes).unwrap_err().0, RATE_BYTES, "{bytes:?}");
+        }
+        assert!(RATE_BYTES.contains("megabytes"));
+        assert_eq!(parse_rate("0mbit").unwrap_err().0, "must be greater than 0");
+        assert_eq!(
+            parse_rate("0.0gbit").unwrap_err().0,
+            "must be greater than 0"
+        );
+        assert_eq!(parse_rate("0.5bit").unwrap_err().0, "below 1 bit/s");
+        assert_eq!(
+            parse_rate("1.0005kbit").unwrap_err().0,
+            "more precise than 1 bit/s"
+        );
+        assert_eq!(
+            parse_rate("1.0000000001gbit").unwrap_err().0,
+            "more precise than 1 bit/s"
+        );
+        assert_eq!(
+            parse_rate("100000000001bit").unwrap_err().0,
+            "above the maximum of 100gbit"
+        );
+        assert_eq!(
+            parse_rate("100.000000001gbit").unwrap_err().0,
+            "above the maximum of 100gbit"
+        );
+        assert_eq!(
+            parse_rate("101gbit").unwrap_err().0,
+            "above the maximum of 100gbit"
+        );
+        assert!(parse_rate(&format!("{}gbit", "9".repeat(40))).is_err());
+        assert!(parse_rate(&format!("1.{}gbit", "1".repeat(40))).is_err());
+    }
+
+    #[test]
+    fn rate_formatting() {
+        assert_eq!(format_rate(0), "0bit");
+        assert_eq!(format_rate(1), "1bit");
+        assert_eq!(format_rate(1500), "1500bit");
+        assert_eq!(format_rate(200_000_000), "200mbit");
+        assert_eq!(format_rate(1_500_000_000), "1500mbit");
+        assert_eq!(format_rate(3_000), "3kbit");
+        assert_eq!(format_rate(MAX_RATE_BITS), "100gbit");
+        for n in [1, 999, 1000, 1001, 123_456_789, MAX_RATE_BITS] {
+            assert_eq!(parse_rate(&format_rate(n)).unwrap(), n);
+        }
     }
 
     #[test]

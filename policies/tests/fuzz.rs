@@ -1,11 +1,12 @@
-//! Property tests: hostile input never panics, valid names and FQANs
-//! round-trip.
+//! Property tests: hostile input never panics, valid names, FQANs, rates
+//! and port forwards round-trip.
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
-use dms_policies::{validate_name, Fqan, PolicySet};
+use dms_policies::units::{format_rate, parse_rate, MAX_RATE_BITS};
+use dms_policies::{validate_name, Fqan, PolicySet, PortForward, Proto};
 use proptest::prelude::*;
 
 /// A valid name: allowed first character, then allowed characters.
@@ -42,6 +43,19 @@ fn toml_value() -> impl Strategy<Value = String> {
         Just("\"user\"".to_owned()),
         Just("\"libvirt\"".to_owned()),
         Just("\"freeze\"".to_owned()),
+        Just("\"nat\"".to_owned()),
+        Just("\"none\"".to_owned()),
+        Just("\"tbf\"".to_owned()),
+        Just("\"200mbit\"".to_owned()),
+        Just("\"1.5gbit\"".to_owned()),
+        Just("\"200Mbps\"".to_owned()),
+        Just("\"256k\"".to_owned()),
+        Just("\"8080:80\"".to_owned()),
+        Just("\"53:53/udp\"".to_owned()),
+        Just("\"/scratch\"".to_owned()),
+        Just("\"/tmp\"".to_owned()),
+        Just("\"/a/../b\"".to_owned()),
+        Just("false".to_owned()),
         any::<i64>().prop_map(|n| n.to_string()),
         any::<f64>()
             .prop_filter("finite", |f| f.is_finite())
@@ -89,6 +103,18 @@ fn key() -> impl Strategy<Value = String> {
         "action",
         "after",
         "fqan",
+        "network",
+        "mode",
+        "egress",
+        "ingress",
+        "burst",
+        "shaper",
+        "ports",
+        "isolated",
+        "paths",
+        "private",
+        "readonly",
+        "userns",
         "pool",
     ])
     .prop_map(str::to_owned)
@@ -189,5 +215,63 @@ proptest! {
         prop_assert_eq!(&parsed.capability, &cap);
         prop_assert_eq!(parsed.to_string(), text.clone());
         prop_assert_eq!(parsed.to_string().parse::<Fqan>().unwrap(), parsed);
+    }
+
+    #[test]
+    fn rates_round_trip(bits in 1..=MAX_RATE_BITS) {
+        let text = format_rate(bits);
+        prop_assert_eq!(parse_rate(&text).unwrap(), bits, "{}", text);
+        // Units are case-insensitive.
+        prop_assert_eq!(parse_rate(&text.to_uppercase()).unwrap(), bits);
+    }
+
+    #[test]
+    fn decimal_rates_are_exact(int in 0u64..100, frac in 0u64..1000, unit in 0usize..4) {
+        let (name, per_unit) = [("bit", 1u64), ("kbit", 1_000), ("mbit", 1_000_000), ("gbit", 1_000_000_000)][unit];
+        let text = format!("{int}.{frac:03}{name}");
+        // int.frac units, in thousandths of a unit.
+        let milli = int * 1000 + frac;
+        let expected = (milli * per_unit % 1000 == 0).then_some(milli * per_unit / 1000);
+        match (parse_rate(&text), expected) {
+            (Ok(bits), Some(want)) if want > 0 => prop_assert_eq!(bits, want, "{}", text),
+            (Err(_), Some(0) | None) => {}
+            (got, want) => prop_assert!(false, "{}: got {:?}, expected {:?}", text, got, want),
+        }
+    }
+
+    #[test]
+    fn rate_like_strings_never_panic(s in "[0-9.]{0,25}[a-zA-Z/]{0,6}") {
+        if let Ok(bits) = parse_rate(&s) {
+            prop_assert!((1..=MAX_RATE_BITS).contains(&bits), "{}", s);
+            prop_assert_eq!(parse_rate(&format_rate(bits)).unwrap(), bits);
+        }
+    }
+
+    #[test]
+    fn port_forwards_round_trip(host in 1u16.., domain in 1u16.., udp in any::<bool>()) {
+        let proto = if udp { Proto::Udp } else { Proto::Tcp };
+        let p = PortForward { host, domain, proto };
+        prop_assert_eq!(p.to_string().parse::<PortForward>().unwrap(), p);
+        if !udp {
+            prop_assert_eq!(format!("{host}:{domain}").parse::<PortForward>().unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn path_lists_never_panic(p in "(/|\\.|\\.\\.|[a-z]{1,3}|proc|tmp|dev|shm|\n|\u{0}){0,8}") {
+        let doc = format!("[vo.atlas]\npaths = {{ private = [{p:?}] }}\n");
+        match PolicySet::parse_str(Path::new("f.toml"), &doc) {
+            Ok(set) => {
+                let r = set.resolve("atlas", None).unwrap();
+                let dir = &r.isolation.paths.private[0];
+                prop_assert!(dir.is_absolute());
+                prop_assert!(dir.components().all(|c| matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )));
+                prop_assert_eq!(dir.to_str().unwrap(), p.as_str());
+            }
+            Err(errs) => prop_assert!(errs.0.iter().all(|e| e.line == 2)),
+        }
     }
 }

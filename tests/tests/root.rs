@@ -62,6 +62,10 @@ fqan = "/dmstest/Role=big"
 cpu = { limit = "1" }
 pids = 64
 
+# Owners may run commands in their domains.
+[vo.dmsexec]
+owner_may = ["exec", "freeze", "thaw"]
+
 # Valid as policy, refused by the kernel on this 2-CPU test machine: exercises rollback.
 [vo.dmsbadcpu]
 cpuset = { cpus = "7" }
@@ -254,6 +258,30 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 const NOBODY: u32 = 65534;
 
+/// Pids in a domain's cgroup (pids controller on v1).
+fn cgroup_procs(subtree: &str, domain: &str) -> Vec<i32> {
+    std::fs::read_to_string(
+        cgroup_dir(subtree, "pids")
+            .join(domain)
+            .join("cgroup.procs"),
+    )
+    .unwrap_or_default()
+    .lines()
+    .filter_map(|l| l.trim().parse().ok())
+    .collect()
+}
+
+/// The namespace links of a process, by name.
+fn ns_links(pid: &str) -> Vec<(String, String)> {
+    ["mnt", "uts", "ipc", "net", "cgroup", "pid"]
+        .iter()
+        .map(|n| {
+            let l = std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
+            (n.to_string(), l.display().to_string())
+        })
+        .collect()
+}
+
 #[test]
 fn cpu_limit_freeze_and_thaw() {
     if !can_run() {
@@ -403,9 +431,22 @@ fn kill9_and_restart_adopts_domains() {
         .unwrap();
     d.ok(&["domain", "freeze", "dmstest.nobody"]);
     d.ok(&["domain", "create", "--user", "daemon", "--vo", "dmstest"]);
+    let daemon_init = d.json(&["domain", "join-info", "dmstest.daemon"])["init_pid"]
+        .as_i64()
+        .unwrap();
     d.kill9();
-    // While it is down: one domain's (empty) group is removed by hand, and an orphan group
-    // appears under the subtree.
+    // While it is down: one domain's init dies and its (now empty) group is removed by hand,
+    // and an orphan group appears under the subtree.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon_init as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(
+        "init of dmstest.daemon gone",
+        Duration::from_secs(5),
+        || cgroup_procs(&d.subtree, "dmstest.daemon").is_empty(),
+    );
     for c in [
         "cpu", "cpuacct", "memory", "freezer", "pids", "blkio", "cpuset",
     ] {
@@ -436,7 +477,8 @@ fn kill9_and_restart_adopts_domains() {
     assert!(names.contains(&"dmstest.nobody"), "{names:?}");
     let v = d.json(&["domain", "show", "dmstest.nobody"]);
     assert_eq!(v["state"], "frozen", "frozen state not adopted: {v}");
-    assert_eq!(v["processes"], 1);
+    // The domain's init and the sleeper.
+    assert_eq!(v["processes"], 2);
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "process lost");
     for r in &orphan_roots {
         assert!(
@@ -455,6 +497,16 @@ fn kill9_and_restart_adopts_domains() {
     // A failed domain can still be destroyed.
     d.ok(&["domain", "destroy", "dmstest.daemon"]);
     d.ok(&["domain", "thaw", "dmstest.nobody"]);
+    // The adopted domain is still enterable: same namespaces as the sleeper.
+    let inside = d.ok(&[
+        "exec",
+        "dmstest.nobody",
+        "--",
+        "readlink",
+        "/proc/self/ns/net",
+    ]);
+    let sleeper_ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_eq!(inside.trim(), sleeper_ns.display().to_string());
     d.ok(&["domain", "destroy", "dmstest.nobody"]);
     wait_until("process killed", Duration::from_secs(5), || {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
@@ -820,7 +872,8 @@ fn attach_moves_a_running_process() {
         "{cg}"
     );
     let v = d.json(&["domain", "show", "dmstest.nobody"]);
-    assert_eq!(v["processes"], 1);
+    // The domain's init and the sleeper.
+    assert_eq!(v["processes"], 2);
     // The owner's policy does not grant attach: denied even for the owner's own domain.
     let o = d.ctl_as(Some(NOBODY), &["domain", "attach", "dmstest.nobody", &pid]);
     assert_eq!(o.status.code(), Some(4), "{o:?}");
@@ -909,4 +962,270 @@ fn concurrent_ensures_of_one_identity_make_one_domain() {
     }
     let list = d.json(&["domain", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[test]
+fn domains_are_isolated_from_each_other_and_the_host() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("iso");
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    d.ok(&["domain", "create", "--user", "daemon", "--vo", "dmstest"]);
+    let sleeper: i32 = d
+        .ok(&["exec", "dmstest.nobody", "--no-wait", "--", "sleep", "60"])
+        .trim()
+        .parse()
+        .unwrap();
+    // ps -e shows the domain's init, the sleeper and ps itself: nothing of the host or the
+    // other domain.
+    let ps = d.ok(&[
+        "exec",
+        "dmstest.nobody",
+        "--",
+        "ps",
+        "-e",
+        "-o",
+        "pid=,comm=",
+    ]);
+    let procs: Vec<(i32, String)> = ps
+        .lines()
+        .map(|l| {
+            let (pid, comm) = l.trim().split_once(' ').unwrap();
+            (pid.parse().unwrap(), comm.trim().to_string())
+        })
+        .collect();
+    let comms: Vec<&str> = procs.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(comms, ["dms-init", "sleep", "ps"], "{ps}");
+    assert_eq!(procs[0].0, 1, "{ps}");
+    let other = d.ok(&["exec", "dmstest.daemon", "--", "ps", "-e", "-o", "comm="]);
+    assert!(!other.contains("sleep"), "{other}");
+    // Hostname, private /tmp and /dev/shm that live as long as the domain.
+    assert_eq!(
+        d.ok(&["exec", "dmstest.nobody", "--", "hostname"]).trim(),
+        "dmstest.nobody"
+    );
+    let marker = format!("dms-marker-{}", std::process::id());
+    for dir in ["/tmp", "/dev/shm"] {
+        d.ok(&[
+            "exec",
+            "dmstest.nobody",
+            "--",
+            "touch",
+            &format!("{dir}/{marker}"),
+        ]);
+        assert!(
+            !Path::new(&format!("{dir}/{marker}")).exists(),
+            "{dir} is shared with the host"
+        );
+        let o = d.ctl(&[
+            "exec",
+            "dmstest.daemon",
+            "--",
+            "test",
+            "-e",
+            &format!("{dir}/{marker}"),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{dir} shared between domains");
+        d.ok(&[
+            "exec",
+            "dmstest.nobody",
+            "--",
+            "test",
+            "-e",
+            &format!("{dir}/{marker}"),
+        ]);
+    }
+    // The cgroup namespace hides the host's cgroup paths.
+    let cg = d.ok(&["exec", "dmstest.nobody", "--", "cat", "/proc/self/cgroup"]);
+    assert!(cg.lines().all(|l| l.ends_with(":/")), "{cg}");
+    // Namespaces differ between the domains and from the host.
+    let a = ns_links(&sleeper.to_string());
+    let host = ns_links("self");
+    for ((n, x), (_, y)) in a.iter().zip(&host) {
+        assert_ne!(x, y, "{n} namespace shared with the host");
+    }
+    let net_b = d.ok(&[
+        "exec",
+        "dmstest.daemon",
+        "--",
+        "readlink",
+        "/proc/self/ns/net",
+    ]);
+    assert_ne!(net_b.trim(), a[3].1);
+    // Only loopback, and it is up.
+    let links = d.ok(&["exec", "dmstest.nobody", "--", "cat", "/proc/net/dev"]);
+    let ifs: Vec<&str> = links
+        .lines()
+        .skip(2)
+        .map(|l| l.split(':').next().unwrap().trim())
+        .collect();
+    assert_eq!(ifs, ["lo"], "{links}");
+    d.ok(&[
+        "exec",
+        "dmstest.nobody",
+        "--",
+        "ping",
+        "-c1",
+        "-W1",
+        "127.0.0.1",
+    ]);
+    // Destroy removes the private /tmp: a new domain of the same name starts empty.
+    d.ok(&["domain", "destroy", "dmstest.nobody"]);
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    let o = d.ctl(&[
+        "exec",
+        "dmstest.nobody",
+        "--",
+        "test",
+        "-e",
+        &format!("/tmp/{marker}"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn exec_passes_status_and_refuses_frozen_dead_and_foreign_callers() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("exec");
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    // Exit status, clean environment, owner's uid.
+    let o = d.ctl(&["exec", "dmstest.nobody", "--", "sh", "-c", "exit 42"]);
+    assert_eq!(o.status.code(), Some(42));
+    let env = d.ok(&["exec", "dmstest.nobody", "--", "env"]);
+    assert!(
+        env.contains("USER=nobody") && env.contains("DMS_DOMAIN=dmstest.nobody"),
+        "{env}"
+    );
+    assert!(
+        !env.contains("CARGO"),
+        "environment leaked into the domain: {env}"
+    );
+    assert_eq!(
+        d.ok(&["exec", "dmstest.nobody", "--", "id", "-u"]).trim(),
+        NOBODY.to_string()
+    );
+    // Admins may pick the user.
+    assert_eq!(
+        d.ok(&["exec", "--user", "root", "dmstest.nobody", "--", "id", "-u"])
+            .trim(),
+        "0"
+    );
+    // The owner may exec in its own domain; another user may not.
+    d.ok(&["domain", "create", "--user", "daemon", "--vo", "dmstest"]);
+    let o = d.ctl_as(Some(NOBODY), &["exec", "dmstest.daemon", "--", "true"]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    let o = d.ctl_as(Some(NOBODY), &["exec", "dmstest.nobody", "--", "id", "-u"]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("owner only: freeze, thaw"),
+        "{o:?}"
+    );
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmsexec"]);
+    let o = d.ctl_as(Some(NOBODY), &["exec", "dmsexec.nobody", "--", "id", "-u"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        NOBODY.to_string()
+    );
+    // Frozen: refused with a hint.
+    d.ok(&["domain", "freeze", "dmstest.nobody"]);
+    let o = d.ctl(&["exec", "dmstest.nobody", "--", "true"]);
+    assert_eq!(o.status.code(), Some(5));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("frozen; thaw it first"),
+        "{o:?}"
+    );
+    d.ok(&["domain", "thaw", "dmstest.nobody"]);
+    // Dead init: the daemon notices, marks the domain failed and refuses exec.
+    let init = d.json(&["domain", "join-info", "dmstest.nobody"])["init_pid"]
+        .as_i64()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("domain marked failed", Duration::from_secs(5), || {
+        d.json(&["domain", "show", "dmstest.nobody"])["state"] == "failed"
+    });
+    let v = d.json(&["domain", "show", "dmstest.nobody"]);
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("init process exited"),
+        "{v}"
+    );
+    let o = d.ctl(&["exec", "dmstest.nobody", "--", "true"]);
+    assert_eq!(o.status.code(), Some(5));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("has failed"),
+        "{o:?}"
+    );
+    d.ok(&["domain", "destroy", "dmstest.nobody"]);
+    assert!(cgroup_procs(&d.subtree, "dmstest.nobody").is_empty());
+    // Unknown domain.
+    let o = d.ctl(&["exec", "nosuch.domain", "--", "true"]);
+    assert_eq!(o.status.code(), Some(3));
+}
+
+#[test]
+fn join_moves_the_caller_into_cgroups_and_namespaces() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("join");
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    let target = d.ok(&["domain", "join-info", "dmstest.nobody"]);
+    let tfile = d.dir.join("target.json");
+    std::fs::write(&tfile, &target).unwrap();
+    let init = serde_json::from_str::<Value>(&target).unwrap()["init_pid"]
+        .as_i64()
+        .unwrap();
+    // dms-enter calls dms_join::join, then forks the command; while the command sleeps, the
+    // joined process itself is checked from outside.
+    let enter = KillOnDrop(
+        Command::new(bin("dms-enter"))
+            .arg(&tfile)
+            .args(["sh", "-c", "echo $$; cat /proc/self/cgroup; sleep 30"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let joined = enter.0.id().to_string();
+    wait_until(
+        "dms-enter in the domain's cgroup",
+        Duration::from_secs(5),
+        || cgroup_procs(&d.subtree, "dmstest.nobody").contains(&(enter.0.id() as i32)),
+    );
+    let init_ns = ns_links(&init.to_string());
+    let mine = ns_links(&joined);
+    for ((n, a), (_, b)) in init_ns.iter().zip(&mine) {
+        if n != "pid" {
+            assert_eq!(a, b, "joined process is not in the domain's {n} namespace");
+        }
+    }
+    // The pid namespace applies to its children.
+    let pfc = std::fs::read_link(format!("/proc/{joined}/ns/pid_for_children")).unwrap();
+    assert_eq!(pfc.display().to_string(), init_ns[5].1);
+    let ps = d.ok(&["exec", "dmstest.nobody", "--", "ps", "-e", "-o", "comm="]);
+    assert!(ps.contains("sleep") && !ps.contains("dms-enter"), "{ps}");
+    drop(enter);
+    // A dead or recycled init is refused with a clear error and changes nothing.
+    let mut bad: Value = serde_json::from_str(&target).unwrap();
+    bad["init_start"] = Value::from(bad["init_start"].as_u64().unwrap() + 1);
+    std::fs::write(&tfile, bad.to_string()).unwrap();
+    let o = Command::new(bin("dms-enter"))
+        .arg(&tfile)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("was replaced"),
+        "{o:?}"
+    );
 }

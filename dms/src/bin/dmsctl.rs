@@ -50,6 +50,8 @@ enum Cmd {
     Status,
     /// Print domain state changes as they happen ("NAME OLD -> NEW"), until interrupted.
     Monitor,
+    /// Run a command inside a running domain (same as `domain exec`).
+    Exec(ExecArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,27 +100,39 @@ enum DomainCmd {
         /// Process id.
         pid: i32,
     },
-    /// Run a command in a domain as its owner, with a clean environment; waits and passes the
-    /// exit status through. stdin/stdout/stderr are this terminal's.
-    Run {
+    /// Print what a single-threaded root process needs to enter a running domain itself
+    /// (JSON for `dms-enter` and scripts: init pid and start time, cgroup files, namespaces).
+    JoinInfo {
         /// Domain name.
         name: String,
-        /// Run as this user instead of the owner (admins only).
-        #[arg(long, default_value = "")]
-        user: String,
-        /// Working directory (default: the user's home).
-        #[arg(long, default_value = "")]
-        cwd: String,
-        /// Extra environment variables, KEY=VALUE (repeatable).
-        #[arg(long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
-        /// Print the pid and return at once instead of waiting.
-        #[arg(long)]
-        no_wait: bool,
-        /// The command and its arguments (after --).
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
     },
+    /// Run a command inside a running domain (its cgroups and namespaces) as its owner, with a
+    /// clean environment; waits and passes the exit status through. stdin/stdout/stderr are
+    /// this terminal's. Refused for frozen or failed domains.
+    #[command(visible_alias = "run")]
+    Exec(ExecArgs),
+}
+
+/// What to run and where.
+#[derive(Debug, clap::Args)]
+struct ExecArgs {
+    /// Domain name.
+    name: String,
+    /// Run as this user instead of the owner (admins only).
+    #[arg(long, default_value = "")]
+    user: String,
+    /// Working directory (default: the user's home).
+    #[arg(long, default_value = "")]
+    cwd: String,
+    /// Extra environment variables, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Print the pid and return at once instead of waiting.
+    #[arg(long)]
+    no_wait: bool,
+    /// The command and its arguments (after --).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -405,6 +419,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Err(fail(6, "dmsd closed the connection"))
         }
+        Cmd::Exec(args) => {
+            let p = connect(&endpoint).await?;
+            domain(&p, DomainCmd::Exec(args), cli.json).await
+        }
         Cmd::Domain(cmd) => {
             let p = connect(&endpoint).await?;
             domain(&p, cmd, cli.json).await
@@ -468,14 +486,17 @@ async fn domain(p: &ManagerProxy<'_>, cmd: DomainCmd, json: bool) -> Result<u8, 
             p.attach_pid(&name, pid).await?;
             done(&format!("attached pid {pid} to"), &name);
         }
-        DomainCmd::Run {
+        DomainCmd::JoinInfo { name } => {
+            print_json(&p.join_info(&name).await?);
+        }
+        DomainCmd::Exec(ExecArgs {
             name,
             user,
             cwd,
             env,
             no_wait,
             command,
-        } => {
+        }) => {
             let mut vars = Vec::new();
             for e in env {
                 let Some((k, v)) = e.split_once('=') else {

@@ -9,7 +9,7 @@ use clap::Parser;
 use dms::cgroup::{Cgroups, Version};
 use dms::config::{Config, SystemBus, DEFAULT_CONFIG};
 use dms::dbus::{emit_state_changed, Api, PeerAuth, BUS_NAME, OBJECT_PATH};
-use dms::domain::ContainerBackend;
+use dms::domain::{Backend, ContainerBackend};
 use dms::service::{Caller, Service, ServiceOptions, StateChange};
 use dms::spawn::Spawner;
 use dms::store::Store;
@@ -128,7 +128,8 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
         cgroups.clone(),
         spawner,
         cfg.freeze_timeout(),
-    ));
+        None,
+    )?);
     let store = Store::open(&cfg.state_dir)?;
     let admin_gid = nix::unistd::Group::from_name(&cfg.admin_group)
         .ok()
@@ -139,6 +140,7 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     }
     let (events, _) = broadcast::channel::<StateChange>(1024);
     let tx = events.clone();
+    let backend_handle: Arc<dyn Backend> = backend.clone();
     let svc = Service::new(
         backend,
         store,
@@ -154,6 +156,12 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("loading policies from {}:\n{e}", cfg.policy_dir.display()))?;
     let svc = Arc::new(svc);
+    let weak = Arc::downgrade(&svc);
+    backend_handle.on_init_exit(Box::new(move |name| {
+        if let Some(svc) = weak.upgrade() {
+            svc.init_exited(name);
+        }
+    }));
     let s = Arc::clone(&svc);
     let report = tokio::task::spawn_blocking(move || s.reconcile()).await??;
     tracing::info!(

@@ -1,0 +1,361 @@
+//! Entering a running DMS container domain from the calling process.
+//!
+//! A container domain is a set of cgroups plus the namespaces held by the domain's init process.
+//! [`join`] moves the **calling process** into both: it writes itself into the domain's
+//! `cgroup.procs` files, then enters the init's namespaces with one `setns(pidfd, flags)`.
+//! This is what `pam_dms.so` does before the user's shell starts, and what `dms-enter` does
+//! for scripts.
+//!
+//! # Preconditions
+//!
+//! - The caller is **single-threaded**: the kernel refuses to move a multi-threaded process into
+//!   another mount namespace. [`join`] checks this first and changes nothing when it fails.
+//! - The caller has `CAP_SYS_ADMIN` and `CAP_SYS_CHROOT` (in practice: runs as root), and may
+//!   write the domain's `cgroup.procs` files.
+//! - The **pid namespace applies to children** created after the call; the caller itself keeps
+//!   its pid. Fork (and exec the user's program in the child) to run inside it.
+//! - The working directory is restored by path after entering the mount namespace (the domain
+//!   sees the host filesystem, except for its private paths); when that fails it is `/`.
+//!
+//! The only partial outcome: if `setns` fails after the cgroup move (which the checks before it
+//! make unlikely), the process stays in the domain's cgroups — more limited, never less.
+//!
+//! The library has no threads, no runtime and no allocation after the checks, so it is safe to
+//! call from PAM modules loaded into sshd or su.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A namespace a domain's init holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Namespace {
+    /// Mount namespace (`mnt`).
+    Mnt,
+    /// Hostname.
+    Uts,
+    /// System V IPC and POSIX message queues.
+    Ipc,
+    /// Network.
+    Net,
+    /// cgroup namespace (rooted at the domain's cgroup).
+    Cgroup,
+    /// Pid namespace (takes effect for children).
+    Pid,
+    /// User namespace (only when the policy asks for one).
+    User,
+}
+
+impl Namespace {
+    /// Every namespace a container domain has, in the order `/proc/PID/ns` names them.
+    pub const DOMAIN: [Namespace; 6] = [
+        Namespace::Mnt,
+        Namespace::Uts,
+        Namespace::Ipc,
+        Namespace::Net,
+        Namespace::Cgroup,
+        Namespace::Pid,
+    ];
+
+    /// The `CLONE_NEW*` flag.
+    pub fn clone_flag(self) -> libc::c_int {
+        match self {
+            Namespace::Mnt => libc::CLONE_NEWNS,
+            Namespace::Uts => libc::CLONE_NEWUTS,
+            Namespace::Ipc => libc::CLONE_NEWIPC,
+            Namespace::Net => libc::CLONE_NEWNET,
+            Namespace::Cgroup => libc::CLONE_NEWCGROUP,
+            Namespace::Pid => libc::CLONE_NEWPID,
+            Namespace::User => libc::CLONE_NEWUSER,
+        }
+    }
+
+    /// The file name under `/proc/PID/ns/`.
+    pub fn proc_name(self) -> &'static str {
+        match self {
+            Namespace::Mnt => "mnt",
+            Namespace::Uts => "uts",
+            Namespace::Ipc => "ipc",
+            Namespace::Net => "net",
+            Namespace::Cgroup => "cgroup",
+            Namespace::Pid => "pid",
+            Namespace::User => "user",
+        }
+    }
+}
+
+/// Everything needed to enter a domain; `dmsd` hands it out (`dmsctl domain join-info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTarget {
+    /// The domain's name (for messages).
+    pub domain: String,
+    /// Host pid of the domain's init.
+    pub init_pid: i32,
+    /// The init's start time (field 22 of `/proc/PID/stat`), to detect a recycled pid.
+    pub init_start: u64,
+    /// `cgroup.procs` files of the domain, one per hierarchy.
+    pub procs_files: Vec<PathBuf>,
+    /// Namespaces to enter.
+    pub namespaces: Vec<Namespace>,
+}
+
+impl JoinTarget {
+    /// The `CLONE_NEW*` flags of all namespaces.
+    pub fn clone_flags(&self) -> libc::c_int {
+        self.namespaces.iter().fold(0, |f, n| f | n.clone_flag())
+    }
+}
+
+/// Why joining failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The caller has more than one thread.
+    #[error("cannot enter domain {domain:?}: the calling process has {threads} threads; joining needs a single-threaded process")]
+    NotSingleThreaded {
+        /// Domain name.
+        domain: String,
+        /// Threads seen.
+        threads: usize,
+    },
+    /// The caller lacks privileges.
+    #[error(
+        "cannot enter domain {domain:?}: entering namespaces needs root (effective uid is {euid})"
+    )]
+    NotRoot {
+        /// Domain name.
+        domain: String,
+        /// The caller's euid.
+        euid: u32,
+    },
+    /// The init process is gone or was replaced.
+    #[error("domain {domain:?} is not running: its init process {pid} {why}")]
+    InitGone {
+        /// Domain name.
+        domain: String,
+        /// Init pid.
+        pid: i32,
+        /// What was found.
+        why: String,
+    },
+    /// A system call failed.
+    #[error("cannot enter domain {domain:?}: {op}: {source}")]
+    Sys {
+        /// Domain name.
+        domain: String,
+        /// The step, with its object.
+        op: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `pidfd_open(2)`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub fn start_time(pid: i32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_start_time(&stat).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat: no start time"),
+        )
+    })
+}
+
+/// Field 22 of a `/proc/PID/stat` line; the command name (field 2) may contain spaces and
+/// parentheses, so fields are counted after the last `)`.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ")" come field 3 (state) onwards; start time is field 22, the 20th of those.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A pidfd for `pid`, checked to be the process that started at `start` and still alive.
+pub fn open_process(domain: &str, pid: i32, start: u64) -> Result<OwnedFd, JoinError> {
+    let gone = |why: String| JoinError::InitGone {
+        domain: domain.to_string(),
+        pid,
+        why,
+    };
+    let fd = pidfd_open(pid).map_err(|e| gone(format!("cannot be opened ({e})")))?;
+    match start_time(pid) {
+        Ok(t) if t == start => {}
+        Ok(t) => {
+            return Err(gone(format!(
+                "was replaced (start time {t}, expected {start})"
+            )))
+        }
+        Err(e) => return Err(gone(format!("has exited ({e})"))),
+    }
+    // The pidfd pins the process we checked; a zero signal tells whether it is still alive.
+    // SAFETY: pidfd_send_signal with a valid fd, signal 0 and no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(gone(format!("has exited ({})", io::Error::last_os_error())));
+    }
+    Ok(fd)
+}
+
+/// Threads of the calling process.
+pub fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "/proc/self/status: no Threads"))
+}
+
+/// Moves the calling process into the domain's cgroups and namespaces. See the crate
+/// documentation for the preconditions.
+pub fn join(target: &JoinTarget) -> Result<(), JoinError> {
+    let domain = target.domain.as_str();
+    let sys = |op: String, source: io::Error| JoinError::Sys {
+        domain: domain.to_string(),
+        op,
+        source,
+    };
+    let threads = thread_count().map_err(|e| sys("counting threads".into(), e))?;
+    if threads != 1 {
+        return Err(JoinError::NotSingleThreaded {
+            domain: domain.to_string(),
+            threads,
+        });
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(JoinError::NotRoot {
+            domain: domain.to_string(),
+            euid,
+        });
+    }
+    let pidfd = open_process(domain, target.init_pid, target.init_start)?;
+    let cwd = std::env::current_dir().ok();
+
+    // cgroups first: on cgroup v2 a process inside a cgroup namespace may not move itself
+    // from a cgroup outside that namespace.
+    for f in &target.procs_files {
+        write_self(f).map_err(|e| sys(format!("joining {}", f.display()), e))?;
+    }
+    let flags = target.clone_flags();
+    // SAFETY: setns on a valid pidfd with CLONE_NEW* flags; the kernel enters all or none.
+    if unsafe { libc::setns(pidfd.as_raw_fd(), flags) } != 0 {
+        return Err(sys(
+            format!("entering namespaces of init {}", target.init_pid),
+            io::Error::last_os_error(),
+        ));
+    }
+    let back_to = cwd
+        .as_deref()
+        .and_then(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok());
+    // SAFETY: chdir on NUL-terminated strings owned by this frame.
+    unsafe {
+        if back_to.is_none_or(|c| libc::chdir(c.as_ptr()) != 0) {
+            libc::chdir(c"/".as_ptr());
+        }
+    }
+    Ok(())
+}
+
+fn write_self(procs: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(procs)?;
+    // "0" means the writing process.
+    f.write_all(b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_skips_odd_command_names() {
+        let line =
+            "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        assert_eq!(parse_start_time(line), Some(987654));
+        assert_eq!(parse_start_time("12 (x) S 1"), None);
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn own_start_time_is_stable() {
+        let me = std::process::id() as i32;
+        let a = start_time(me).unwrap_or_default();
+        assert!(a > 0);
+        assert_eq!(start_time(me).ok(), Some(a));
+    }
+
+    #[test]
+    fn recycled_pid_is_refused() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).unwrap_or_default();
+        match open_process("d", me, t + 1) {
+            Err(JoinError::InitGone { why, .. }) => assert!(why.contains("replaced"), "{why}"),
+            other => panic!("expected InitGone, got {other:?}"),
+        }
+        assert!(open_process("d", me, t).is_ok());
+    }
+
+    #[test]
+    fn multithreaded_caller_is_refused_before_anything_changes() {
+        // A second thread that stays alive during the call makes this process multi-threaded.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::spawn(move || rx.recv());
+        let target = JoinTarget {
+            domain: "d".into(),
+            init_pid: 1,
+            init_start: 0,
+            procs_files: vec!["/nonexistent/cgroup.procs".into()],
+            namespaces: Namespace::DOMAIN.to_vec(),
+        };
+        match join(&target) {
+            Err(JoinError::NotSingleThreaded { threads, .. }) => assert!(threads > 1),
+            other => panic!("expected NotSingleThreaded, got {other:?}"),
+        }
+        drop(tx);
+        let _ = helper.join();
+    }
+
+    #[test]
+    fn flags_cover_all_domain_namespaces() {
+        let t = JoinTarget {
+            domain: "d".into(),
+            init_pid: 1,
+            init_start: 0,
+            procs_files: vec![],
+            namespaces: Namespace::DOMAIN.to_vec(),
+        };
+        let want = libc::CLONE_NEWNS
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWCGROUP
+            | libc::CLONE_NEWPID;
+        assert_eq!(t.clone_flags(), want);
+        let json = serde_json::to_string(&t).unwrap_or_default();
+        assert!(json.contains("\"mnt\""), "{json}");
+    }
+}
