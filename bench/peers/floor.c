@@ -3,6 +3,16 @@
  *
  * usage: floor start    # N x: mkdir group in each controller, write limits, clone+join+exec
  *                       #      /bin/true, waitpid, rmdir; prints "floor-start" stats line
+ *        floor start-ns # as start, but the child is cloned into new pid, mount, uts, ipc and
+ *                       #      net namespaces; it joins the groups, unshares its cgroup
+ *                       #      namespace (rooted at the group, as crun does), makes / rslave,
+ *                       #      mounts a fresh /proc, sets the hostname and execs /bin/true;
+ *                       #      prints "floor-start-ns"
+ *        floor exec     # once: a limited group and an init holding those six namespaces (set
+ *                       #      up as in start-ns, then pause()); N x: setns(pidfd, pid) in this
+ *                       #      process, clone a child that joins the groups, enters the other
+ *                       #      five namespaces with one setns(pidfd) and execs /bin/true,
+ *                       #      waitpid; prints "floor-exec" (the pidfd is opened once)
  *        floor freeze   # N x: freeze+poll+thaw+poll a group holding 100 sleeping processes;
  *                       #      prints "floor-freeze-thaw" stats line
  *
@@ -11,7 +21,9 @@
  * Everything else goes to stderr. Uses cgroup v2 if /sys/fs/cgroup/cgroup.controllers lists
  * cpu, memory and pids, otherwise the v1 hierarchies cpu, cpuacct, memory, pids, freezer
  * (co-mounted hierarchies are used once). All groups live under dms-bench-floor-<pid> and are
- * removed on exit, also on SIGINT/SIGTERM/SIGHUP.
+ * removed on exit, also on SIGINT/SIGTERM/SIGHUP (the exec mode's init is killed first; it also
+ * dies with this process through PR_SET_PDEATHSIG). No network traffic: the new net namespaces
+ * only hold their loopback device, which stays down.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,7 +34,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +47,10 @@
 #define MAX_H 8
 #define NPROC_FREEZE 100
 #define TRUE_BIN "/bin/true"
+#define HOSTNAME "dms-bench"
+/* The namespaces of start-ns and exec; the cgroup namespace is unshared after joining. */
+#define NS_CLONE (CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)
+#define NS_ENTER (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP)
 
 struct hier {
 	const char *ctrl;  /* controller whose limits this hierarchy gets ("" for none) */
@@ -48,6 +67,7 @@ static volatile sig_atomic_t g_stop;
 static pid_t frozen_kids[NPROC_FREEZE];
 static int nkids;
 static char freeze_ctl[400];  /* v1 freezer.state or v2 cgroup.freeze of the freeze group */
+static pid_t ns_init;          /* exec mode: the init holding the namespaces */
 
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
@@ -95,6 +115,12 @@ static int rmdir_retry(const char *path)
 
 static void cleanup(void)
 {
+	if (ns_init > 0) {
+		kill(ns_init, SIGKILL);
+		while (waitpid(ns_init, NULL, 0) < 0 && errno == EINTR)
+			;
+		ns_init = 0;
+	}
 	if (nkids > 0) {
 		if (freeze_ctl[0])
 			write_file(freeze_ctl, v2 ? "0" : "THAWED");
@@ -270,7 +296,47 @@ static void set_limits(const struct hier *h)
 	}
 }
 
-static int run_start(int n)
+/* Child setup of start-ns and of the exec mode's init (only raw syscalls; CLONE_VM-safe):
+ * returns 0, or the exit code that names the failed step. */
+static int ns_setup(void)
+{
+	for (int i = 0; i < nh; i++) {
+		int fd = open(H[i].procs, O_WRONLY | O_CLOEXEC);
+
+		if (fd < 0 || write(fd, "0", 1) != 1)
+			return 126;
+		close(fd);
+	}
+	/* After the join, so that the namespace's root is the domain's group. */
+	if (unshare(CLONE_NEWCGROUP) < 0)
+		return 125;
+	if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+		return 124;
+	if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		return 123;
+	if (sethostname(HOSTNAME, strlen(HOSTNAME)) < 0)
+		return 122;
+	return 0;
+}
+
+#define NS_CODES "126 = join cgroup, 125 = unshare cgroupns, 124 = rslave /, 123 = mount /proc, " \
+		 "122 = sethostname, 127 = exec " TRUE_BIN
+
+/* Runs in the clone(CLONE_VM|CLONE_VFORK|NS_CLONE) child of start-ns. */
+static int child_ns_fn(void *arg)
+{
+	static char *const argv[] = { TRUE_BIN, NULL };
+	static char *const envp[] = { NULL };
+	int rc = ns_setup();
+
+	(void)arg;
+	if (rc)
+		_exit(rc);
+	execve(TRUE_BIN, argv, envp);
+	_exit(127);
+}
+
+static int run_start(int n, const char *name, int (*fn)(void *), int ns_flags, const char *codes)
 {
 	static const char *const need[] = { "cpu", "cpuacct", "memory", "pids", "freezer" };
 	double *t = calloc((size_t)n, sizeof(*t));
@@ -290,16 +356,15 @@ static int run_start(int n)
 				die("mkdir %s: %s", H[i].child, strerror(errno));
 			set_limits(&H[i]);
 		}
-		pid = clone(child_fn, child_stack + sizeof(child_stack),
-			    CLONE_VM | CLONE_VFORK | SIGCHLD, NULL);
+		pid = clone(fn, child_stack + sizeof(child_stack),
+			    CLONE_VM | CLONE_VFORK | ns_flags | SIGCHLD, NULL);
 		if (pid < 0)
 			die("clone: %s", strerror(errno));
 		while (waitpid(pid, &status, 0) < 0)
 			if (errno != EINTR)
 				die("waitpid: %s", strerror(errno));
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-			die("child failed (status 0x%x): 126 = join cgroup, 127 = exec %s",
-			    status, TRUE_BIN);
+			die("child failed (status 0x%x): %s", status, codes);
 		for (int i = 0; i < nh; i++)
 			if (rmdir_retry(H[i].child) < 0)
 				die("rmdir %s: %s", H[i].child, strerror(errno));
@@ -308,7 +373,112 @@ static int run_start(int n)
 	cleanup();
 	if (g_stop)
 		return 130;
-	print_stats("floor-start", t, done);
+	print_stats(name, t, done);
+	free(t);
+	return 0;
+}
+
+/* ---- exec ---- */
+
+static int init_pipe[2];
+
+/* The exec mode's init: a fork (not CLONE_VM) cloned with NS_CLONE; sets up, reports, waits. */
+static int init_fn(void *arg)
+{
+	int rc;
+
+	(void)arg;
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	close(init_pipe[0]);
+	rc = ns_setup();
+	if (rc)
+		_exit(rc);
+	if (write(init_pipe[1], "r", 1) != 1)
+		_exit(121);
+	close(init_pipe[1]);
+	for (;;)
+		pause();
+}
+
+/* Runs in the clone(CLONE_VM|CLONE_VFORK) child, already in the init's pid namespace. */
+static int exec_child_fn(void *arg)
+{
+	static char *const argv[] = { TRUE_BIN, NULL };
+	static char *const envp[] = { NULL };
+	int pidfd = *(int *)arg;
+
+	for (int i = 0; i < nh; i++) {
+		int fd = open(H[i].procs, O_WRONLY | O_CLOEXEC);
+
+		if (fd < 0 || write(fd, "0", 1) != 1)
+			_exit(126);
+		close(fd);
+	}
+	if (setns(pidfd, NS_ENTER) < 0)
+		_exit(125);
+	execve(TRUE_BIN, argv, envp);
+	_exit(127);
+}
+
+static int run_exec(int n)
+{
+	static const char *const need[] = { "cpu", "cpuacct", "memory", "pids", "freezer" };
+	double *t = calloc((size_t)n, sizeof(*t));
+	int done = 0, pidfd, status;
+	char c;
+
+	if (!t)
+		die("out of memory");
+	setup_hierarchies(need, 5);
+	make_bases();
+	for (int i = 0; i < nh; i++) {
+		if (mkdir(H[i].child, 0755) < 0)
+			die("mkdir %s: %s", H[i].child, strerror(errno));
+		set_limits(&H[i]);
+	}
+	if (pipe2(init_pipe, O_CLOEXEC) < 0)
+		die("pipe2: %s", strerror(errno));
+	ns_init = clone(init_fn, child_stack + sizeof(child_stack), NS_CLONE | SIGCHLD, NULL);
+	if (ns_init < 0)
+		die("clone init: %s", strerror(errno));
+	close(init_pipe[1]);
+	if (read(init_pipe[0], &c, 1) != 1) {
+		pid_t p = ns_init;
+
+		ns_init = 0;
+		while (waitpid(p, &status, 0) < 0)
+			if (errno != EINTR)
+				die("init failed; waitpid: %s", strerror(errno));
+		die("init failed (status 0x%x): %s", status, NS_CODES);
+	}
+	close(init_pipe[0]);
+	pidfd = (int)syscall(SYS_pidfd_open, ns_init, 0);
+	if (pidfd < 0)
+		die("pidfd_open: %s", strerror(errno));
+	for (int it = 0; it < n && !g_stop; it++) {
+		double t0 = now_ms();
+		pid_t pid;
+
+		/* Only the pid namespace for children: this process itself stays where it is. */
+		if (setns(pidfd, CLONE_NEWPID) < 0)
+			die("setns pid: %s", strerror(errno));
+		pid = clone(exec_child_fn, child_stack + sizeof(child_stack),
+			    CLONE_VM | CLONE_VFORK | SIGCHLD, &pidfd);
+		if (pid < 0)
+			die("clone: %s", strerror(errno));
+		while (waitpid(pid, &status, 0) < 0)
+			if (errno != EINTR)
+				die("waitpid: %s", strerror(errno));
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			die("child failed (status 0x%x): 126 = join cgroup, 125 = setns, 127 = exec %s",
+			    status, TRUE_BIN);
+		t[done++] = now_ms() - t0;
+	}
+	close(pidfd);
+	cleanup();
+	if (g_stop)
+		return 130;
+	print_stats("floor-exec", t, done);
 	free(t);
 	return 0;
 }
@@ -403,8 +573,9 @@ int main(int argc, char **argv)
 {
 	struct sigaction sa;
 
-	if (argc != 2 || (strcmp(argv[1], "start") && strcmp(argv[1], "freeze"))) {
-		fprintf(stderr, "usage: N=200 %s start|freeze\n", argv[0]);
+	if (argc != 2 || (strcmp(argv[1], "start") && strcmp(argv[1], "start-ns") &&
+			  strcmp(argv[1], "exec") && strcmp(argv[1], "freeze"))) {
+		fprintf(stderr, "usage: N=200 %s start|start-ns|exec|freeze\n", argv[0]);
 		return 2;
 	}
 	memset(&sa, 0, sizeof(sa));
@@ -413,6 +584,11 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	if (!strcmp(argv[1], "start"))
-		return run_start(iterations(200));
+		return run_start(iterations(200), "floor-start", child_fn, 0,
+				 "126 = join cgroup, 127 = exec " TRUE_BIN);
+	if (!strcmp(argv[1], "start-ns"))
+		return run_start(iterations(200), "floor-start-ns", child_ns_fn, NS_CLONE, NS_CODES);
+	if (!strcmp(argv[1], "exec"))
+		return run_exec(iterations(200));
 	return run_freeze(iterations(200));
 }

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Peer baselines for the DMS benchmarks: the raw floor, crun, runc and libcgroup tools.
 #
-# usage: bench/peers/run.sh [start|freeze|all]        (default: all)
+# usage: bench/peers/run.sh [start|freeze|start-ns|exec|all]        (default: all)
 #   env N=200          iterations per peer (plus one unmeasured warm-up run for CLI peers)
 #   env DMS_BENCH_BIN  directory for the built helpers (default: a temp dir, removed on exit)
 #
@@ -11,10 +11,23 @@
 #         (an isolated /bin/true with cpu 50%, memory 256M, pids 64, started and reaped)
 # freeze: floor-freeze-thaw  crun-freeze-thaw  runc-freeze-thaw
 #         (freeze + wait + thaw + wait of a group of 100 sleeping processes)
+# start-ns: floor-start-ns  floor-start-ns-exec  crun-start-ns
+#         (as start, but /bin/true also gets new pid, mount, uts, ipc, net and cgroup namespaces,
+#         / rslave, a fresh /proc and a hostname; the floor unshares the cgroup namespace after
+#         joining the groups, so its root is the domain's group, as crun does)
+# exec:   floor-exec  nsenter-exec  crun-exec
+#         (run /bin/true inside a running limited domain whose init holds those six namespaces:
+#         join its cgroups, enter its namespaces, reap. floor-exec: setns(pidfd) + clone + exec in
+#         one long-lived C program; nsenter-exec: `cgexec -g GROUP nsenter -t INIT -p -m -u -i -n
+#         -C /bin/true` against an `unshare --fork --pid --mount --uts --ipc --net --cgroup
+#         --mount-proc` init in a limited group; crun-exec: `crun exec` into a container run with
+#         those namespaces. Setting up and removing the domain is not measured.)
+# all:    start, freeze, start-ns, exec, in that order.
 # A peer that is not installed or fails prints "<name>\tNA\tNA\t0" and the reason on stderr.
 # crun 1.8 refuses cgroup v1 hybrid hosts, so it runs in a private mount namespace with the
 # `unified` mount hidden (one namespace around the whole loop; its cost is not measured).
 # Everything created is named dms-bench-* and removed on exit, also on failure or Ctrl-C.
+# No network traffic: the new network namespaces only hold a loopback device that stays down.
 set -euo pipefail
 
 prog=${0##*/}
@@ -78,21 +91,124 @@ freeze_peer() {
 		--- "$rt" --root "$state" resume "$id"
 }
 
-if [[ ${1:-} == __freeze ]]; then
+# ---- exec measurements (internal; need DMS_BENCH_W and DMS_BENCH_TAG from the parent) ------
+# usage: run.sh __exec crun     (runs inside the crun namespace)
+crun_exec_peer() {
+	# Globals on purpose: the EXIT trap runs after this function has returned.
+	id=dms-bench-crun-x-$DMS_BENCH_TAG state=$DMS_BENCH_W/state-crun
+	local w=$DMS_BENCH_W
+	# shellcheck disable=SC2317  # invoked by trap
+	cx_cleanup() {
+		crun --root "$state" kill "$id" KILL >/dev/null 2>&1 || true
+		crun --root "$state" delete -f "$id" >/dev/null 2>&1 || true
+	}
+	trap cx_cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM HUP
+	if ! crun --root "$state" run -d -b "$w/bundle-crun-x" "$id" </dev/null >"$w/crun-x.log" 2>&1; then
+		log "crun run -d failed: $(tail -3 "$w/crun-x.log")"
+		return 1
+	fi
+	"$w/bin/timeit" crun-exec -- crun --root "$state" exec "$id" /bin/true
+}
+
+# rmdir_tree DIR — remove a cgroup and its children, killing what is left in them; retries
+# while killed tasks are still leaving.
+rmdir_tree() {
+	local i left
+	for ((i = 0; i < 100; i++)); do
+		[[ -d $1 ]] || return 0
+		mapfile -t left < <(find "$1" -name cgroup.procs -exec cat {} + 2>/dev/null)
+		[[ ${#left[@]} -eq 0 ]] || kill -KILL "${left[@]}" 2>/dev/null || true
+		find "$1" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+		[[ -d $1 ]] || return 0
+		sleep 0.02
+	done
+	log "cannot remove cgroup $1"
+	return 1
+}
+
+# usage: run.sh __exec nsenter
+nsenter_exec_peer() {
+	# Globals on purpose: the EXIT trap runs after this function has returned.
+	grp=dms-bench-nsx-$DMS_BENCH_TAG holder='' init='' dirs=()
+	local ctl d i
+	# shellcheck disable=SC2317  # invoked by trap
+	nx_cleanup() {
+		local d
+		[[ -z $init ]] || kill -KILL "$init" 2>/dev/null || true
+		if [[ -n $holder ]]; then
+			kill -KILL "$holder" 2>/dev/null || true
+			wait "$holder" 2>/dev/null || true
+		fi
+		for d in "${dirs[@]}"; do rmdir_tree "$d" || true; done
+	}
+	trap nx_cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM HUP
+	if cg_v2; then
+		ctl=cpu,memory,pids
+		d=/sys/fs/cgroup/cgroup.subtree_control
+		[[ $(<"$d") == *cpu*memory*pids* ]] || echo "+cpu +memory +pids" >"$d"
+		d=/sys/fs/cgroup/$grp
+		mkdir "$d" && dirs+=("$d")
+		echo "50000 100000" >"$d/cpu.max"
+		echo 268435456 >"$d/memory.max"
+		echo 64 >"$d/pids.max"
+	else
+		ctl=cpu,cpuacct,memory,pids
+		for i in ${ctl//,/ }; do
+			d=/sys/fs/cgroup/$i/$grp
+			[[ -d $d ]] && continue # co-mounted with one before
+			mkdir "$d" && dirs+=("$d")
+		done
+		echo 100000 >"/sys/fs/cgroup/cpu/$grp/cpu.cfs_period_us"
+		echo 50000 >"/sys/fs/cgroup/cpu/$grp/cpu.cfs_quota_us"
+		echo 268435456 >"/sys/fs/cgroup/memory/$grp/memory.limit_in_bytes"
+		echo 64 >"/sys/fs/cgroup/pids/$grp/pids.max"
+	fi
+	# The init: joins the groups, then unshare (which forks it as pid 1) sets the hostname.
+	(
+		for d in "${dirs[@]}"; do echo "$BASHPID" >"$d/cgroup.procs"; done
+		exec unshare --fork --kill-child --pid --mount --uts --ipc --net --cgroup --mount-proc \
+			--propagation slave /bin/sh -c 'hostname dms-bench && exec sleep 1000'
+	) </dev/null &
+	holder=$!
+	for ((i = 0; i < 500; i++)); do
+		init=$(cat "/proc/$holder/task/$holder/children" 2>/dev/null) || true
+		init=${init%% *}
+		[[ -n $init && $(cat "/proc/$init/comm" 2>/dev/null) == sleep ]] && break
+		sleep 0.01
+	done
+	if [[ -z $init || $(cat "/proc/$init/comm" 2>/dev/null) != sleep ]]; then
+		log "the unshare init did not start"
+		return 1
+	fi
+	"$DMS_BENCH_W/bin/timeit" nsenter-exec -- \
+		cgexec -g "$ctl:$grp" nsenter -t "$init" -p -m -u -i -n -C /bin/true
+}
+
+case ${1:-} in
+__freeze)
 	freeze_peer "$2"
 	exit
-fi
+	;;
+__exec)
+	if [[ $2 == crun ]]; then crun_exec_peer; else nsenter_exec_peer; fi
+	exit
+	;;
+esac
 
 # ---- main ----------------------------------------------------------------------------------
 mode=${1:-all}
 case $mode in
-start | freeze | all) ;;
+start | freeze | start-ns | exec | all) ;;
 -h | --help)
 	sed -n '2,/^set /{/^set /d;s/^# \{0,1\}//;p}' "$0" >&2
 	exit 0
 	;;
 *)
-	log "usage: $prog [start|freeze|all]"
+	log "usage: $prog [start|freeze|start-ns|exec|all]"
 	exit 2
 	;;
 esac
@@ -127,10 +243,11 @@ cleanup() {
 		done
 	done
 	# Leftover cgroups of this run (runtimes and cgtools), deepest first.
-	for d in /sys/fs/cgroup/*/dms-bench-*-"$DMS_BENCH_TAG"* /sys/fs/cgroup/dms-bench-*-"$DMS_BENCH_TAG"*; do
+	# (-TAG at the end or before -ITERATION only, so another run's groups are never matched)
+	for d in /sys/fs/cgroup/{*/,}dms-bench-*-"$DMS_BENCH_TAG"{,-*}; do
 		[[ -d $d ]] || continue
 		log "cleanup: removing leftover cgroup $d"
-		find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+		rmdir_tree "$d" || true
 	done
 	rm -rf "${W:?}" # DMS_BENCH_BIN, if given, is only symlinked from here and is kept
 }
@@ -174,9 +291,12 @@ make_rootfs() {
 		copy_with_libs seq seq
 }
 
-# make_bundle DIR CGROUPS-PATH PIDS-LIMIT ARGS-JSON — the `crun spec` defaults plus limits.
+# make_bundle DIR CGROUPS-PATH PIDS-LIMIT ARGS-JSON [NAMESPACES-JSON] — the `crun spec`
+# defaults plus limits.
 make_bundle() {
 	local dir=$1 cgpath=$2 pids=$3 args=$4
+	local ns=${5:-'[{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"},
+                   {"type": "mount"}]'}
 	mkdir -p "$dir"
 	cat >"$dir/config.json" <<EOF
 {
@@ -222,8 +342,7 @@ make_bundle() {
       "memory": {"limit": 268435456},
       "pids": {"limit": $pids}
     },
-    "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"},
-                   {"type": "mount"}],
+    "namespaces": $ns,
     "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                     "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
                     "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
@@ -243,6 +362,10 @@ if have_rt crun || have_rt runc; then
 		make_bundle "$W/bundle-$rt-fz" "/dms-bench-$rt-fz-$$" 1024 "$fz_args"
 		mkdir -p "$W/state-$rt"
 	done
+	ns6='[{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"},
+                   {"type": "mount"}, {"type": "cgroup"}]'
+	make_bundle "$W/bundle-crun-ns" "/dms-bench-crun-startns-$$" 64 '["/bin/true"]' "$ns6"
+	make_bundle "$W/bundle-crun-x" "/dms-bench-crun-x-$$" 64 '["/bin/sleep", "1000"]' "$ns6"
 fi
 
 # ---- peers ---------------------------------------------------------------------------------
@@ -313,6 +436,31 @@ run_start() {
 	fi
 }
 
+run_start_ns() {
+	report floor-start-ns "$W/bin/floor" start-ns
+	report floor-start-ns-exec "$W/bin/timeit" floor-start-ns-exec -- env N=1 "$W/bin/floor" start-ns
+	if have_rt crun; then
+		report crun-start-ns in_crun_ns "$W/bin/timeit" crun-start-ns -- \
+			crun --root "$W/state-crun" run -b "$W/bundle-crun-ns" "dms-bench-crun-startns-$$"
+	else
+		na crun-start-ns "crun not installed (Debian package: crun)"
+	fi
+}
+
+run_exec() {
+	report floor-exec "$W/bin/floor" exec
+	if have_rt unshare && have_rt nsenter && have_rt cgexec; then
+		report nsenter-exec "$self" __exec nsenter
+	else
+		na nsenter-exec "unshare/nsenter (util-linux) or cgexec (Debian package: cgroup-tools) not installed"
+	fi
+	if have_rt crun; then
+		report crun-exec in_crun_ns "$self" __exec crun
+	else
+		na crun-exec "crun not installed (Debian package: crun)"
+	fi
+}
+
 run_freeze() {
 	report floor-freeze-thaw "$W/bin/floor" freeze
 	if have_rt crun; then
@@ -330,8 +478,12 @@ run_freeze() {
 case $mode in
 start) run_start ;;
 freeze) run_freeze ;;
+start-ns) run_start_ns ;;
+exec) run_exec ;;
 all)
 	run_start
 	run_freeze
+	run_start_ns
+	run_exec
 	;;
 esac

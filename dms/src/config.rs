@@ -28,6 +28,23 @@ system_bus = "auto"
 freeze_timeout_ms = 5000
 # How long a request waits for a busy domain before giving up.
 lock_timeout_ms = 10000
+
+# Networking of container domains with network mode "nat" (set per VO in the policies).
+[network]
+# The bridge DMS creates and owns (recognised by its alias "dms:<nft_table>"). An existing
+# interface of that name that is not DMS's is an error, never reused.
+bridge = "dms0"
+# Address pool; the first address is the bridge's (the domains' gateway), the others go to
+# domains. Traffic from it to anywhere but the bridge is masqueraded.
+pool = "10.213.0.0/16"
+# nftables tables (inet and bridge family) DMS owns and rewrites.
+nft_table = "dms"
+# Host-side veth names are <link_prefix><n>; stray links with this prefix are removed.
+link_prefix = "dmsv"
+# DNS servers for domains; when set, every domain sees a resolv.conf with them. When empty the
+# host's /etc/resolv.conf is used (a loopback resolver such as 127.0.0.53 is not reachable
+# from a domain: set servers here then).
+dns = []
 "#;
 
 /// Effective configuration.
@@ -54,6 +71,8 @@ pub struct Config {
     pub freeze_timeout_ms: u64,
     /// Per-domain lock bound.
     pub lock_timeout_ms: u64,
+    /// Domain networking.
+    pub network: crate::net::NetConfig,
 }
 
 /// Whether to serve on the system bus.
@@ -79,7 +98,13 @@ impl Config {
             let over: toml::Table =
                 toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?;
             for (k, v) in over {
-                table.insert(k, v);
+                // Tables merge key by key, so a file may set only network.pool.
+                match (table.get_mut(&k), v) {
+                    (Some(toml::Value::Table(base)), toml::Value::Table(t)) => base.extend(t),
+                    (_, v) => {
+                        table.insert(k, v);
+                    }
+                }
             }
         }
         let cfg: Config = table.try_into().with_context(|| {
@@ -89,6 +114,9 @@ impl Config {
             )
         })?;
         dms_policies::identity::validate_name("cgroup_subtree", &cfg.cgroup_subtree)
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        cfg.network
+            .validate()
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         Ok(cfg)
     }
@@ -120,6 +148,13 @@ mod tests {
         std::fs::write(t.path(), "cgroup_subtree = \"../x\"\n").unwrap();
         let e = format!("{:#}", Config::load(Some(t.path())).unwrap_err());
         assert!(e.contains("cgroup_subtree"), "{e}");
+        std::fs::write(t.path(), "[network]\npool = \"198.18.0.0/24\"\n").unwrap();
+        let c = Config::load(Some(t.path())).unwrap();
+        assert_eq!(c.network.pool, "198.18.0.0/24");
+        assert_eq!(c.network.bridge, "dms0");
+        std::fs::write(t.path(), "[network]\npool = \"198.18.0.1/24\"\n").unwrap();
+        let e = format!("{:#}", Config::load(Some(t.path())).unwrap_err());
+        assert!(e.contains("network.pool"), "{e}");
         std::fs::write(t.path(), "sockett = \"/x\"\n").unwrap();
         let e = format!("{:#}", Config::load(Some(t.path())).unwrap_err());
         assert!(e.contains("sockett"), "{e}");

@@ -92,6 +92,9 @@ pub struct Domain {
     pub updated_at: u64,
     /// Why the domain failed, if it did.
     pub reason: Option<String>,
+    /// Namespaces, network and filesystem settings from policy.
+    #[serde(default)]
+    pub isolation: dms_policies::Isolation,
     /// What the backend created for it (init process, network), so that a restarted daemon
     /// can adopt or clean it.
     #[serde(default)]
@@ -104,6 +107,9 @@ pub struct Runtime {
     /// The container domain's init.
     #[serde(default)]
     pub init: Option<InitHandle>,
+    /// Its network link, for mode "nat".
+    #[serde(default)]
+    pub net: Option<crate::net::NetAttachment>,
 }
 
 /// A domain init process, identified by pid and start time (a pid alone can be recycled).
@@ -133,6 +139,9 @@ pub enum BackendError {
     /// The domain cannot do this in its current condition.
     #[error("{0}")]
     NotRunning(String),
+    /// Networking failed.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 impl BackendError {
@@ -192,6 +201,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn members(&self, name: &str) -> Result<Vec<i32>, BackendError>;
     /// The domains this backend has on the host (for reconcile).
     fn list(&self) -> Result<Vec<LiveDomain>, BackendError>;
+    /// After reconcile: removes resources no domain owns (links, rules); returns them.
+    fn sweep(&self) -> Result<Vec<String>, BackendError>;
 }
 
 /// Container domains: cgroups plus namespaces held by a per-domain init.
@@ -204,6 +215,7 @@ pub struct ContainerBackend {
     readers: parking_lot::Mutex<std::collections::HashMap<String, dms_accounting::UsageReader>>,
     inits: InitWatcher,
     resolv_conf: Option<PathBuf>,
+    network: crate::net::Network,
 }
 
 impl ContainerBackend {
@@ -214,6 +226,7 @@ impl ContainerBackend {
         spawner: Spawner,
         freeze_timeout: std::time::Duration,
         resolv_conf: Option<PathBuf>,
+        network: crate::net::Network,
     ) -> Result<Self, BackendError> {
         Ok(Self {
             cgroups,
@@ -223,7 +236,13 @@ impl ContainerBackend {
             inits: InitWatcher::start()
                 .map_err(|e| BackendError::Unsupported(format!("watching domain inits: {e}")))?,
             resolv_conf,
+            network,
         })
+    }
+
+    /// The network mechanism (for status output and shutdown).
+    pub fn network(&self) -> &crate::net::Network {
+        &self.network
     }
 
     /// The cgroup layer (for status output).
@@ -241,8 +260,8 @@ impl ContainerBackend {
         let spec = InitSpec {
             hostname: domain.name.clone(),
             procs_files: self.cgroups.procs_files(&domain.name),
-            private_paths: Vec::new(),
-            readonly_paths: Vec::new(),
+            private_paths: domain.isolation.paths.private.clone(),
+            readonly_paths: domain.isolation.paths.readonly.clone(),
             resolv_conf: self.resolv_conf.clone(),
         };
         let pid = self.spawner.start_init(&spec)?;
@@ -259,11 +278,27 @@ impl Backend for ContainerBackend {
     }
 
     fn create(&self, domain: &mut Domain) -> Result<(), BackendError> {
+        if domain.isolation.userns {
+            return Err(BackendError::Unsupported(
+                "userns = true: user namespaces are not supported by the container backend yet"
+                    .into(),
+            ));
+        }
         self.cgroups.create(&domain.name, &domain.limits)?;
         let made = (|| {
             let init = self.start_init(domain)?;
             domain.runtime.init = Some(init);
-            self.inits.watch(&domain.name, init)
+            self.inits.watch(&domain.name, init)?;
+            if domain.isolation.network.mode == dms_policies::NetworkMode::Nat {
+                let att = self.network.attach(
+                    &domain.name,
+                    init.pid,
+                    init.start,
+                    &domain.isolation.network,
+                )?;
+                domain.runtime.net = Some(att);
+            }
+            Ok(())
         })();
         if let Err(e) = made {
             let _ = self.destroy(&domain.name);
@@ -275,7 +310,11 @@ impl Backend for ContainerBackend {
 
     fn adopt(&self, domain: &Domain) -> Result<(), BackendError> {
         let init = Self::init_of(domain)?;
-        self.inits.watch(&domain.name, init)
+        self.inits.watch(&domain.name, init)?;
+        if let Some(net) = &domain.runtime.net {
+            self.network.adopt(&domain.name, net);
+        }
+        Ok(())
     }
 
     fn update(&self, domain: &Domain) -> Result<(), BackendError> {
@@ -286,12 +325,14 @@ impl Backend for ContainerBackend {
         self.readers.lock().remove(name);
         // Killing the init ends its pid namespace; that is expected, not a failure to report.
         self.inits.unwatch(name);
-        if !self.cgroups.exists(name) {
-            return Ok(());
+        if self.cgroups.exists(name) {
+            self.cgroups
+                .kill_all(name, std::time::Duration::from_secs(5))?;
+            self.cgroups.remove(name)?;
         }
-        self.cgroups
-            .kill_all(name, std::time::Duration::from_secs(5))?;
-        Ok(self.cgroups.remove(name)?)
+        // The veth pair died with the network namespace; this frees the address and rules.
+        self.network.detach(name);
+        Ok(())
     }
 
     fn freeze(&self, name: &str) -> Result<(), BackendError> {
@@ -370,6 +411,10 @@ impl Backend for ContainerBackend {
             out.push(LiveDomain { name, frozen });
         }
         Ok(out)
+    }
+
+    fn sweep(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self.network.sweep()?)
     }
 }
 

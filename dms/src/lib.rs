@@ -7,6 +7,7 @@ pub mod config;
 pub mod dbus;
 pub mod domain;
 pub mod init;
+pub mod net;
 pub mod service;
 pub mod spawn;
 pub mod store;

@@ -94,7 +94,10 @@ impl From<BackendError> for ApiError {
                 ErrorKind::Timeout
             }
             BackendError::Cgroup(C::NotFound(_)) => ErrorKind::NotFound,
-            BackendError::NotRunning(_) => ErrorKind::Conflict,
+            BackendError::NotRunning(_) | BackendError::Net(crate::net::NetError::Conflict(_)) => {
+                ErrorKind::Conflict
+            }
+            BackendError::Net(crate::net::NetError::Invalid(_)) => ErrorKind::InvalidArgument,
             BackendError::Cgroup(C::Unsupported(_)) | BackendError::Unsupported(_) => {
                 ErrorKind::InvalidArgument
             }
@@ -435,6 +438,7 @@ impl Service {
             )));
         }
         let limits = limits_from_quotas(&rule.quotas).map_err(invalid)?;
+        check_paths(&rule.isolation.paths, &rule.source).map_err(invalid)?;
 
         // Find or insert the entry; a new one is locked before it becomes visible so concurrent
         // ensures of the same identity wait for the creation instead of racing it.
@@ -482,6 +486,7 @@ impl Service {
                 created_at: t,
                 updated_at: t,
                 reason: None,
+                isolation: rule.isolation.clone(),
                 runtime: Default::default(),
             };
             entry = Arc::new(Mutex::new(d));
@@ -914,9 +919,41 @@ impl Service {
             }
         }
         *self.domains.write() = known;
+        match self.backend.sweep() {
+            Ok(links) => report.removed_orphans.extend(links),
+            Err(e) => tracing::warn!(error = %e, "could not sweep stray network resources"),
+        }
         tracing::info!(?report, "reconciled");
         Ok(report)
     }
+}
+
+/// Policy paths must exist when a domain is created (private ones must be directories).
+fn check_paths(p: &dms_policies::PathPolicy, source: &std::path::Path) -> Result<(), String> {
+    for (key, list, dir) in [
+        ("private", &p.private, true),
+        ("readonly", &p.readonly, false),
+    ] {
+        for path in list {
+            let shown = path.display().to_string();
+            match std::fs::metadata(path) {
+                Ok(m) if dir && !m.is_dir() => {
+                    return Err(format!(
+                        "paths.{key} = {shown:?} (from {}): not a directory",
+                        source.display()
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "paths.{key} = {shown:?} (from {}): {e}",
+                        source.display()
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn mem_total() -> u64 {

@@ -76,6 +76,9 @@ cpuset = { cpus = "7" }
 struct Daemon {
     dir: PathBuf,
     subtree: String,
+    /// Number of this daemon's network settings (bridge dmst<n>br, pool 198.19.<n>.0/24,
+    /// nft tables dmstest<n>, links dmst<n>v*).
+    net: u32,
     child: Option<Child>,
     /// Extra environment and flags for dmsd (system bus tests).
     env: Vec<(String, String)>,
@@ -87,14 +90,47 @@ impl Daemon {
         Self::start_with(tag, Vec::new(), vec!["--system-bus".into(), "no".into()])
     }
 
+    /// A daemon with one more policy file.
+    fn start_extra(tag: &str, policy: &str) -> Daemon {
+        Self::start_prepared(
+            tag,
+            Vec::new(),
+            vec!["--system-bus".into(), "no".into()],
+            |dir| {
+                std::fs::write(dir.join("policies/extra.toml"), policy).unwrap();
+            },
+        )
+    }
+
     fn start_with(tag: &str, env: Vec<(String, String)>, args: Vec<String>) -> Daemon {
+        Self::start_prepared(tag, env, args, |_| {})
+    }
+
+    fn start_prepared(
+        tag: &str,
+        env: Vec<(String, String)>,
+        args: Vec<String>,
+        prepare: impl FnOnce(&Path),
+    ) -> Daemon {
         let base = std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into());
         let dir = PathBuf::from(base).join(format!("dms-test-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("policies")).unwrap();
         std::fs::write(dir.join("policies/dmstest.toml"), POLICY).unwrap();
+        static NEXT_NET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let net = NEXT_NET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::fs::write(
+            dir.join("dmsd.toml"),
+            format!(
+                "[network]\nbridge = \"dmst{net}br\"\npool = \"198.19.{net}.0/24\"\n\
+                 nft_table = \"dmstest{net}\"\nlink_prefix = \"dmst{net}v\"\n"
+            ),
+        )
+        .unwrap();
+        prepare(&dir);
         let mut d = Daemon {
             subtree: format!("dms-test-{tag}-{}", std::process::id()),
+            net,
             dir,
             child: None,
             env,
@@ -111,6 +147,10 @@ impl Daemon {
             .open(self.dir.join("dmsd.log"))
             .unwrap();
         let child = Command::new(bin("dmsd"))
+            .args([
+                "--config",
+                &self.dir.join("dmsd.toml").display().to_string(),
+            ])
             .args(["--state-dir", &self.dir.join("state").display().to_string()])
             .args([
                 "--policy-dir",
@@ -230,6 +270,19 @@ impl Drop for Daemon {
                 }
             }
             let _ = std::fs::remove_dir(&sub);
+        }
+        // dmsd removes its bridge and tables when it stops with no NAT domain; this is for a
+        // daemon that crashed.
+        let n = self.net;
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("dmst{n}br")])
+            .stderr(Stdio::null())
+            .status();
+        for fam in ["inet", "bridge"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", fam, &format!("dmstest{n}")])
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -1228,4 +1281,375 @@ fn join_moves_the_caller_into_cgroups_and_namespaces() {
         String::from_utf8_lossy(&o.stderr).contains("was replaced"),
         "{o:?}"
     );
+}
+
+/// A network namespace outside DMS, linked to the host by a veth pair on 198.18.<200+n>.0/30
+/// (host .1, peer .2); removed on drop.
+struct PeerNs {
+    name: String,
+    host_if: String,
+    host_ip: String,
+    peer_ip: String,
+}
+
+impl PeerNs {
+    fn new(n: u32) -> PeerNs {
+        let p = PeerNs {
+            name: format!("dmst-peer-{n}-{}", std::process::id()),
+            host_if: format!("dmst{n}peer"),
+            host_ip: format!("198.18.{}.1", 200 + n),
+            peer_ip: format!("198.18.{}.2", 200 + n),
+        };
+        let sh = |args: &[&str]| {
+            let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(
+                o.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        sh(&["ip", "netns", "add", &p.name]);
+        sh(&[
+            "ip", "link", "add", &p.host_if, "type", "veth", "peer", "name", "eth0", "netns",
+            &p.name,
+        ]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", p.host_ip),
+            "dev",
+            &p.host_if,
+        ]);
+        sh(&["ip", "link", "set", &p.host_if, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &p.name,
+            "addr",
+            "add",
+            &format!("{}/30", p.peer_ip),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &p.name, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &p.name, "link", "set", "lo", "up"]);
+        p
+    }
+
+    fn exec(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+}
+
+impl Drop for PeerNs {
+    fn drop(&mut self) {
+        // Kills iperf3 servers left in it too.
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Host links whose name starts with `prefix`.
+fn links_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+fn nft_table(fam: &str, table: &str) -> String {
+    let o = Command::new("nft")
+        .args(["list", "table", fam, table])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+const NET_POLICY: &str = r#"
+[vo.dmsnet]
+network = { mode = "nat", ports = ["PORT:8080"] }
+[vo.dmsiso]
+network = { mode = "nat" }
+[vo.dmsopen]
+network = { mode = "nat", isolated = false }
+[vo.dmsnone]
+network = { mode = "none" }
+[vo.dmsbusy]
+network = { mode = "nat", ports = ["BUSY:80"] }
+[vo.dmsmissing]
+paths = { private = ["/nonexistent-dms-test"] }
+[vo.dmspaths]
+network = { mode = "none" }
+paths = { private = ["/var/tmp"], readonly = ["/etc"] }
+"#;
+
+#[test]
+fn nat_network_isolation_and_port_forwards() {
+    if !can_run() {
+        return;
+    }
+    let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let fwd_port = {
+        let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let policy = NET_POLICY
+        .replace("PORT", &fwd_port.to_string())
+        .replace("BUSY", &busy_port.to_string());
+    let d = Daemon::start_extra("nat", &policy);
+    let n = d.net;
+    let peer = PeerNs::new(n);
+    for (user, vo) in [
+        ("nobody", "dmsnet"),
+        ("nobody", "dmsiso"),
+        ("nobody", "dmsopen"),
+        ("daemon", "dmsopen"),
+        ("nobody", "dmsnone"),
+    ] {
+        d.ok(&["domain", "create", "--user", user, "--vo", vo]);
+    }
+    let addr = |name: &str| {
+        d.json(&["domain", "show", name])["runtime"]["net"]["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ping = |name: &str, ip: &str| {
+        d.ctl(&["exec", name, "--", "ping", "-c1", "-W2", ip])
+            .status
+            .success()
+    };
+    let gw = format!("198.19.{n}.1");
+    // Out through NAT to a namespace the test made, on its allowed path.
+    assert!(ping("dmsnet.nobody", &gw));
+    assert!(
+        ping("dmsnet.nobody", &peer.peer_ip),
+        "NAT to the peer namespace failed"
+    );
+    // Isolated domains cannot reach each other; open ones can reach each other only.
+    assert!(
+        !ping("dmsnet.nobody", &addr("dmsiso.nobody")),
+        "isolated domains reached each other"
+    );
+    assert!(!ping("dmsiso.nobody", &addr("dmsnet.nobody")));
+    assert!(
+        ping("dmsopen.nobody", &addr("dmsopen.daemon")),
+        "open domains cannot talk"
+    );
+    assert!(!ping("dmsopen.nobody", &addr("dmsiso.nobody")));
+    // Mode none: loopback only.
+    assert!(!ping("dmsnone.nobody", &gw));
+    let v = d.json(&["domain", "show", "dmsnone.nobody"]);
+    assert!(v["runtime"]["net"].is_null(), "{v}");
+    // A forwarded port: the peer reaches a server in the domain through the host's address.
+    let server = d.ok(&[
+        "exec",
+        "dmsnet.nobody",
+        "--no-wait",
+        "--",
+        "iperf3",
+        "-s",
+        "-1",
+        "-p",
+        "8080",
+    ]);
+    assert!(!server.trim().is_empty());
+    let mut ok = false;
+    for _ in 0..50 {
+        let o = peer
+            .exec(&[
+                "iperf3",
+                "-c",
+                &peer.host_ip,
+                "-p",
+                &fwd_port.to_string(),
+                "-t",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ok,
+        "port forward {fwd_port} -> dmsnet.nobody:8080 did not work"
+    );
+    // Bad input: port already forwarded, port in use on the host, missing policy path,
+    // bridge name clash. Each leaves nothing behind.
+    let links_before = links_with_prefix(&format!("dmst{n}v"));
+    let o = d.ctl(&["domain", "create", "--user", "daemon", "--vo", "dmsnet"]);
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("already forwarded to domain \"dmsnet.nobody\""),
+        "{o:?}"
+    );
+    let o = d.ctl(&["domain", "create", "--user", "nobody", "--vo", "dmsbusy"]);
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("in use on the host"),
+        "{o:?}"
+    );
+    drop(busy);
+    let o = d.ctl(&["domain", "create", "--user", "nobody", "--vo", "dmsmissing"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("paths.private = \"/nonexistent-dms-test\""),
+        "{o:?}"
+    );
+    for name in ["dmsnet.daemon", "dmsbusy.nobody", "dmsmissing.nobody"] {
+        assert_eq!(
+            d.ctl(&["domain", "show", name]).status.code(),
+            Some(3),
+            "{name} left behind"
+        );
+        assert!(
+            !cgroup_dir(&d.subtree, "pids").join(name).exists(),
+            "{name} cgroup left"
+        );
+    }
+    assert_eq!(links_with_prefix(&format!("dmst{n}v")), links_before);
+    // Destroy removes links, forwards and open-set entries.
+    for name in [
+        "dmsnet.nobody",
+        "dmsiso.nobody",
+        "dmsopen.nobody",
+        "dmsopen.daemon",
+        "dmsnone.nobody",
+    ] {
+        d.ok(&["domain", "destroy", name]);
+    }
+    assert!(links_with_prefix(&format!("dmst{n}v")).is_empty());
+    let rules = nft_table("inet", &format!("dmstest{n}"));
+    assert!(!rules.contains("elements"), "{rules}");
+}
+
+#[test]
+fn private_and_readonly_policy_paths() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start_extra(
+        "paths",
+        &NET_POLICY.replace("PORT", "1").replace("BUSY", "2"),
+    );
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmspaths"]);
+    let marker = format!("/var/tmp/dms-marker-{}", std::process::id());
+    d.ok(&[
+        "exec",
+        "--user",
+        "root",
+        "dmspaths.nobody",
+        "--",
+        "touch",
+        &marker,
+    ]);
+    assert!(!Path::new(&marker).exists(), "/var/tmp is not private");
+    let o = d.ctl(&[
+        "exec",
+        "--user",
+        "root",
+        "dmspaths.nobody",
+        "--",
+        "touch",
+        "/etc/dms-test-ro",
+    ]);
+    assert!(!o.status.success(), "/etc is writable in the domain");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Read-only file system"),
+        "{o:?}"
+    );
+    assert!(!Path::new("/etc/dms-test-ro").exists());
+}
+
+#[test]
+fn bridge_name_clash_and_pool_exhaustion_are_clear_errors() {
+    if !can_run() {
+        return;
+    }
+    // A pool of /29: addresses .2 to .6 for five domains.
+    let d = Daemon::start_prepared(
+        "pool",
+        Vec::new(),
+        vec!["--system-bus".into(), "no".into()],
+        |dir| {
+            let cfg = std::fs::read_to_string(dir.join("dmsd.toml")).unwrap();
+            let cfg = cfg.replace(".0/24", ".0/29");
+            std::fs::write(dir.join("dmsd.toml"), cfg).unwrap();
+            std::fs::write(
+                dir.join("policies/extra.toml"),
+                "[vo.dmsiso]\ngranularity = \"user\"\n",
+            )
+            .unwrap();
+        },
+    );
+    let n = d.net;
+    let users = ["nobody", "daemon", "bin", "sys", "sync"];
+    for u in users {
+        d.ok(&["domain", "create", "--user", u, "--vo", "dmsiso"]);
+    }
+    let o = d.ctl(&["domain", "create", "--user", "games", "--vo", "dmsiso"]);
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains(&format!("address pool 198.19.{n}.0/29 is exhausted")),
+        "{o:?}"
+    );
+    assert_eq!(
+        d.ctl(&["domain", "show", "dmsiso.games"]).status.code(),
+        Some(3)
+    );
+    for u in users {
+        d.ok(&["domain", "destroy", &format!("dmsiso.{u}")]);
+    }
+    drop(d);
+    // The daemon removed its bridge and tables when it stopped.
+    assert!(links_with_prefix(&format!("dmst{n}br")).is_empty());
+    assert!(nft_table("inet", &format!("dmstest{n}")).is_empty());
+    // Someone else's interface under the bridge name: refused, never reused.
+    let d = Daemon::start_extra("clash", "[vo.dmsiso]\n");
+    let n = d.net;
+    let br = format!("dmst{n}br");
+    // (This kernel has no dummy links; a veth pair serves.)
+    let peer_end = format!("dmst{n}bx");
+    let made = Command::new("ip")
+        .args([
+            "link", "add", &br, "type", "veth", "peer", "name", &peer_end,
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let o = d.ctl(&["domain", "create", "--user", "nobody", "--vo", "dmsiso"]);
+    let _ = Command::new("ip").args(["link", "del", &br]).status();
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not DMS's"),
+        "{o:?}"
+    );
+    assert!(!cgroup_dir(&d.subtree, "pids")
+        .join("dmsiso.nobody")
+        .exists());
 }

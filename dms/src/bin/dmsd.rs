@@ -10,6 +10,7 @@ use dms::cgroup::{Cgroups, Version};
 use dms::config::{Config, SystemBus, DEFAULT_CONFIG};
 use dms::dbus::{emit_state_changed, Api, PeerAuth, BUS_NAME, OBJECT_PATH};
 use dms::domain::{Backend, ContainerBackend};
+use dms::net::Network;
 use dms::service::{Caller, Service, ServiceOptions, StateChange};
 use dms::spawn::Spawner;
 use dms::store::Store;
@@ -124,11 +125,14 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
         Version::V2 => "v2",
     };
     tracing::info!(version, subtree = %cfg.cgroup_subtree, "cgroups detected");
+    let network = Network::new(&cfg.network, spawner.clone(), cfg.state_dir.clone())?;
+    let resolv_conf = write_resolv_conf(&cfg)?;
     let backend = Arc::new(ContainerBackend::new(
         cgroups.clone(),
         spawner,
         cfg.freeze_timeout(),
-        None,
+        resolv_conf,
+        network,
     )?);
     let store = Store::open(&cfg.state_dir)?;
     let admin_gid = nix::unistd::Group::from_name(&cfg.admin_group)
@@ -141,6 +145,7 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     let (events, _) = broadcast::channel::<StateChange>(1024);
     let tx = events.clone();
     let backend_handle: Arc<dyn Backend> = backend.clone();
+    let backend_for_shutdown = Arc::clone(&backend);
     let svc = Service::new(
         backend,
         store,
@@ -270,6 +275,9 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     std::fs::remove_file(&cfg.socket).ok();
     // Leave no empty subtree behind; with domains present the rmdir fails and that is fine.
     let _ = cgroups.remove_subtree();
+    // Likewise the bridge and nftables tables, once no NAT domain is left.
+    let b = Arc::clone(&backend_for_shutdown);
+    let _ = tokio::task::spawn_blocking(move || b.network().teardown_if_unused()).await;
     Ok(())
 }
 
@@ -341,4 +349,34 @@ fn spawn_policy_watch(svc: Arc<Service>, dir: PathBuf) {
             tracing::info!(dir = %dir.display(), "policy files changed; reloading");
             let _ = svc.reload_policies();
         });
+}
+
+/// With `network.dns` set, the resolv.conf every domain sees; otherwise a warning when the
+/// host's resolver is on loopback (unreachable from a domain's network namespace).
+fn write_resolv_conf(cfg: &Config) -> Result<Option<PathBuf>> {
+    if cfg.network.dns.is_empty() {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let servers: Vec<&str> = host
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .map(str::trim)
+            .collect();
+        if !servers.is_empty() && servers.iter().all(|s| s.starts_with("127.") || *s == "::1") {
+            tracing::warn!(
+                ?servers,
+                "the host resolver is on loopback, which domains with network mode nat cannot reach; set network.dns in the config"
+            );
+        }
+        return Ok(None);
+    }
+    let path = cfg.state_dir.join("resolv.conf");
+    let text: String = cfg
+        .network
+        .dns
+        .iter()
+        .map(|s| format!("nameserver {s}\n"))
+        .collect();
+    std::fs::write(&path, format!("# written by dmsd from network.dns\n{text}"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(path))
 }
