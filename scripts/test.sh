@@ -16,8 +16,11 @@ cargo build --workspace --bins
 cargo build --release --bins
 echo "== unit and host integration tests (cgroup $( [ -e /sys/fs/cgroup/cgroup.controllers ] && echo v2 || echo v1 ))"
 cargo test --workspace -- --test-threads=2
-echo "== cgroup v2 integration tests in a QEMU guest"
+echo "== cgroup v2 integration tests (cgroups, namespaces, joining) in a QEMU guest"
+# The guest boots the Debian kernel without its modules (veth, bridge, nf_tables, sch_htb), so
+# the NAT network tests run on the host only; every other root test runs in the guest too.
 testbin=$(cargo test -p dms-integration --test root --no-run --message-format=json 2>/dev/null |
 	sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$testbin" ] || { echo "test.sh: integration test binary not found" >&2; exit 1; }
-DMS_BIN_DIR=$PWD/target/release tests/vm/run-v2.sh --timeout 1800 "$testbin" --test-threads=1
+DMS_BIN_DIR=$PWD/target/release tests/vm/run-v2.sh --timeout 1800 "$testbin" --test-threads=1 \
+	--skip nat_network --skip bandwidth_limits --skip bridge_name_clash --skip no_leftovers_after_many_networked

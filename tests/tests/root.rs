@@ -50,8 +50,11 @@ fn can_run() -> bool {
 }
 
 const POLICY: &str = r#"
+# Loopback only: these VOs test cgroups and namespaces, also in the cgroup v2 guest, whose
+# kernel has no veth/bridge/nftables modules loaded. NAT is tested by the network tests.
 [vo.dmstest]
 granularity = "user"
+network = { mode = "none" }
 cpu = { limit = "50%" }
 memory = { limit = "64M" }
 pids = 32
@@ -65,6 +68,7 @@ pids = 64
 # Owners may run commands in their domains.
 [vo.dmsexec]
 owner_may = ["exec", "freeze", "thaw"]
+network = { mode = "none" }
 
 # Valid as policy, refused by the kernel on this 2-CPU test machine: exercises rollback.
 [vo.dmsbadcpu]
@@ -1652,4 +1656,196 @@ fn bridge_name_clash_and_pool_exhaustion_are_clear_errors() {
     assert!(!cgroup_dir(&d.subtree, "pids")
         .join("dmsiso.nobody")
         .exists());
+}
+
+/// iperf3 goodput in bit/s between a domain and the peer namespace (`reverse`: peer sends).
+fn iperf(d: &Daemon, domain: &str, peer: &PeerNs, reverse: bool) -> f64 {
+    let mut args = vec![
+        "exec",
+        domain,
+        "--",
+        "iperf3",
+        "-c",
+        &peer.peer_ip,
+        "-t",
+        "5",
+        "-O",
+        "1",
+        "-J",
+    ];
+    if reverse {
+        args.push("-R");
+    }
+    let out = d.ok(&args);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+}
+
+#[test]
+fn bandwidth_limits_hold_in_both_directions() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start_extra(
+        "bw",
+        r#"
+[vo.dmsbwa]
+network = { mode = "nat", egress = "20mbit", ingress = "100mbit" }
+[vo.dmsbwb]
+network = { mode = "nat", egress = "100mbit", ingress = "20mbit", shaper = "tbf" }
+"#,
+    );
+    let peer = PeerNs::new(d.net);
+    let _server = KillOnDrop(
+        peer.exec(&["iperf3", "-s", "-B", &peer.peer_ip])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmsbwa"]);
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmsbwb"]);
+    wait_until("iperf3 server", Duration::from_secs(5), || {
+        d.ctl(&[
+            "exec",
+            "dmsbwa.nobody",
+            "--",
+            "ping",
+            "-c1",
+            "-W1",
+            &peer.peer_ip,
+        ])
+        .status
+        .success()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut report = Vec::new();
+    for (domain, reverse, limit) in [
+        ("dmsbwa.nobody", false, 20e6),
+        ("dmsbwa.nobody", true, 100e6),
+        ("dmsbwb.nobody", false, 100e6),
+        ("dmsbwb.nobody", true, 20e6),
+    ] {
+        let got = iperf(&d, domain, &peer, reverse);
+        let dir = if reverse { "ingress" } else { "egress" };
+        eprintln!(
+            "{domain} {dir}: limit {:.0} Mbit/s, goodput {:.2} Mbit/s",
+            limit / 1e6,
+            got / 1e6
+        );
+        report.push((domain, dir, limit, got));
+    }
+    for (domain, dir, limit, got) in report {
+        let ratio = got / limit;
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "{domain} {dir}: {:.2} Mbit/s is not within 10% of {:.0} Mbit/s",
+            got / 1e6,
+            limit / 1e6
+        );
+    }
+}
+
+#[test]
+fn no_leftovers_after_many_networked_domains_and_a_crash() {
+    if !can_run() {
+        return;
+    }
+    let mut d = Daemon::start_extra(
+        "leak",
+        "[vo.dmsleak]\ngranularity = \"job\"\nnetwork = { mode = \"nat\", egress = \"50mbit\", ingress = \"50mbit\" }\n",
+    );
+    let n = d.net;
+    let prefix = format!("dmst{n}v");
+    let sock = d.sock();
+    let ctl = bin("dmsctl");
+    for i in 0..200 {
+        let job = i.to_string();
+        d.ok(&[
+            "domain", "create", "--user", "nobody", "--vo", "dmsleak", "--job", &job,
+        ]);
+        d.ok(&["domain", "destroy", &format!("dmsleak.nobody.job{i}")]);
+    }
+    assert!(
+        links_with_prefix(&prefix).is_empty(),
+        "{:?}",
+        links_with_prefix(&prefix)
+    );
+    // Now a crash in the middle of a burst of creations.
+    let creator = std::thread::spawn(move || {
+        for i in 1000..1040 {
+            let _ = Command::new(&ctl)
+                .args([
+                    "--socket",
+                    &sock,
+                    "domain",
+                    "create",
+                    "--user",
+                    "nobody",
+                    "--vo",
+                    "dmsleak",
+                    "--job",
+                    &i.to_string(),
+                ])
+                .output();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    d.kill9();
+    creator.join().unwrap();
+    d.spawn();
+    let list = d.json(&["domain", "list"]);
+    let names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !names.is_empty(),
+        "nothing was created before the crash; log:\n{}",
+        d.log()
+    );
+    // The survivors are intact and usable; then all go.
+    for name in &names {
+        let v = d.json(&["domain", "show", name]);
+        assert_eq!(v["state"], "running", "{v}");
+        assert!(links_with_prefix(&prefix)
+            .contains(&v["runtime"]["net"]["host_if"].as_str().unwrap().to_string()));
+        d.ok(&["domain", "destroy", name]);
+    }
+    assert!(
+        links_with_prefix(&prefix).is_empty(),
+        "{:?}",
+        links_with_prefix(&prefix)
+    );
+    let rules = nft_table("inet", &format!("dmstest{n}"));
+    assert!(!rules.contains("elements"), "{rules}");
+    let sub = cgroup_dir(&d.subtree, "pids");
+    let groups: Vec<_> = std::fs::read_dir(&sub)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(groups.is_empty(), "cgroups left: {groups:?}");
+    // No domain init survives (their pid namespaces and network namespaces die with them).
+    let subtree = d.subtree.clone();
+    let inits_left = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains(&subtree))
+        })
+        .count();
+    assert_eq!(inits_left, 0);
+    drop(d);
+    assert!(
+        links_with_prefix(&format!("dmst{n}br")).is_empty(),
+        "bridge left"
+    );
+    assert!(
+        nft_table("bridge", &format!("dmstest{n}")).is_empty(),
+        "nft table left"
+    );
 }

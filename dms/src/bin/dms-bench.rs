@@ -17,9 +17,12 @@ struct Args {
     /// dmsd's pid (for its resident memory).
     #[arg(long)]
     dmsd_pid: u32,
-    /// VO whose policy gives per-job domains with cpu, memory and pids limits.
+    /// VO whose policy gives per-job domains with cpu, memory and pids limits and a NAT network.
     #[arg(long, default_value = "bench")]
     vo: String,
+    /// The same without a network (loopback only).
+    #[arg(long, default_value = "benchnonet")]
+    vo_nonet: String,
     /// Iterations for start and freeze.
     #[arg(long, default_value_t = 200)]
     n: usize,
@@ -69,34 +72,55 @@ async fn main() -> Result<()> {
     }
     stats("dms-api-roundtrip", v);
 
-    // 1. A /bin/true in a new limited domain, reaped, domain removed: create + run + destroy.
+    // 1. A /bin/true in a new limited domain (all namespaces; NAT network or loopback only),
+    //    reaped, domain removed: create + run + destroy.
+    for (label, vo) in [("dms-start", &a.vo), ("dms-start-nonet", &a.vo_nonet)] {
+        let mut v = Vec::with_capacity(a.n);
+        let (mut ve, mut vr, mut vd) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..a.n + 5 {
+            let job = format!("s{i}");
+            let t = Instant::now();
+            let d: serde_json::Value =
+                serde_json::from_str(&p.ensure_domain("nobody", vo, "", &job).await?)?;
+            let name = d["name"].as_str().context("name")?.to_string();
+            let t1 = Instant::now();
+            let (_, code) = p
+                .run(&name, &t_argv, &no_env, "/", "", Vec::new(), true)
+                .await?;
+            let t2 = Instant::now();
+            p.destroy_domain(&name).await?;
+            anyhow::ensure!(code == 0, "/bin/true exited {code}");
+            if i >= 5 {
+                v.push(t.elapsed().as_secs_f64() * 1e3);
+                ve.push((t1 - t).as_secs_f64() * 1e3);
+                vr.push((t2 - t1).as_secs_f64() * 1e3);
+                vd.push(t2.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        stats(label, v);
+        // The three API calls it is made of, for profiling.
+        stats(&format!("{label}:create"), ve);
+        stats(&format!("{label}:run"), vr);
+        stats(&format!("{label}:destroy"), vd);
+    }
+
+    // 1b. /bin/true run inside a running domain (cgroups + all namespaces), reaped.
+    let d: serde_json::Value =
+        serde_json::from_str(&p.ensure_domain("nobody", &a.vo, "", "exec").await?)?;
+    let name = d["name"].as_str().context("name")?.to_string();
     let mut v = Vec::with_capacity(a.n);
-    let (mut ve, mut vr, mut vd) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..a.n + 5 {
-        let job = format!("s{i}");
         let t = Instant::now();
-        let d: serde_json::Value =
-            serde_json::from_str(&p.ensure_domain("nobody", &a.vo, "", &job).await?)?;
-        let name = d["name"].as_str().context("name")?.to_string();
-        let t1 = Instant::now();
         let (_, code) = p
             .run(&name, &t_argv, &no_env, "/", "", Vec::new(), true)
             .await?;
-        let t2 = Instant::now();
-        p.destroy_domain(&name).await?;
         anyhow::ensure!(code == 0, "/bin/true exited {code}");
         if i >= 5 {
             v.push(t.elapsed().as_secs_f64() * 1e3);
-            ve.push((t1 - t).as_secs_f64() * 1e3);
-            vr.push((t2 - t1).as_secs_f64() * 1e3);
-            vd.push(t2.elapsed().as_secs_f64() * 1e3);
         }
     }
-    stats("dms-start", v);
-    // The three API calls it is made of, for profiling.
-    stats("dms-start:create", ve);
-    stats("dms-start:run", vr);
-    stats("dms-start:destroy", vd);
+    stats("dms-exec", v);
+    p.destroy_domain(&name).await?;
 
     // 2. Freeze + thaw a domain of 100 processes.
     let d: serde_json::Value =
