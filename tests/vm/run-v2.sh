@@ -123,7 +123,9 @@ for c in cpu memory pids io cpuset; do
 	grep -qw $c /host/sys/fs/cgroup/cgroup.controllers && echo "+$c" > /host/sys/fs/cgroup/cgroup.subtree_control
 done
 echo "== guest: up after $(cut -d' ' -f1 /proc/uptime) s; subtree_control: $(cat /host/sys/fs/cgroup/cgroup.subtree_control)"
-chroot /host /run/dms-test-wrapper.sh; echo "== guest: rc=$?"
+# The host root becomes the root mount, as switch_root does, so that setns() into a mount
+# namespace (domain exec and join) lands on it rather than on the initramfs.
+cd /host && mount --move . / && chroot . /run/dms-test-wrapper.sh; echo "== guest: rc=$?"
 poweroff -f
 EOI
 
