@@ -51,6 +51,13 @@ enum Cmd {
     /// Print domain state changes as they happen ("NAME OLD -> NEW"), until interrupted.
     Monitor,
     /// Run a command inside a running domain (same as `domain exec`).
+    ///
+    /// The command runs in the domain's cgroups and all its namespaces (pid, mount, uts, ipc,
+    /// network, cgroup) as the domain's owner (admins may give --user), with a clean
+    /// environment (PATH, HOME, USER, LOGNAME, DMS_DOMAIN plus --env), in the owner's home.
+    /// stdin/stdout/stderr are this terminal's; dmsctl exits with the command's status
+    /// (128+N if killed by signal N). Frozen and failed domains are refused (exit 5); other
+    /// users' domains too, unless the policy's owner_may grants "exec" (exit 4).
     Exec(ExecArgs),
 }
 
