@@ -325,13 +325,15 @@ impl Backend for ContainerBackend {
         self.readers.lock().remove(name);
         // Killing the init ends its pid namespace; that is expected, not a failure to report.
         self.inits.unwatch(name);
-        if self.cgroups.exists(name) {
+        let killed = self.cgroups.exists(name);
+        if killed {
             self.cgroups
                 .kill_all(name, std::time::Duration::from_secs(5))?;
             self.cgroups.remove(name)?;
         }
-        // The veth pair died with the network namespace; this frees the address and rules.
-        self.network.detach(name);
+        // With its init killed the network namespace goes, and the kernel removes the veth
+        // pair with it; this frees the address and the rules.
+        self.network.detach(name, killed);
         Ok(())
     }
 

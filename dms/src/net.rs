@@ -186,6 +186,9 @@ struct State {
     used: BTreeSet<u32>,
     /// Host ports forwarded, by (proto, port).
     ports: BTreeMap<(Proto, u16), String>,
+    /// Where the next index search starts: indices rotate, so a link that the kernel is
+    /// still tearing down (asynchronously, with its namespace) is not asked for again at once.
+    next_index: u32,
 }
 
 /// The network mechanism for container domains.
@@ -387,7 +390,9 @@ table bridge {t} {{
             for p in &policy.ports {
                 port_free_on_host(p)?;
             }
-            let index = (2..=s.last_index)
+            let start = st.next_index.clamp(2, s.last_index);
+            let index = (start..=s.last_index)
+                .chain(2..start)
                 .find(|i| !st.used.contains(i))
                 .ok_or_else(|| {
                     NetError::Conflict(format!(
@@ -397,6 +402,7 @@ table bridge {t} {{
                     ))
                 })?;
             st.used.insert(index);
+            st.next_index = if index >= s.last_index { 2 } else { index + 1 };
             for p in &policy.ports {
                 st.ports.insert((p.proto, p.host), domain.to_string());
             }
@@ -422,7 +428,7 @@ table bridge {t} {{
                 if (!att.ports.is_empty() || att.open) && self.add_elements(&att).is_err() {
                     // Fall back to a full reload, which includes this domain.
                     if let Err(e) = self.load_rules() {
-                        self.detach(domain);
+                        self.detach(domain, false);
                         return Err(e);
                     }
                 }
@@ -579,14 +585,18 @@ table bridge {t} {{
         st.by_domain.remove(domain);
     }
 
-    /// Removes a domain's link, forwards and address (Ok when it has none).
-    pub fn detach(&self, domain: &str) {
+    /// Removes a domain's forwards and frees its address. With `namespace_gone` (its init was
+    /// killed) the veth pair is left to the kernel, which deletes it with the namespace, off
+    /// the caller's path (a synchronous delete costs tens of milliseconds of RCU grace
+    /// periods); otherwise the link is deleted here.
+    pub fn detach(&self, domain: &str, namespace_gone: bool) {
         let Some(a) = self.state.lock().by_domain.get(domain).cloned() else {
             return;
         };
-        // The pair usually died with the domain's network namespace already.
-        if let Err(e) = self.with_rtnl(|r| r.delete_link_by_name(&a.host_if)) {
-            tracing::warn!(domain, link = %a.host_if, error = %e, "could not delete link");
+        if !namespace_gone {
+            if let Err(e) = self.with_rtnl(|r| r.delete_link_by_name(&a.host_if)) {
+                tracing::warn!(domain, link = %a.host_if, error = %e, "could not delete link");
+            }
         }
         let had_rules = !a.ports.is_empty() || a.open;
         self.release(domain, &a);
@@ -654,8 +664,11 @@ table bridge {t} {{
                 .strip_prefix(&prefix)
                 .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
             if ours && !owned.contains(&l.name) {
-                self.with_rtnl(|r| r.delete_link(l.index))?;
-                removed.push(l.name);
+                // One the kernel is already tearing down may vanish under us: not an error.
+                match self.with_rtnl(|r| r.delete_link(l.index)) {
+                    Ok(()) => removed.push(l.name),
+                    Err(e) => tracing::debug!(link = %l.name, error = %e, "stray link not deleted"),
+                }
             }
         }
         let bridge_exists = self

@@ -1382,6 +1382,19 @@ fn links_with_prefix(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The kernel deletes a domain's veth pair with its network namespace, asynchronously.
+fn wait_links_gone(prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !links_with_prefix(prefix).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "links left: {:?}",
+            links_with_prefix(prefix)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn nft_table(fam: &str, table: &str) -> String {
     let o = Command::new("nft")
         .args(["list", "table", fam, table])
@@ -1549,7 +1562,7 @@ fn nat_network_isolation_and_port_forwards() {
     ] {
         d.ok(&["domain", "destroy", name]);
     }
-    assert!(links_with_prefix(&format!("dmst{n}v")).is_empty());
+    wait_links_gone(&format!("dmst{n}v"));
     let rules = nft_table("inet", &format!("dmstest{n}"));
     assert!(!rules.contains("elements"), "{rules}");
 }
@@ -1770,11 +1783,7 @@ fn no_leftovers_after_many_networked_domains_and_a_crash() {
         ]);
         d.ok(&["domain", "destroy", &format!("dmsleak.nobody.job{i}")]);
     }
-    assert!(
-        links_with_prefix(&prefix).is_empty(),
-        "{:?}",
-        links_with_prefix(&prefix)
-    );
+    wait_links_gone(&prefix);
     // Now a crash in the middle of a burst of creations.
     let creator = std::thread::spawn(move || {
         for i in 1000..1040 {
@@ -1818,11 +1827,7 @@ fn no_leftovers_after_many_networked_domains_and_a_crash() {
             .contains(&v["runtime"]["net"]["host_if"].as_str().unwrap().to_string()));
         d.ok(&["domain", "destroy", name]);
     }
-    assert!(
-        links_with_prefix(&prefix).is_empty(),
-        "{:?}",
-        links_with_prefix(&prefix)
-    );
+    wait_links_gone(&prefix);
     let rules = nft_table("inet", &format!("dmstest{n}"));
     assert!(!rules.contains("elements"), "{rules}");
     let sub = cgroup_dir(&d.subtree, "pids");
