@@ -77,7 +77,25 @@ cpuset = { cpus = "7" }
 
 /// A dmsd with its own state, policies, socket and cgroup subtree; torn down on drop, also
 /// when the test fails.
+/// Tests run two at a time; the bandwidth test needs the CPUs to itself (a starved iperf3
+/// measures the CPU, not the shaper). Every daemon holds this shared; that test exclusively.
+static QUIET: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+thread_local! {
+    /// Set on the thread that holds QUIET exclusively (its own daemon must not wait for it).
+    static HOLDS_QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Waits until no other test runs a daemon, and keeps them out until dropped.
+fn quiet_machine() -> std::sync::RwLockWriteGuard<'static, ()> {
+    let g = QUIET.write().unwrap_or_else(|e| e.into_inner());
+    HOLDS_QUIET.with(|h| h.set(true));
+    g
+}
+
 struct Daemon {
+    /// Shared hold on QUIET (None on the thread that holds it exclusively).
+    _load: Option<std::sync::RwLockReadGuard<'static, ()>>,
     dir: PathBuf,
     subtree: String,
     /// Number of this daemon's network settings (bridge dmst<n>br, pool 198.19.<n>.0/24,
@@ -132,7 +150,13 @@ impl Daemon {
         )
         .unwrap();
         prepare(&dir);
+        let load = if HOLDS_QUIET.with(|h| h.get()) {
+            None
+        } else {
+            Some(QUIET.read().unwrap_or_else(|e| e.into_inner()))
+        };
         let mut d = Daemon {
+            _load: load,
             subtree: format!("dms-test-{tag}-{}", std::process::id()),
             net,
             dir,
@@ -1704,6 +1728,7 @@ fn bandwidth_limits_hold_in_both_directions() {
     if !can_run() {
         return;
     }
+    let _quiet = quiet_machine();
     let d = Daemon::start_extra(
         "bw",
         r#"
