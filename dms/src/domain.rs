@@ -353,16 +353,16 @@ impl Backend for ContainerBackend {
         if !self.cgroups.exists(&domain.name) {
             return Err(CgroupError::NotFound(domain.name.clone()).into());
         }
-        let init = Self::init_of(domain)?;
+        let target = self.join_target(domain)?;
         let req = SpawnRequest {
             process: spec.clone(),
-            procs_files: self.cgroups.procs_files(&domain.name),
             enter: Some(Enter {
-                domain: domain.name.clone(),
-                init_pid: init.pid,
-                init_start: init.start,
-                flags: Namespace::DOMAIN.iter().fold(0, |f, n| f | n.clone_flag()),
+                domain: target.domain.clone(),
+                init_pid: target.init_pid,
+                init_start: target.init_start,
+                flags: target.clone_flags(),
             }),
+            procs_files: target.procs_files,
         };
         Ok(self.spawner.spawn(&req, stdio)?)
     }

@@ -127,13 +127,7 @@ pub(crate) fn start(spec: &InitSpec) -> Result<i32, String> {
     let pid = pid as i32;
     drop(wr);
     let mut msg = [0u8; 4];
-    let n = loop {
-        match nix::unistd::read(&rd, &mut msg) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other.unwrap_or(0),
-        }
-    };
-    if n == 0 {
+    if crate::spawn::read_report(&rd, &mut msg) == 0 {
         return Ok(pid);
     }
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);

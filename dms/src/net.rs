@@ -213,11 +213,6 @@ impl Network {
         })
     }
 
-    /// The pool, for messages and status.
-    pub fn pool(&self) -> &str {
-        &self.settings.cfg.pool
-    }
-
     fn with_rtnl<T>(&self, f: impl FnOnce(&mut Rtnl) -> dms_net::Result<T>) -> NetResult<T> {
         let mut guard = self.rtnl.lock();
         if guard.is_none() {
@@ -459,7 +454,7 @@ table bridge {t} {{
             .into();
         let bridge = self.settings.cfg.bridge.clone();
         let host_if = att.host_if.clone();
-        let host_index = self.with_rtnl(|r| {
+        self.with_rtnl(|r| {
             // A stale link of that name (from a crash) would block the pair.
             r.delete_link_by_name(&host_if)?;
             let idx = r.create_veth(&host_if, "eth0", netns.as_fd())?;
@@ -472,9 +467,8 @@ table bridge {t} {{
                     })?;
             r.set_master(idx, br)?;
             r.set_up(idx)?;
-            Ok(idx)
+            Ok(())
         })?;
-        let _ = host_index;
         let mut inner =
             Rtnl::open_in_netns(netns.as_fd()).map_err(|e| NetError::Failed(e.to_string()))?;
         let fail =
@@ -548,28 +542,39 @@ table bridge {t} {{
             })
     }
 
-    fn add_elements(&self, a: &NetAttachment) -> NetResult<()> {
+    /// nft commands adding (or deleting) a domain's port forwards and open-set entries; map
+    /// elements are deleted by key.
+    fn element_script(&self, a: &NetAttachment, add: bool) -> String {
         let t = &self.settings.cfg.nft_table;
+        let verb = if add { "add" } else { "delete" };
         let mut script = String::new();
         for p in &a.ports {
+            let value = if add {
+                format!(" : {} . {}", a.address, p.domain)
+            } else {
+                String::new()
+            };
             script.push_str(&format!(
-                "add element inet {t} fwd_{} {{ {} : {} . {} }}\n",
+                "{verb} element inet {t} fwd_{} {{ {}{value} }}\n",
                 p.proto.as_str(),
-                p.host,
-                a.address,
-                p.domain
+                p.host
             ));
         }
         if a.open {
             script.push_str(&format!(
-                "add element inet {t} open_addrs {{ {} }}\n",
+                "{verb} element inet {t} open_addrs {{ {} }}\n",
                 a.address
             ));
             script.push_str(&format!(
-                "add element bridge {t} open_ifs {{ \"{}\" }}\n",
+                "{verb} element bridge {t} open_ifs {{ \"{}\" }}\n",
                 a.host_if
             ));
         }
+        script
+    }
+
+    fn add_elements(&self, a: &NetAttachment) -> NetResult<()> {
+        let script = self.element_script(a, true);
         self.tool(
             &["nft", "-f", "-"],
             Some((script.as_bytes(), None)),
@@ -601,25 +606,7 @@ table bridge {t} {{
         let had_rules = !a.ports.is_empty() || a.open;
         self.release(domain, &a);
         if had_rules {
-            let t = &self.settings.cfg.nft_table;
-            let mut script = String::new();
-            for p in &a.ports {
-                script.push_str(&format!(
-                    "delete element inet {t} fwd_{} {{ {} }}\n",
-                    p.proto.as_str(),
-                    p.host
-                ));
-            }
-            if a.open {
-                script.push_str(&format!(
-                    "delete element inet {t} open_addrs {{ {} }}\n",
-                    a.address
-                ));
-                script.push_str(&format!(
-                    "delete element bridge {t} open_ifs {{ \"{}\" }}\n",
-                    a.host_if
-                ));
-            }
+            let script = self.element_script(&a, false);
             if self
                 .tool(
                     &["nft", "-f", "-"],

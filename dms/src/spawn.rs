@@ -446,6 +446,18 @@ fn reap(sock: &OwnedFd, inits: &mut std::collections::HashSet<i32>) {
     }
 }
 
+/// Reads a forked child's failure report from its CLOEXEC pipe: 0 bytes (EOF) means the child
+/// got past the point of failing (exec, or the init's set-up); otherwise `buf` holds
+/// `[step, ..., errno]`.
+pub(crate) fn read_report(rd: &OwnedFd, buf: &mut [u8]) -> usize {
+    loop {
+        match nix::unistd::read(rd, buf) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other.unwrap_or(0),
+        }
+    }
+}
+
 fn cstr(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} {s:?} contains a NUL byte"))
 }
@@ -604,13 +616,7 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result
         Ok(ForkResult::Parent { child }) => {
             drop(wr);
             let mut msg = [0u8; 3];
-            let n = loop {
-                match nix::unistd::read(&rd, &mut msg) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    other => break other.unwrap_or(0),
-                }
-            };
-            if n == 0 {
+            if read_report(&rd, &mut msg) == 0 {
                 return Ok(child.as_raw());
             }
             // The child already exited; reaping happens via SIGCHLD, but it must not be
