@@ -30,6 +30,13 @@ pub trait Manager {
     ) -> zbus::Result<(i32, i32)>;
     fn reload_policies(&self) -> zbus::Result<Vec<String>>;
     fn status(&self) -> zbus::Result<String>;
+    fn map_identity(&self, dn: &str, fqans: &[String]) -> zbus::Result<String>;
+    fn list_accounts(&self) -> zbus::Result<String>;
+    fn get_account(&self, name: &str) -> zbus::Result<String>;
+    fn release_account(&self, name: &str) -> zbus::Result<()>;
+    fn list_sessions(&self) -> zbus::Result<String>;
+    fn job_start(&self, id: &str, user: &str, cpus: u32) -> zbus::Result<String>;
+    fn job_finish(&self, id: &str) -> zbus::Result<Vec<String>>;
     /// Emitted on every domain state change; `new` is "destroyed" when a domain is removed.
     #[zbus(signal)]
     fn state_changed(&self, name: String, old: String, new: String) -> zbus::Result<()>;

@@ -45,6 +45,38 @@ link_prefix = "dmsv"
 # host's /etc/resolv.conf is used (a loopback resolver such as 127.0.0.53 is not reachable
 # from a domain: set servers here then).
 dns = []
+
+# Grid identities to local accounts, and PAM sessions.
+[accounts]
+# "DN" account, "DN" .pool, "/vo/group/Role=r" .pool, "/vo/*" .pool (a missing file is empty).
+grid_mapfile = "/etc/grid-security/grid-mapfile"
+# "/vo/group/Role=r" localgroup: secondary groups from the FQANs.
+group_mapfile = "/etc/grid-security/groupmapfile"
+# Where the passwd and group files for libnss_dms.so.2 are published. The module reads
+# /var/lib/dms/nss (fixed when it is built), so change this only together with the module.
+nss_dir = "/var/lib/dms/nss"
+# The socket pam_dms.so talks to (root only).
+pam_socket = "/run/dms/pam.sock"
+# VOs whose users may not log in here.
+banned_vos = []
+# When not empty, only these VOs may log in (node reserved).
+reserved_for = []
+# Local users without a grid identity (no lease, no mapping, and no VO named by their primary
+# group), such as admins: "allow" lets PAM sessions through untouched, "deny" refuses them.
+unmanaged = "allow"
+# Local groups DMS publishes (name = gid), for secondary groups named in the group-mapfile.
+[accounts.groups]
+# Pools of leased accounts, one table each, for example:
+# [accounts.pools.atlas]
+# size = 100            # atlas001 ... atlas100
+# uid_min = 20001       # uid of atlas001
+# gid = 20000           # primary group "atlas" (group = "..." to rename)
+# vo = "atlas"          # VO of identities without FQAN (default: the pool name)
+# home = "/home/{account}"
+# shell = "/bin/bash"
+# create_home = true
+# lease_idle_secs = 2592000   # released after 30 days unused; 0 = never
+[accounts.pools]
 "#;
 
 /// Effective configuration.
@@ -73,6 +105,8 @@ pub struct Config {
     pub lock_timeout_ms: u64,
     /// Domain networking.
     pub network: crate::net::NetConfig,
+    /// Account mapping and PAM sessions.
+    pub accounts: crate::accounts::AccountsConfig,
 }
 
 /// Whether to serve on the system bus.
@@ -117,6 +151,10 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         cfg.network
             .validate()
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        let mut cfg = cfg;
+        cfg.accounts
+            .finish()
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         Ok(cfg)
     }

@@ -275,6 +275,93 @@ impl Api {
         self.blocking(move |s| s.reload(&c)).await
     }
 
+    /// Maps a grid identity (DN, FQANs primary first) to a local account, leasing a pool
+    /// account when the grid-mapfile says so (JSON lease). Admins only.
+    async fn map_identity(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        dn: String,
+        fqans: Vec<String>,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let v = self.blocking(move |s| s.map_identity(&c, &dn, &fqans)).await?;
+        json(&v)
+    }
+
+    /// Leases and static mappings with their use (JSON array). Admins only.
+    async fn list_accounts(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let v = self.blocking(move |s| s.accounts(&c)).await?;
+        json(&v)
+    }
+
+    /// One lease (JSON): admins, or the account itself.
+    async fn get_account(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let v = self.blocking(move |s| s.account(&c, &name)).await?;
+        json(&v)
+    }
+
+    /// Releases a lease (refused while the account has sessions or domains). Admins only.
+    async fn release_account(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<(), DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        self.blocking(move |s| s.release_account(&c, &name)).await
+    }
+
+    /// Open PAM sessions (JSON array): all for admins, the caller's own otherwise.
+    async fn list_sessions(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let v = self.blocking(move |s| Ok(s.sessions(&c))).await?;
+        json(&v)
+    }
+
+    /// A batch prolog announces a job (cpus 0 = unknown). Admins only.
+    async fn job_start(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        id: String,
+        user: String,
+        cpus: u32,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let cpus = (cpus > 0).then_some(cpus);
+        let v = self
+            .blocking(move |s| s.job_start(&c, &id, &user, cpus))
+            .await?;
+        json(&v)
+    }
+
+    /// A batch epilog ends a job; returns the per-job domains destroyed. Admins only.
+    async fn job_finish(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        id: String,
+    ) -> Result<Vec<String>, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        self.blocking(move |s| s.job_finish(&c, &id)).await
+    }
+
     /// Node and daemon status (JSON).
     async fn status(&self) -> Result<String, DmsError> {
         let v = self.blocking(|s| Ok(s.status())).await?;

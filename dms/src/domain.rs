@@ -84,6 +84,9 @@ pub struct Domain {
     pub priority: Priority,
     /// What the owner may do beyond reading.
     pub owner_may: BTreeSet<Permission>,
+    /// What happens when the domain's last session ends.
+    #[serde(default)]
+    pub idle: dms_policies::IdlePolicy,
     /// Lifecycle state.
     pub state: DomainState,
     /// Unix seconds.

@@ -1,6 +1,7 @@
 //! DMS core: the cgroup mechanism, domains and their backends, the state store and the request
 //! handler that the D-Bus, CLI and HTTP adapters share.
 
+pub mod accounts;
 pub mod cgroup;
 pub mod client;
 pub mod config;
@@ -9,5 +10,6 @@ pub mod domain;
 pub mod init;
 pub mod net;
 pub mod service;
+pub mod session;
 pub mod spawn;
 pub mod store;

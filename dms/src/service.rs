@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::{IoLimit, Limits};
 use crate::domain::{Backend, BackendError, Domain, DomainState, ExecSpec, JoinTarget, Owner};
 use crate::spawn::Child;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Table};
 
 /// Error classes; adapters map them to D-Bus error names and dmsctl exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +73,7 @@ pub struct ApiError {
     pub message: String,
 }
 
-fn err(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+pub(crate) fn err(kind: ErrorKind, message: impl Into<String>) -> ApiError {
     ApiError {
         kind,
         message: message.into(),
@@ -223,19 +223,25 @@ pub struct Status {
     pub policy_loaded_at: u64,
 }
 
-type Entry = Arc<Mutex<Domain>>;
+pub(crate) type Entry = Arc<Mutex<Domain>>;
 
 /// The daemon core.
 pub struct Service {
     backend: Arc<dyn Backend>,
-    store: Mutex<Store>,
+    pub(crate) store: Mutex<Store>,
     policy_dir: PathBuf,
-    policies: RwLock<(Arc<PolicySet>, u64)>,
-    domains: RwLock<BTreeMap<String, Entry>>,
+    pub(crate) policies: RwLock<(Arc<PolicySet>, u64)>,
+    pub(crate) domains: RwLock<BTreeMap<String, Entry>>,
     admin_gid: Option<u32>,
     lock_timeout: Duration,
     cgroup_version: String,
     on_change: Box<dyn Fn(StateChange) + Send + Sync>,
+    /// Leases and mapfiles.
+    pub(crate) accounts: Mutex<crate::accounts::AccountBook>,
+    /// Open PAM sessions and pending idle actions.
+    pub(crate) sessions: Mutex<crate::session::SessionBook>,
+    /// Batch jobs announced by prologs.
+    pub(crate) jobs: Mutex<BTreeMap<String, crate::session::Job>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -246,14 +252,14 @@ impl std::fmt::Debug for Service {
     }
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// Settings the service needs from the daemon's config.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServiceOptions {
     /// Policy directory.
     pub policy_dir: PathBuf,
@@ -263,6 +269,24 @@ pub struct ServiceOptions {
     pub lock_timeout: Duration,
     /// "v1" or "v2", for status.
     pub cgroup_version: String,
+    /// Account mapping configuration.
+    pub accounts: crate::accounts::AccountsConfig,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The policies do not load.
+    #[error("loading policies from {dir}:\n{errors}")]
+    Policies {
+        /// The policy directory.
+        dir: PathBuf,
+        /// What is wrong.
+        errors: PolicyErrors,
+    },
+    /// Mapfiles or the state database.
+    #[error("{0}")]
+    Accounts(String),
 }
 
 impl Service {
@@ -272,8 +296,24 @@ impl Service {
         store: Store,
         opts: ServiceOptions,
         on_change: Box<dyn Fn(StateChange) + Send + Sync>,
-    ) -> Result<Service, PolicyErrors> {
-        let set = PolicySet::load_dir(&opts.policy_dir)?;
+    ) -> Result<Service, StartError> {
+        let set = PolicySet::load_dir(&opts.policy_dir).map_err(|errors| StartError::Policies {
+            dir: opts.policy_dir.clone(),
+            errors,
+        })?;
+        let leases = store
+            .all_records(Table::Leases)
+            .map_err(|e| StartError::Accounts(e.to_string()))?;
+        let accounts = crate::accounts::AccountBook::new(opts.accounts, leases)
+            .map_err(StartError::Accounts)?;
+        let sessions = crate::session::SessionBook::load(&store)
+            .map_err(|e| StartError::Accounts(e.to_string()))?;
+        let jobs = store
+            .all_records::<crate::session::Job>(Table::Jobs)
+            .map_err(|e| StartError::Accounts(e.to_string()))?
+            .into_iter()
+            .map(|j| (j.id.clone(), j))
+            .collect();
         Ok(Service {
             backend,
             store: Mutex::new(store),
@@ -284,14 +324,17 @@ impl Service {
             lock_timeout: opts.lock_timeout,
             cgroup_version: opts.cgroup_version,
             on_change,
+            accounts: Mutex::new(accounts),
+            sessions: Mutex::new(sessions),
+            jobs: Mutex::new(jobs),
         })
     }
 
-    fn is_admin(&self, c: &Caller) -> bool {
+    pub(crate) fn is_admin(&self, c: &Caller) -> bool {
         c.uid == 0 || self.admin_gid.is_some_and(|g| c.gids.contains(&g))
     }
 
-    fn require_admin(&self, c: &Caller, what: &str) -> ApiResult<()> {
+    pub(crate) fn require_admin(&self, c: &Caller, what: &str) -> ApiResult<()> {
         if self.is_admin(c) {
             Ok(())
         } else {
@@ -333,7 +376,7 @@ impl Service {
         ))
     }
 
-    fn emit(&self, name: &str, old: &str, new: &str) {
+    pub(crate) fn emit(&self, name: &str, old: &str, new: &str) {
         tracing::info!(domain = name, old, new, "state change");
         (self.on_change)(StateChange {
             name: name.into(),
@@ -342,7 +385,7 @@ impl Service {
         });
     }
 
-    fn entry(&self, name: &str) -> ApiResult<Entry> {
+    pub(crate) fn entry(&self, name: &str) -> ApiResult<Entry> {
         validate_name("domain name", name)
             .map_err(|e| err(ErrorKind::InvalidArgument, e.to_string()))?;
         self.domains
@@ -352,7 +395,7 @@ impl Service {
             .ok_or_else(|| err(ErrorKind::NotFound, format!("no domain named {name:?}")))
     }
 
-    fn lock<'a>(&self, e: &'a Entry) -> ApiResult<parking_lot::MutexGuard<'a, Domain>> {
+    pub(crate) fn lock<'a>(&self, e: &'a Entry) -> ApiResult<parking_lot::MutexGuard<'a, Domain>> {
         e.try_lock_for(self.lock_timeout).ok_or_else(|| {
             err(
                 ErrorKind::Timeout,
@@ -364,7 +407,7 @@ impl Service {
         })
     }
 
-    fn set_state(&self, d: &mut Domain, s: DomainState, reason: Option<String>) -> ApiResult<()> {
+    pub(crate) fn set_state(&self, d: &mut Domain, s: DomainState, reason: Option<String>) -> ApiResult<()> {
         let old = d.state;
         d.state = s;
         d.reason = reason;
@@ -482,6 +525,7 @@ impl Service {
                 limits,
                 priority: rule.priority,
                 owner_may: rule.owner_may.clone(),
+                idle: rule.idle,
                 state: DomainState::Creating,
                 created_at: t,
                 updated_at: t,
@@ -784,6 +828,13 @@ impl Service {
 
     /// The reload itself (also used on SIGHUP and on file changes).
     pub fn reload_policies(&self) -> ApiResult<Vec<String>> {
+        if let Err(e) = self.accounts.lock().reload() {
+            tracing::error!(error = %e, "mapfile reload failed; the previous mapfiles stay in force");
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                format!("mapfile reload failed; the previous mapfiles stay in force: {e}"),
+            ));
+        }
         let set = match PolicySet::load_dir(&self.policy_dir) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -963,7 +1014,7 @@ fn mem_total() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn lookup_user(name: &str) -> ApiResult<Owner> {
+pub(crate) fn lookup_user(name: &str) -> ApiResult<Owner> {
     match nix::unistd::User::from_name(name) {
         Ok(Some(u)) => Ok(Owner {
             user: u.name,

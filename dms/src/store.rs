@@ -59,6 +59,18 @@ impl Store {
                 key    TEXT NOT NULL UNIQUE,
                 state  TEXT NOT NULL,
                 record TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS leases (
+                account TEXT PRIMARY KEY,
+                record  TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS sessions (
+                id     TEXT PRIMARY KEY,
+                record TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS jobs (
+                id     TEXT PRIMARY KEY,
+                record TEXT NOT NULL
             );",
         )
         .map_err(err)?;
@@ -127,5 +139,98 @@ impl Store {
             .and_then(|it| it.collect())
             .map_err(self.err())?;
         rows.iter().map(|(n, r)| self.decode(n, r)).collect()
+    }
+
+    /// Inserts or replaces a JSON record in one of the keyed tables.
+    pub fn put_record<T: serde::Serialize>(
+        &self,
+        table: Table,
+        key: &str,
+        v: &T,
+    ) -> Result<(), StoreError> {
+        let record = serde_json::to_string(v).map_err(|source| StoreError::Decode {
+            path: self.path.clone(),
+            name: key.to_string(),
+            source,
+        })?;
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT INTO {t} ({k}, record) VALUES (?1, ?2)
+                 ON CONFLICT({k}) DO UPDATE SET record = ?2",
+                t = table.name(),
+                k = table.key()
+            ))
+            .and_then(|mut s| s.execute(params![key, record]))
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Deletes a record of a keyed table (no error if absent).
+    pub fn delete_record(&self, table: Table, key: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&format!(
+                "DELETE FROM {} WHERE {} = ?1",
+                table.name(),
+                table.key()
+            ))
+            .and_then(|mut s| s.execute(params![key]))
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Every record of a keyed table.
+    pub fn all_records<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {k}, record FROM {t} ORDER BY {k}",
+                t = table.name(),
+                k = table.key()
+            ))
+            .map_err(self.err())?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|it| it.collect())
+            .map_err(self.err())?;
+        rows.iter()
+            .map(|(k, r)| {
+                serde_json::from_str(r).map_err(|source| StoreError::Decode {
+                    path: self.path.clone(),
+                    name: k.clone(),
+                    source,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The keyed JSON tables beside `domains`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Account leases and static mappings, by account name.
+    Leases,
+    /// Open PAM sessions, by session id.
+    Sessions,
+    /// Batch jobs announced by a prolog, by job id.
+    Jobs,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Leases => "leases",
+            Table::Sessions => "sessions",
+            Table::Jobs => "jobs",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Table::Leases => "account",
+            Table::Sessions | Table::Jobs => "id",
+        }
     }
 }

@@ -16,7 +16,7 @@ pub const MAX_FQAN_LEN: usize = 255;
 const MAX_QUOTED: usize = 80;
 
 /// Debug-escapes `value` for an error message, cutting it when very long.
-pub(crate) fn quote(value: &str) -> String {
+pub fn quote(value: &str) -> String {
     if value.len() <= MAX_QUOTED {
         return format!("{value:?}");
     }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use dms::client::ManagerProxy;
 use dms::domain::Domain;
 use dms::service::{DomainView, ErrorKind, Status};
+use dms::session::{AccountView, Session};
 use dms_policies::PolicySet;
 
 /// dmsctl - control the Domain Management Service.
@@ -59,6 +60,81 @@ enum Cmd {
     /// (128+N if killed by signal N). Frozen and failed domains are refused (exit 5); other
     /// users' domains too, unless the policy's owner_may grants "exec" (exit 4).
     Exec(ExecArgs),
+    /// Map a grid identity to a local account (admins).
+    ///
+    /// Looks up the grid-mapfile: the first line matching the primary (first) FQAN, else the
+    /// DN. A static account is recorded; a pool (".atlas") leases the identity's account, the
+    /// same one every time while the lease lives (new identities get the lowest free one).
+    /// Secondary groups come from the group-mapfile. Prints the account.
+    Map {
+        /// Certificate subject, e.g. "/DC=org/DC=example/CN=Jane Doe".
+        #[arg(long)]
+        dn: String,
+        /// VOMS FQAN, primary first (repeatable), e.g. /atlas/Role=production.
+        #[arg(long = "fqan")]
+        fqans: Vec<String>,
+    },
+    /// List, show and release leased accounts.
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// List open PAM sessions (all for admins, your own otherwise).
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Tell dmsd about batch jobs (from a Slurm prolog and epilog).
+    #[command(subcommand)]
+    Job(JobCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCmd {
+    /// Every lease and static mapping, with open sessions and domains.
+    List,
+    /// One account: DN, FQANs, groups, lease times, sessions, domains.
+    Show {
+        /// Account name.
+        name: String,
+    },
+    /// Release a lease so the account can go to another identity. Refused while the account
+    /// has open sessions or domains. Its home directory is kept.
+    Release {
+        /// Account name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCmd {
+    /// Open sessions: id, user, domain, service, remote host, pid.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCmd {
+    /// A job starts on this node (Slurm Prolog: the defaults come from its environment).
+    Start {
+        /// Job id.
+        #[arg(long, env = "SLURM_JOB_ID")]
+        id: String,
+        /// Job user.
+        #[arg(long, env = "SLURM_JOB_USER")]
+        user: String,
+        /// CPUs allocated here (0 = unknown).
+        #[arg(long, env = "SLURM_JOB_CPUS_PER_NODE", default_value_t = 0, value_parser = parse_cpus)]
+        cpus: u32,
+    },
+    /// A job ended (Slurm Epilog): its per-job domains are destroyed.
+    Finish {
+        /// Job id.
+        #[arg(long, env = "SLURM_JOB_ID")]
+        id: String,
+    },
+}
+
+/// Slurm writes CPUs per node as e.g. "4" or "4(x2)"; the count before "(" is ours.
+fn parse_cpus(s: &str) -> Result<u32, String> {
+    let n = s.split('(').next().unwrap_or("").trim();
+    n.parse()
+        .map_err(|_| format!("{s:?} is not a CPU count (e.g. 4 or 4(x2))"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,6 +393,37 @@ fn print_domain(v: &DomainView) {
     }
 }
 
+fn print_accounts(list: &[AccountView]) {
+    println!(
+        "{:<14} {:>7} {:<10} {:>4} {:<24} DN",
+        "ACCOUNT", "UID", "POOL", "SESS", "FQAN"
+    );
+    for a in list {
+        let l = &a.lease;
+        println!(
+            "{:<14} {:>7} {:<10} {:>4} {:<24} {}",
+            l.account,
+            l.uid,
+            l.pool.as_deref().unwrap_or("(static)"),
+            a.sessions,
+            l.fqans.first().map_or("-", String::as_str),
+            l.dn
+        );
+    }
+}
+
+fn print_account(a: &AccountView) {
+    let l = &a.lease;
+    println!("account:   {} (uid {}, gid {})", l.account, l.uid, l.gid);
+    println!("pool:      {}", l.pool.as_deref().unwrap_or("(static mapping)"));
+    println!("dn:        {}", l.dn);
+    println!("fqans:     {}", if l.fqans.is_empty() { "-".into() } else { l.fqans.join(" ") });
+    println!("groups:    {}", if l.groups.is_empty() { "-".into() } else { l.groups.join(" ") });
+    println!("leased at: {}  last used: {}", l.leased_at, l.used_at);
+    println!("sessions:  {}", a.sessions);
+    println!("domains:   {}", if a.domains.is_empty() { "-".into() } else { a.domains.join(" ") });
+}
+
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let endpoint = if cli.system_bus {
         dms::client::Endpoint::SystemBus
@@ -364,6 +471,90 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 println!("policies reloaded");
                 for n in notes {
                     println!("  {n}");
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Map { dn, fqans } => {
+            let p = connect(&endpoint).await?;
+            let s = p.map_identity(&dn, &fqans).await?;
+            if cli.json {
+                print_json(&s);
+            } else {
+                let l: dms::accounts::Lease = decode(&s)?;
+                println!("{}", l.account);
+            }
+            Ok(0)
+        }
+        Cmd::Account(AccountCmd::List) => {
+            let p = connect(&endpoint).await?;
+            let s = p.list_accounts().await?;
+            if cli.json {
+                print_json(&s);
+            } else {
+                print_accounts(&decode::<Vec<AccountView>>(&s)?);
+            }
+            Ok(0)
+        }
+        Cmd::Account(AccountCmd::Show { name }) => {
+            let p = connect(&endpoint).await?;
+            let s = p.get_account(&name).await?;
+            if cli.json {
+                print_json(&s);
+            } else {
+                print_account(&decode(&s)?);
+            }
+            Ok(0)
+        }
+        Cmd::Account(AccountCmd::Release { name }) => {
+            let p = connect(&endpoint).await?;
+            p.release_account(&name).await?;
+            if !cli.json {
+                println!("released {name}");
+            }
+            Ok(0)
+        }
+        Cmd::Session(SessionCmd::List) => {
+            let p = connect(&endpoint).await?;
+            let s = p.list_sessions().await?;
+            if cli.json {
+                print_json(&s);
+            } else {
+                let list: Vec<Session> = decode(&s)?;
+                println!(
+                    "{:<6} {:<12} {:<28} {:<10} {:<16} {:>8}",
+                    "ID", "USER", "DOMAIN", "SERVICE", "RHOST", "PID"
+                );
+                for x in list {
+                    println!(
+                        "{:<6} {:<12} {:<28} {:<10} {:<16} {:>8}",
+                        x.id,
+                        x.user,
+                        x.domain,
+                        x.service,
+                        x.rhost.as_deref().unwrap_or("-"),
+                        x.pid
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Job(JobCmd::Start { id, user, cpus }) => {
+            let p = connect(&endpoint).await?;
+            let s = p.job_start(&id, &user, cpus).await?;
+            if cli.json {
+                print_json(&s);
+            }
+            Ok(0)
+        }
+        Cmd::Job(JobCmd::Finish { id }) => {
+            let p = connect(&endpoint).await?;
+            let destroyed = p.job_finish(&id).await?;
+            if cli.json {
+                println!("{}", serde_json::json!({"destroyed": destroyed}));
+            } else {
+                for d in destroyed {
+                    println!("destroyed {d}");
                 }
             }
             Ok(0)

@@ -154,12 +154,13 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
             admin_gid,
             lock_timeout: std::time::Duration::from_millis(cfg.lock_timeout_ms),
             cgroup_version: version.into(),
+            accounts: cfg.accounts.clone(),
         },
         Box::new(move |c| {
             let _ = tx.send(c);
         }),
     )
-    .map_err(|e| anyhow::anyhow!("loading policies from {}:\n{e}", cfg.policy_dir.display()))?;
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let svc = Arc::new(svc);
     let weak = Arc::downgrade(&svc);
     backend_handle.on_init_exit(Box::new(move |name| {
@@ -196,25 +197,17 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     };
 
     // Private socket.
-    if let Some(dir) = cfg.socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if cfg.socket.exists() {
-        if std::os::unix::net::UnixStream::connect(&cfg.socket).is_ok() {
-            bail!(
-                "socket {} is in use: is another dmsd running?",
-                cfg.socket.display()
-            );
-        }
-        std::fs::remove_file(&cfg.socket).ok();
-    }
-    let listener = UnixListener::bind(&cfg.socket)
-        .with_context(|| format!("binding {}", cfg.socket.display()))?;
-    std::fs::set_permissions(
-        &cfg.socket,
-        std::fs::Permissions::from_mode(cfg.socket_mode),
-    )?;
+    let listener = bind_socket(&cfg.socket, cfg.socket_mode)?;
     tracing::info!(socket = %cfg.socket.display(), "serving");
+
+    let s = Arc::clone(&svc);
+    tokio::task::spawn_blocking(move || s.publish_accounts())
+        .await?
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let pam_listener = bind_socket(&cfg.accounts.pam_socket, 0o600)?;
+    tracing::info!(socket = %cfg.accounts.pam_socket.display(), "serving PAM sessions");
+    spawn_pam_server(Arc::clone(&svc), pam_listener);
+    spawn_ticker(Arc::clone(&svc));
 
     spawn_policy_watch(Arc::clone(&svc), cfg.policy_dir.clone());
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -273,12 +266,97 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     }
     tracing::info!("stopping; domains keep running and are adopted at the next start");
     std::fs::remove_file(&cfg.socket).ok();
+    std::fs::remove_file(&cfg.accounts.pam_socket).ok();
     // Leave no empty subtree behind; with domains present the rmdir fails and that is fine.
     let _ = cgroups.remove_subtree();
     // Likewise the bridge and nftables tables, once no NAT domain is left.
     let b = Arc::clone(&backend_for_shutdown);
     let _ = tokio::task::spawn_blocking(move || b.network().teardown_if_unused()).await;
     Ok(())
+}
+
+/// Binds a Unix socket, refusing to take over one a live daemon serves.
+fn bind_socket(path: &std::path::Path, mode: u32) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("socket {} is in use: is another dmsd running?", path.display());
+        }
+        std::fs::remove_file(path).ok();
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Longest request on the session socket.
+const MAX_PAM_REQUEST: u64 = 256 << 10;
+
+/// The session socket for pam_dms.so: one JSON line in, one out (docs/pam-protocol.md).
+fn spawn_pam_server(svc: Arc<Service>, listener: UnixListener) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("session socket accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let svc = Arc::clone(&svc);
+            tokio::spawn(async move {
+                let uid = match stream.peer_cred() {
+                    Ok(c) => c.uid(),
+                    Err(e) => {
+                        tracing::warn!("session socket peer credentials: {e}");
+                        return;
+                    }
+                };
+                let (rd, mut wr) = stream.into_split();
+                let mut line = String::new();
+                let mut rd = tokio::io::BufReader::new(rd.take(MAX_PAM_REQUEST));
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    rd.read_line(&mut line),
+                )
+                .await;
+                let answer = match read {
+                    Ok(Ok(_)) if line.ends_with('\n') => {
+                        match tokio::task::spawn_blocking(move || svc.pam(uid, line.trim_end())).await {
+                            Ok(a) => a,
+                            Err(e) => serde_json::json!({"ok": false, "kind": "Failed", "error": format!("internal error: {e}")}).to_string(),
+                        }
+                    }
+                    Ok(Ok(_)) => serde_json::json!({"ok": false, "kind": "InvalidArgument", "error": format!("request not terminated by a newline within {MAX_PAM_REQUEST} bytes")}).to_string(),
+                    Ok(Err(e)) => {
+                        tracing::debug!("session socket read: {e}");
+                        return;
+                    }
+                    Err(_) => serde_json::json!({"ok": false, "kind": "Timeout", "error": "no request within 30 s"}).to_string(),
+                };
+                let _ = wr.write_all(format!("{answer}\n").as_bytes()).await;
+                let _ = wr.shutdown().await;
+            });
+        }
+    });
+}
+
+/// Once a second: dead sessions, idle actions, lease expiry.
+fn spawn_ticker(svc: Arc<Service>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let s = Arc::clone(&svc);
+            let _ = tokio::task::spawn_blocking(move || s.tick()).await;
+        }
+    });
 }
 
 async fn serve_bus(

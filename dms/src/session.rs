@@ -1,0 +1,797 @@
+//! PAM sessions, batch jobs and account administration, on top of the service core.
+//!
+//! `pam_dms.so` reaches these through the session socket ([`Service::pam`], protocol in
+//! `docs/pam-protocol.md`); dmsctl through D-Bus. Lock order: the session book, then a
+//! domain's lock; never the other way round.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use dms_policies::{validate_name, Fqan, Granularity, IdleAction};
+
+use crate::accounts::{Lease, MapError, Unmanaged};
+use crate::domain::{DomainState, JoinTarget};
+use crate::service::{
+    err, lookup_user, now, ApiError, ApiResult, Caller, EnsureRequest, ErrorKind, Service,
+};
+use crate::store::{Store, StoreError, Table};
+
+/// Longest service, rhost or tty string accepted from PAM.
+const MAX_PAM_FIELD: usize = 256;
+
+/// One open PAM session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Session id (`s<number>`).
+    pub id: String,
+    /// The domain it runs in.
+    pub domain: String,
+    /// Local account.
+    pub user: String,
+    /// PAM service (sshd, su, slurm, ...).
+    pub service: String,
+    /// Remote host, when PAM knows it.
+    pub rhost: Option<String>,
+    /// Terminal, when PAM knows it.
+    pub tty: Option<String>,
+    /// The process that holds the session (the PAM caller).
+    pub pid: i32,
+    /// Its start time, so a recycled pid is not taken for it.
+    pub pid_start: u64,
+    /// Batch job id.
+    pub job: Option<String>,
+    /// Unix seconds.
+    pub opened_at: u64,
+}
+
+/// A batch job announced by a prolog (`dmsctl job start`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Job id.
+    pub id: String,
+    /// Job user.
+    pub user: String,
+    /// CPUs allocated on this node, when known.
+    pub cpus: Option<u32>,
+    /// Unix seconds.
+    pub started_at: u64,
+}
+
+/// Open sessions and idle actions waiting for their time.
+#[derive(Debug, Default)]
+pub struct SessionBook {
+    sessions: BTreeMap<String, Session>,
+    next: u64,
+    /// Domain → unix second when its idle action is due.
+    idle_due: BTreeMap<String, u64>,
+    last_lease_check: u64,
+}
+
+impl SessionBook {
+    /// Open sessions from the store (their processes are checked by the next tick).
+    pub fn load(store: &Store) -> Result<SessionBook, StoreError> {
+        let all: Vec<Session> = store.all_records(Table::Sessions)?;
+        let next = all
+            .iter()
+            .filter_map(|s| s.id.strip_prefix('s')?.parse::<u64>().ok())
+            .max()
+            .map_or(1, |n| n + 1);
+        Ok(SessionBook {
+            sessions: all.into_iter().map(|s| (s.id.clone(), s)).collect(),
+            next,
+            idle_due: BTreeMap::new(),
+            last_lease_check: 0,
+        })
+    }
+
+    fn count(&self, domain: &str) -> usize {
+        self.sessions.values().filter(|s| s.domain == domain).count()
+    }
+}
+
+/// A request on the session socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum PamRequest {
+    /// May the user log in?
+    Account {
+        /// PAM_USER.
+        user: String,
+        /// PAM_SERVICE.
+        service: String,
+        /// PAM_RHOST.
+        #[serde(default)]
+        rhost: Option<String>,
+    },
+    /// A session opens.
+    Open(OpenRequest),
+    /// A session closes.
+    Close {
+        /// PAM_USER.
+        user: String,
+        /// PAM_SERVICE.
+        service: String,
+        /// The process that opened it.
+        pid: i32,
+    },
+}
+
+/// The `open` request.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OpenRequest {
+    /// PAM_USER.
+    pub user: String,
+    /// PAM_SERVICE.
+    pub service: String,
+    /// PAM_RHOST.
+    #[serde(default)]
+    pub rhost: Option<String>,
+    /// PAM_TTY.
+    #[serde(default)]
+    pub tty: Option<String>,
+    /// The process to move into the domain.
+    pub pid: i32,
+    /// Batch job id.
+    #[serde(default)]
+    pub job: Option<String>,
+    /// The user's X.509 proxy (PEM).
+    #[serde(default)]
+    pub proxy_pem: Option<String>,
+}
+
+/// A lease with what uses it, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountView {
+    /// The lease.
+    #[serde(flatten)]
+    pub lease: Lease,
+    /// Open sessions of the account.
+    pub sessions: usize,
+    /// Domains it owns.
+    pub domains: Vec<String>,
+}
+
+/// What a session open resolved to.
+#[derive(Debug, Clone)]
+pub enum Opened {
+    /// The session runs in a domain.
+    Domain {
+        /// The session.
+        session: Session,
+        /// How to enter the domain.
+        target: JoinTarget,
+    },
+    /// The user is not managed by DMS; the session is left alone.
+    Unmanaged(String),
+}
+
+fn admin() -> Caller {
+    Caller {
+        uid: 0,
+        gids: vec![0],
+    }
+}
+
+fn invalid(m: impl Into<String>) -> ApiError {
+    err(ErrorKind::InvalidArgument, m)
+}
+
+fn from_map(e: MapError) -> ApiError {
+    match e {
+        MapError::Invalid(m) => invalid(m),
+        MapError::NotFound(m) => err(ErrorKind::NotFound, m),
+        MapError::Full(m) => err(ErrorKind::Conflict, m),
+        MapError::Failed(m) => err(ErrorKind::Failed, m),
+    }
+}
+
+fn pam_field(field: &str, v: &str) -> ApiResult<()> {
+    if v.len() > MAX_PAM_FIELD || v.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{field}: {} is longer than {MAX_PAM_FIELD} bytes or holds control characters",
+            dms_policies::identity::quote(v)
+        )));
+    }
+    Ok(())
+}
+
+fn static_user(name: &str) -> Result<(u32, u32), MapError> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        Ok(None) => Err(MapError::NotFound(format!(
+            "the grid-mapfile maps to account {name:?}, which does not exist on this node"
+        ))),
+        Err(e) => Err(MapError::Failed(format!("looking up {name:?}: {e}"))),
+    }
+}
+
+fn host_gid(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+/// Creates a pool account's home directory (owner-only), if missing.
+fn create_home(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::create_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+impl Service {
+    fn publish_locked(&self, book: &crate::accounts::AccountBook) -> ApiResult<()> {
+        book.publish(host_gid).map_err(|e| {
+            tracing::error!(error = %e, "publishing NSS files failed");
+            err(ErrorKind::Failed, format!("publishing accounts: {e}"))
+        })
+    }
+
+    /// Writes the NSS files from the current leases (at start).
+    pub fn publish_accounts(&self) -> ApiResult<()> {
+        let book = self.accounts.lock();
+        self.publish_locked(&book)
+    }
+
+    /// Maps a grid identity to a local account, leasing a pool account when the mapfile says
+    /// so. Admins only (the lease table holds DNs).
+    pub fn map_identity(&self, caller: &Caller, dn: &str, fqans: &[String]) -> ApiResult<Lease> {
+        self.require_admin(caller, "map identities")?;
+        self.map_inner(dn, fqans)
+    }
+
+    fn map_inner(&self, dn: &str, fqans: &[String]) -> ApiResult<Lease> {
+        let mut book = self.accounts.lock();
+        let snapshot = book.snapshot();
+        let (lease, new) = book.map(dn, fqans, now(), static_user).map_err(from_map)?;
+        let before = snapshot.get(&lease.account).cloned();
+        let undo = |book: &mut crate::accounts::AccountBook| book.restore_all(snapshot.clone());
+        if new {
+            if let Some(home) = book.home_to_create(&lease) {
+                if let Err(e) = create_home(&home, lease.uid, lease.gid) {
+                    undo(&mut book);
+                    return Err(err(
+                        ErrorKind::Failed,
+                        format!("creating home {} for {}: {e}", home.display(), lease.account),
+                    ));
+                }
+            }
+        }
+        if let Err(e) = self
+            .store
+            .lock()
+            .put_record(Table::Leases, &lease.account, &lease)
+        {
+            undo(&mut book);
+            return Err(e.into());
+        }
+        if new || before.as_ref().is_some_and(|b| b.groups != lease.groups) {
+            self.publish_locked(&book)?;
+            tracing::info!(account = %lease.account, pool = ?lease.pool, dn = %lease.dn, "account leased");
+        }
+        Ok(lease)
+    }
+
+    fn view(&self, lease: Lease) -> AccountView {
+        let sessions = self
+            .sessions
+            .lock()
+            .sessions
+            .values()
+            .filter(|s| s.user == lease.account)
+            .count();
+        AccountView {
+            domains: self.domains_of(&lease.account),
+            sessions,
+            lease,
+        }
+    }
+
+    fn domains_of(&self, user: &str) -> Vec<String> {
+        let entries: Vec<_> = self.domains.read().values().cloned().collect();
+        entries
+            .iter()
+            .filter_map(|e| {
+                let d = e.try_lock_for(std::time::Duration::from_millis(500))?;
+                (d.owner.user == user).then(|| d.name.clone())
+            })
+            .collect()
+    }
+
+    /// Every lease and static mapping. Admins only.
+    pub fn accounts(&self, caller: &Caller) -> ApiResult<Vec<AccountView>> {
+        self.require_admin(caller, "list accounts")?;
+        let leases: Vec<Lease> = self.accounts.lock().leases().cloned().collect();
+        Ok(leases.into_iter().map(|l| self.view(l)).collect())
+    }
+
+    /// One lease: admins, or the account itself.
+    pub fn account(&self, caller: &Caller, name: &str) -> ApiResult<AccountView> {
+        validate_name("account", name).map_err(|e| invalid(e.to_string()))?;
+        let lease = self.accounts.lock().lease(name).cloned();
+        let lease = lease.ok_or_else(|| {
+            err(
+                ErrorKind::NotFound,
+                format!("account {name:?} is not leased or mapped"),
+            )
+        })?;
+        if !self.is_admin(caller) && caller.uid != lease.uid {
+            return Err(err(
+                ErrorKind::PermissionDenied,
+                format!("permission denied: uid {} may not see account {name:?}", caller.uid),
+            ));
+        }
+        Ok(self.view(lease))
+    }
+
+    /// Releases a lease. Refused while the account has sessions or domains.
+    pub fn release_account(&self, caller: &Caller, name: &str) -> ApiResult<()> {
+        self.require_admin(caller, "release accounts")?;
+        let view = self.account(caller, name)?;
+        if view.sessions > 0 || !view.domains.is_empty() {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "account {name:?} is in use: {} open session(s), domains [{}]; end them first (dmsctl domain destroy)",
+                    view.sessions,
+                    view.domains.join(", ")
+                ),
+            ));
+        }
+        self.drop_lease(name)
+    }
+
+    fn drop_lease(&self, name: &str) -> ApiResult<()> {
+        let mut book = self.accounts.lock();
+        let Some(old) = book.release(name) else {
+            return Ok(());
+        };
+        if let Err(e) = self.store.lock().delete_record(Table::Leases, name) {
+            book.restore_all_with(old);
+            return Err(e.into());
+        }
+        self.publish_locked(&book)?;
+        tracing::info!(account = name, dn = %old.dn, "account released");
+        Ok(())
+    }
+
+    /// The VO and primary FQAN a local user works under, or None when DMS does not manage them.
+    fn identity_of(&self, user: &str, gid: u32) -> Option<(String, Option<Fqan>)> {
+        let book = self.accounts.lock();
+        if let Some(l) = book.lease(user) {
+            if let Some(f) = l.primary() {
+                return Some((f.vo.clone(), Some(f)));
+            }
+            if let Some(p) = l.pool.as_deref().and_then(|p| book.config().pools.get(p)) {
+                return Some((p.vo().to_owned(), None));
+            }
+        } else if let Some(p) = book.pool_of(user) {
+            // A pool account name without a lease (released while logged in elsewhere).
+            return Some((p.vo().to_owned(), None));
+        }
+        drop(book);
+        let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+            .ok()
+            .flatten()?;
+        let set = self.policies.read().0.clone();
+        set.vo_names()
+            .contains(&group.name.as_str())
+            .then_some((group.name, None))
+    }
+
+    fn vo_allowed(&self, vo: &str) -> ApiResult<()> {
+        let book = self.accounts.lock();
+        let cfg = book.config();
+        if cfg.banned_vos.iter().any(|v| v == vo) {
+            return Err(err(
+                ErrorKind::PermissionDenied,
+                format!("VO {vo:?} is banned on this node (accounts.banned_vos)"),
+            ));
+        }
+        if !cfg.reserved_for.is_empty() && !cfg.reserved_for.iter().any(|v| v == vo) {
+            return Err(err(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "this node is reserved for VOs {} (accounts.reserved_for); VO {vo:?} may not log in",
+                    cfg.reserved_for.join(", ")
+                ),
+            ));
+        }
+        drop(book);
+        if !self.policies.read().0.vo_names().contains(&vo) {
+            return Err(err(
+                ErrorKind::PermissionDenied,
+                format!("VO {vo:?} has no policy on this node"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The identity in an X.509 proxy, which must map to `user`.
+    fn proxy_identity(&self, user: &str, _pem: &str) -> ApiResult<(String, Option<Fqan>)> {
+        Err(err(
+            ErrorKind::PermissionDenied,
+            format!("user {user:?} presented an X.509 proxy, but this dmsd cannot verify proxies"),
+        ))
+    }
+
+    /// Resolves who is logging in: (owner uid, VO and FQAN), or None when unmanaged.
+    fn login_identity(
+        &self,
+        user: &str,
+        proxy_pem: Option<&str>,
+    ) -> ApiResult<Option<(String, Option<Fqan>)>> {
+        validate_name("user", user).map_err(|e| invalid(e.to_string()))?;
+        let owner = lookup_user(user).map_err(|_| {
+            err(
+                ErrorKind::NotFound,
+                format!("unknown user {user:?}: no such account on this node"),
+            )
+        })?;
+        if let Some(pem) = proxy_pem {
+            return self.proxy_identity(user, pem).map(Some);
+        }
+        match self.identity_of(user, owner.gid) {
+            Some(id) => Ok(Some(id)),
+            None => match self.accounts.lock().config().unmanaged {
+                Unmanaged::Allow => Ok(None),
+                Unmanaged::Deny => Err(err(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "user {user:?} has no grid identity (no lease or mapping, and no VO policy named after their primary group) and accounts.unmanaged = \"deny\""
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// The `account` PAM request: may this user log in now?
+    pub fn pam_account(&self, user: &str, service: &str, rhost: Option<&str>) -> ApiResult<()> {
+        pam_field("service", service)?;
+        if let Some(r) = rhost {
+            pam_field("rhost", r)?;
+        }
+        match self.login_identity(user, None)? {
+            Some((vo, _)) => self.vo_allowed(&vo),
+            None => Ok(()),
+        }
+    }
+
+    /// The `open` PAM request: finds or creates the user's domain and records the session.
+    pub fn pam_open(&self, req: &OpenRequest) -> ApiResult<Opened> {
+        pam_field("service", &req.service)?;
+        for (f, v) in [("rhost", &req.rhost), ("tty", &req.tty)] {
+            if let Some(v) = v {
+                pam_field(f, v)?;
+            }
+        }
+        if req.pid <= 0 {
+            return Err(invalid(format!("pid: {} is not a process id", req.pid)));
+        }
+        let pid_start = dms_join::start_time(req.pid)
+            .map_err(|e| invalid(format!("pid {}: {e}", req.pid)))?;
+        let Some((vo, fqan)) = self.login_identity(&req.user, req.proxy_pem.as_deref())? else {
+            return Ok(Opened::Unmanaged(format!(
+                "user {:?} is not managed by DMS (no grid identity)",
+                req.user
+            )));
+        };
+        self.vo_allowed(&vo)?;
+        let job = match &req.job {
+            Some(j) if !j.is_empty() => Some(j.clone()),
+            _ => {
+                let jobs = self.jobs.lock();
+                let mine: Vec<&Job> = jobs.values().filter(|j| j.user == req.user).collect();
+                (mine.len() == 1).then(|| mine[0].id.clone())
+            }
+        };
+        let ensure = EnsureRequest {
+            user: req.user.clone(),
+            vo,
+            fqan: fqan.map(|f| f.to_string()),
+            job,
+        };
+        // A domain destroyed by its idle action between ensure and recording the session is
+        // created again once.
+        for attempt in 0..2 {
+            let d = self.ensure(&admin(), &ensure)?;
+            if d.state == DomainState::Frozen {
+                match self.thaw(&admin(), &d.name) {
+                    Ok(()) => tracing::info!(domain = %d.name, user = %req.user, "thawed for a login"),
+                    Err(e) if e.kind == ErrorKind::Conflict => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let target = self.join_info(&admin(), &d.name)?;
+            let mut book = self.sessions.lock();
+            if self.entry(&d.name).is_err() {
+                if attempt == 0 {
+                    continue;
+                }
+                return Err(err(
+                    ErrorKind::Conflict,
+                    format!("domain {:?} went away while the session opened", d.name),
+                ));
+            }
+            let session = Session {
+                id: format!("s{}", book.next),
+                domain: d.name.clone(),
+                user: req.user.clone(),
+                service: req.service.clone(),
+                rhost: req.rhost.clone(),
+                tty: req.tty.clone(),
+                pid: req.pid,
+                pid_start,
+                job: d.job.clone(),
+                opened_at: now(),
+            };
+            self.store
+                .lock()
+                .put_record(Table::Sessions, &session.id, &session)?;
+            book.next += 1;
+            book.idle_due.remove(&d.name);
+            book.sessions.insert(session.id.clone(), session.clone());
+            drop(book);
+            let lease = self.accounts.lock().touch(&req.user, now()).cloned();
+            if let Some(l) = lease {
+                let _ = self.store.lock().put_record(Table::Leases, &l.account, &l);
+            }
+            tracing::info!(
+                session = %session.id, domain = %session.domain, user = %session.user,
+                service = %session.service, rhost = ?session.rhost, pid = session.pid,
+                "session opened"
+            );
+            return Ok(Opened::Domain { session, target });
+        }
+        Err(err(ErrorKind::Failed, "session open did not settle"))
+    }
+
+    /// The `close` PAM request. Returns the closed session, if there was one.
+    pub fn pam_close(&self, user: &str, pid: i32) -> ApiResult<Option<Session>> {
+        validate_name("user", user).map_err(|e| invalid(e.to_string()))?;
+        let mut book = self.sessions.lock();
+        let id = book
+            .sessions
+            .values()
+            .filter(|s| s.pid == pid && s.user == user)
+            .map(|s| s.id.clone())
+            .next_back();
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let s = self.end_session(&mut book, &id, "closed")?;
+        Ok(Some(s))
+    }
+
+    fn end_session(&self, book: &mut SessionBook, id: &str, how: &str) -> ApiResult<Session> {
+        self.store.lock().delete_record(Table::Sessions, id)?;
+        let s = book
+            .sessions
+            .remove(id)
+            .ok_or_else(|| err(ErrorKind::NotFound, format!("no session {id}")))?;
+        tracing::info!(session = %s.id, domain = %s.domain, user = %s.user, how, "session ended");
+        if book.count(&s.domain) == 0 {
+            if let Ok(e) = self.entry(&s.domain) {
+                if let Ok(d) = self.lock(&e) {
+                    if d.idle.action != IdleAction::Keep {
+                        let due = now() + d.idle.after_secs;
+                        book.idle_due.insert(s.domain.clone(), due);
+                        tracing::info!(domain = %s.domain, action = %d.idle.action, after_secs = d.idle.after_secs, "last session ended; idle action scheduled");
+                    }
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Periodic work (about once a second): ends sessions whose process died without closing,
+    /// runs due idle actions, and expires unused leases.
+    pub fn tick(&self) {
+        let t = now();
+        let mut book = self.sessions.lock();
+        let dead: Vec<String> = book
+            .sessions
+            .values()
+            .filter(|s| dms_join::start_time(s.pid).ok() != Some(s.pid_start))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in dead {
+            if let Err(e) = self.end_session(&mut book, &id, "process gone without close") {
+                tracing::warn!(session = %id, error = %e.message, "ending a dead session");
+            }
+        }
+        let due: Vec<String> = book
+            .idle_due
+            .iter()
+            .filter(|(_, at)| **at <= t)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for name in due {
+            book.idle_due.remove(&name);
+            if book.count(&name) > 0 {
+                continue;
+            }
+            self.idle_action(&name);
+        }
+        let check_leases = t >= book.last_lease_check + 60;
+        if check_leases {
+            book.last_lease_check = t;
+        }
+        let users: Vec<String> = book.sessions.values().map(|s| s.user.clone()).collect();
+        drop(book);
+        if check_leases {
+            let expired = self.accounts.lock().expired(t);
+            for account in expired {
+                if users.contains(&account) || !self.domains_of(&account).is_empty() {
+                    continue;
+                }
+                match self.drop_lease(&account) {
+                    Ok(()) => tracing::info!(account, "lease expired"),
+                    Err(e) => tracing::warn!(account, error = %e.message, "lease expiry failed"),
+                }
+            }
+        }
+    }
+
+    fn idle_action(&self, name: &str) {
+        let Ok(e) = self.entry(name) else { return };
+        let (action, state) = match self.lock(&e) {
+            Ok(d) => (d.idle.action, d.state),
+            Err(_) => return,
+        };
+        let result = match (action, state) {
+            (IdleAction::Keep, _) => return,
+            (IdleAction::Destroy, _) => self.destroy(&admin(), name),
+            (IdleAction::Freeze | IdleAction::Save, DomainState::Running) => {
+                if action == IdleAction::Save {
+                    tracing::info!(domain = name, "idle action \"save\" freezes container domains (save/restore is for libvirt guests)");
+                }
+                self.freeze(&admin(), name)
+            }
+            _ => return,
+        };
+        match result {
+            Ok(()) => tracing::info!(domain = name, action = %action, "idle action done"),
+            Err(e) => tracing::warn!(domain = name, action = %action, error = %e.message, "idle action failed"),
+        }
+    }
+
+    /// Open sessions (admins see all, others their own).
+    pub fn sessions(&self, caller: &Caller) -> Vec<Session> {
+        let admin = self.is_admin(caller);
+        let me = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(caller.uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        self.sessions
+            .lock()
+            .sessions
+            .values()
+            .filter(|s| admin || me.as_deref() == Some(&s.user))
+            .cloned()
+            .collect()
+    }
+
+    /// A prolog announces a job.
+    pub fn job_start(
+        &self,
+        caller: &Caller,
+        id: &str,
+        user: &str,
+        cpus: Option<u32>,
+    ) -> ApiResult<Job> {
+        self.require_admin(caller, "announce jobs")?;
+        validate_name("job", id).map_err(|e| invalid(e.to_string()))?;
+        validate_name("user", user).map_err(|e| invalid(e.to_string()))?;
+        lookup_user(user)?;
+        let job = Job {
+            id: id.to_owned(),
+            user: user.to_owned(),
+            cpus,
+            started_at: now(),
+        };
+        let mut jobs = self.jobs.lock();
+        if let Some(j) = jobs.get(id) {
+            if j.user != user {
+                return Err(err(
+                    ErrorKind::Conflict,
+                    format!("job {id:?} is already running for user {:?}", j.user),
+                ));
+            }
+            return Ok(j.clone());
+        }
+        self.store.lock().put_record(Table::Jobs, id, &job)?;
+        jobs.insert(id.to_owned(), job.clone());
+        tracing::info!(job = id, user, cpus = ?cpus, "job started");
+        Ok(job)
+    }
+
+    /// An epilog ends a job: its per-job domains are destroyed. Returns them.
+    pub fn job_finish(&self, caller: &Caller, id: &str) -> ApiResult<Vec<String>> {
+        self.require_admin(caller, "end jobs")?;
+        validate_name("job", id).map_err(|e| invalid(e.to_string()))?;
+        let job = self.jobs.lock().remove(id);
+        if job.is_none() {
+            return Err(err(ErrorKind::NotFound, format!("no job {id:?} was started")));
+        }
+        self.store.lock().delete_record(Table::Jobs, id)?;
+        let entries: Vec<_> = self.domains.read().values().cloned().collect();
+        let doomed: Vec<String> = entries
+            .iter()
+            .filter_map(|e| {
+                let d = e.try_lock_for(std::time::Duration::from_secs(1))?;
+                (d.granularity == Granularity::Job && d.job.as_deref() == Some(id))
+                    .then(|| d.name.clone())
+            })
+            .collect();
+        let mut done = Vec::new();
+        for name in doomed {
+            let mut book = self.sessions.lock();
+            let ids: Vec<String> = book
+                .sessions
+                .values()
+                .filter(|s| s.domain == name)
+                .map(|s| s.id.clone())
+                .collect();
+            for sid in ids {
+                let _ = self.store.lock().delete_record(Table::Sessions, &sid);
+                book.sessions.remove(&sid);
+            }
+            book.idle_due.remove(&name);
+            drop(book);
+            match self.destroy(&admin(), &name) {
+                Ok(()) => done.push(name),
+                Err(e) => tracing::warn!(domain = %name, error = %e.message, "destroying a finished job's domain"),
+            }
+        }
+        tracing::info!(job = id, domains = ?done, "job finished");
+        Ok(done)
+    }
+
+    /// Serves one line of the session socket; `peer_uid` is from SO_PEERCRED.
+    pub fn pam(&self, peer_uid: u32, line: &str) -> String {
+        let answer = if peer_uid != 0 {
+            Err(err(
+                ErrorKind::PermissionDenied,
+                format!("permission denied: uid {peer_uid} may not use the session socket (root only)"),
+            ))
+        } else {
+            match serde_json::from_str::<PamRequest>(line) {
+                Err(e) => Err(invalid(format!("bad request: {e}"))),
+                Ok(PamRequest::Account {
+                    user,
+                    service,
+                    rhost,
+                }) => self
+                    .pam_account(&user, &service, rhost.as_deref())
+                    .map(|()| serde_json::json!({"ok": true})),
+                Ok(PamRequest::Open(req)) => self.pam_open(&req).map(|o| match o {
+                    Opened::Domain { session, target } => serde_json::json!({
+                        "ok": true, "session": session.id, "domain": session.domain,
+                        "target": target,
+                    }),
+                    Opened::Unmanaged(why) => serde_json::json!({"ok": true, "unmanaged": why}),
+                }),
+                Ok(PamRequest::Close { user, service, pid }) => {
+                    pam_field("service", &service).and_then(|()| {
+                        self.pam_close(&user, pid).map(|s| match s {
+                            Some(s) => serde_json::json!({"ok": true, "session": s.id}),
+                            None => serde_json::json!({"ok": true}),
+                        })
+                    })
+                }
+            }
+        };
+        let v = answer.unwrap_or_else(|e| {
+            tracing::warn!(error = %e.message, "session request refused");
+            serde_json::json!({"ok": false, "kind": e.kind.name(), "error": e.message})
+        });
+        v.to_string()
+    }
+}
