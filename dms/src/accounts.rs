@@ -53,6 +53,15 @@ impl AccountsConfig {
         for (name, p) in &mut self.pools {
             p.name = name.clone();
         }
+        if ["/tmp", "/dev/shm"]
+            .iter()
+            .any(|p| self.pam_socket.starts_with(p))
+        {
+            return Err(format!(
+                "accounts.pam_socket: {} is hidden inside domains (their /tmp and /dev/shm are private), where pam_dms.so closes sessions; use a path under /run",
+                self.pam_socket.display()
+            ));
+        }
         let pools: Vec<PoolConfig> = self.pools.values().cloned().collect();
         validate_pools(&pools).map_err(|e| e.to_string())?;
         for (field, list) in [
@@ -424,7 +433,7 @@ mod tests {
 grid_mapfile = "{d}/grid-mapfile"
 group_mapfile = "{d}/groupmapfile"
 nss_dir = "{d}/nss"
-pam_socket = "{d}/pam.sock"
+pam_socket = "/run/dms-unit-test.sock"
 banned_vos = []
 reserved_for = []
 unmanaged = "allow"

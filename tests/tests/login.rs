@@ -1,0 +1,521 @@
+//! Logins with the real programs: libnss_dms.so.2 through glibc (getent, id), pam_dms.so
+//! through pamtester, runuser -l, su -, a real sshd and Slurm with UsePAM=1.
+//!
+//! Each test builds a "world": a mount namespace in which /etc/nsswitch.conf, /etc/ld.so.cache
+//! (so glibc finds libnss_dms.so.2 by name), /etc/pam.d and /var/lib/dms/nss are the test's own
+//! files, bound over the host's. dmsd and every login program run in it; the host's files are
+//! never changed. Gated like the root suite (DMS_REQUIRE_ROOT_TESTS=1 makes a skip a failure).
+#![allow(clippy::unwrap_used)]
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use dms_integration::*;
+
+/// The NSS directory compiled into libnss_dms.so.2.
+const NSS_MOUNTPOINT: &str = "/var/lib/dms/nss";
+
+fn can_login() -> bool {
+    if !can_run() {
+        return false;
+    }
+    let missing: Vec<&str> = ["pamtester", "runuser", "su", "getent", "unshare", "nsenter", "ldconfig"]
+        .into_iter()
+        .filter(|p| !which(p))
+        .collect();
+    let libs: Vec<String> = ["libpam_dms.so", "libnss_dms.so"]
+        .into_iter()
+        .filter(|l| !bin(l).exists())
+        .map(|l| bin(l).display().to_string())
+        .collect();
+    let why = if !missing.is_empty() {
+        format!("missing programs {missing:?} (scripts/deps.sh test installs them)")
+    } else if !libs.is_empty() {
+        format!("modules not built: {libs:?} (cargo build --workspace)")
+    } else {
+        return true;
+    };
+    assert!(
+        std::env::var("DMS_REQUIRE_ROOT_TESTS").is_err(),
+        "login tests required but cannot run: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+fn which(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The test's own view of /etc, held by a sleeping process in a private mount namespace.
+struct World {
+    dir: PathBuf,
+    holder: Child,
+}
+
+impl World {
+    /// `pam` lists (service name, pam.d file text); `{module}` in the text is replaced by the
+    /// absolute path of the built pam_dms.so, `{socket}` by the daemon's session socket.
+    fn new(d: &Daemon, pam: &[(&str, &str)]) -> World {
+        let dir = d.dir.join("world");
+        std::fs::create_dir_all(dir.join("lib")).unwrap();
+        std::fs::copy(bin("libnss_dms.so"), dir.join("lib/libnss_dms.so.2")).unwrap();
+        std::fs::write(
+            dir.join("ld.so.conf"),
+            format!("include /etc/ld.so.conf.d/*.conf\n{}\n", dir.join("lib").display()),
+        )
+        .unwrap();
+        let o = Command::new("ldconfig")
+            .arg("-X")
+            .arg("-C")
+            .arg(dir.join("ld.so.cache"))
+            .arg("-f")
+            .arg(dir.join("ld.so.conf"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ldconfig: {}", text(&o));
+        std::fs::copy("/etc/nsswitch.conf", dir.join("nsswitch.conf")).unwrap();
+        // The install step's own edit.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nsswitch-add-dms.sh");
+        let o = Command::new(script).arg(dir.join("nsswitch.conf")).output().unwrap();
+        assert!(o.status.success(), "nsswitch-add-dms: {}", text(&o));
+        let o = Command::new("cp")
+            .args(["-a", "/etc/pam.d"])
+            .arg(dir.join("pam.d"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cp pam.d: {}", text(&o));
+        for (name, body) in pam {
+            let body = body
+                .replace("{module}", &bin("libpam_dms.so").display().to_string())
+                .replace("{socket}", &d.pam_sock().display().to_string());
+            std::fs::write(dir.join("pam.d").join(name), body).unwrap();
+        }
+        std::fs::create_dir_all(d.dir.join("nss")).unwrap();
+        // The mount point; an empty directory, left for the next run (scripts/test.sh removes
+        // it when it created it).
+        std::fs::create_dir_all(NSS_MOUNTPOINT).unwrap();
+        let binds = [
+            (dir.join("nsswitch.conf"), "/etc/nsswitch.conf"),
+            (dir.join("ld.so.cache"), "/etc/ld.so.cache"),
+            (dir.join("pam.d"), "/etc/pam.d"),
+            (d.dir.join("nss"), NSS_MOUNTPOINT),
+        ];
+        let mut script = String::new();
+        for (from, to) in &binds {
+            script.push_str(&format!("mount --bind '{}' '{to}' && ", from.display()));
+        }
+        script.push_str("echo ready && exec sleep 1000000");
+        let mut holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "world setup failed");
+        World { dir, holder }
+    }
+
+    /// A command run inside the world.
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.holder.id().to_string(), "-m", "--", prog])
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn wrap(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.holder.id().to_string(), "-m", "--"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> Output {
+        self.cmd(prog).args(args).output().unwrap()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+const LOGIN_POLICY: &str = r#"
+[vo.dmslogin]
+granularity = "user"
+network = { mode = "none" }
+memory = { limit = "64M" }
+pids = 64
+idle = { action = "freeze", after = "0s" }
+
+[vo.dmsother]
+granularity = "user"
+network = { mode = "none" }
+idle = { action = "destroy", after = "0s" }
+"#;
+
+const GRID_MAPFILE: &str = r#"# test identities
+"/dmslogin/Role=pilot" .dmslpil
+"/DC=org/DC=dmstest/CN=Alice" .dmsl
+"/DC=org/DC=dmstest/CN=Bob" .dmsl
+"/DC=org/DC=dmstest/CN=Carol" .dmsl
+"/DC=org/DC=dmstest/CN=Olga" .dmso
+"/DC=org/DC=dmstest/CN=Nora" .dmsnp
+"#;
+
+/// Home directories live outside /tmp: domains get a private /tmp.
+fn home_base(d: &Daemon) -> PathBuf {
+    PathBuf::from(format!("/var/tmp/dms-test-homes-{}", d.subtree))
+}
+
+/// A daemon with pools dmsl (VO dmslogin, 3 accounts), dmslpil (pilots), dmso (VO dmsother)
+/// and dmsnp (a VO without policy), not yet started.
+fn login_daemon(tag: &str) -> Daemon {
+    let d = Daemon::prepare(tag, |dir| {
+        std::fs::write(dir.join("policies/login.toml"), LOGIN_POLICY).unwrap();
+        std::fs::write(dir.join("grid-mapfile"), GRID_MAPFILE).unwrap();
+        std::fs::write(
+            dir.join("groupmapfile"),
+            "\"/dmslogin/Role=pilot\" dmslpilots\n",
+        )
+        .unwrap();
+    });
+    let homes = home_base(&d);
+    std::fs::create_dir_all(&homes).unwrap();
+    let mut cfg = std::fs::read_to_string(d.dir.join("dmsd.toml")).unwrap();
+    let h = homes.display();
+    cfg.push_str(&format!(
+        r#"[accounts.groups]
+dmslpilots = 47900
+[accounts.pools.dmsl]
+size = 3
+uid_min = 47001
+gid = 47000
+vo = "dmslogin"
+home = "{h}/{{account}}"
+[accounts.pools.dmslpil]
+size = 2
+uid_min = 47051
+gid = 47050
+vo = "dmslogin"
+home = "{h}/{{account}}"
+[accounts.pools.dmso]
+size = 2
+uid_min = 47101
+gid = 47100
+vo = "dmsother"
+home = "{h}/{{account}}"
+[accounts.pools.dmsnp]
+size = 1
+uid_min = 47201
+gid = 47200
+vo = "dmsnopolicy"
+home = "{h}/{{account}}"
+"#
+    ));
+    std::fs::write(d.dir.join("dmsd.toml"), cfg).unwrap();
+    d
+}
+
+/// Removes the test's home directories (outside the daemon's directory).
+struct Homes(PathBuf);
+
+impl Drop for Homes {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn map(d: &Daemon, dn: &str, fqans: &[&str]) -> Output {
+    let mut args = vec!["map", "--dn", dn];
+    for f in fqans {
+        args.extend(["--fqan", f]);
+    }
+    d.ctl(&args)
+}
+
+fn mapped(d: &Daemon, dn: &str, fqans: &[&str]) -> String {
+    let o = map(d, dn, fqans);
+    assert!(o.status.success(), "map {dn}: {}", text(&o));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+const PAM_SERVICE: &str = "account required {module} socket={socket}\n\
+                           session required {module} socket={socket} debug\n";
+
+#[test]
+fn nss_resolves_leases_with_dmsd_up_and_down_and_leases_survive_kill9() {
+    if !can_login() {
+        return;
+    }
+    let mut d = login_daemon("nss");
+    let _homes = Homes(home_base(&d));
+    let w = World::new(&d, &[]);
+    d.wrap = w.wrap();
+    d.spawn();
+
+    let alice = mapped(&d, "/DC=org/DC=dmstest/CN=Alice", &[]);
+    assert_eq!(alice, "dmsl001");
+    let pilot = mapped(&d, "/DC=org/DC=dmstest/CN=Pat", &["/dmslogin/Role=pilot"]);
+    assert_eq!(pilot, "dmslpil001");
+    // Same identity, same account.
+    assert_eq!(mapped(&d, "/DC=org/DC=dmstest/CN=Alice", &[]), "dmsl001");
+
+    let homes = home_base(&d);
+    let check = |why: &str| {
+        let o = w.run("getent", &["passwd", "dmsl001"]);
+        assert!(o.status.success(), "{why}: getent by name: {}", text(&o));
+        let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let home = homes.join("dmsl001");
+        assert_eq!(
+            line,
+            format!("dmsl001:*:47001:47000:DMS pool dmsl:{}:/bin/bash", home.display()),
+            "{why}"
+        );
+        let o = w.run("getent", &["passwd", "47051"]);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).starts_with("dmslpil001:*:47051:47050:"),
+            "{why}: getent by uid: {}",
+            text(&o)
+        );
+        let o = w.run("id", &["dmslpil001"]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            out.contains("uid=47051(dmslpil001)")
+                && out.contains("gid=47050(dmslpil)")
+                && out.contains("47900(dmslpilots)"),
+            "{why}: id: {}",
+            text(&o)
+        );
+        let o = w.run("getent", &["group", "dmslpilots"]);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "dmslpilots:*:47900:dmslpil001",
+            "{why}"
+        );
+        // Unknown names are "not found" (exit 2), and the host's own accounts still resolve.
+        assert_eq!(w.run("getent", &["passwd", "dmsl003"]).status.code(), Some(2));
+        assert!(w.run("getent", &["passwd", "root"]).status.success());
+    };
+    check("dmsd running");
+    // The home directory was made for the account, owner-only.
+    let meta = std::fs::metadata(home_base(&d).join("dmsl001")).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!((meta.uid(), meta.gid(), meta.permissions().mode() & 0o777), (47001, 47000, 0o700));
+
+    d.kill9();
+    check("dmsd killed");
+
+    d.spawn();
+    check("dmsd restarted");
+    assert_eq!(mapped(&d, "/DC=org/DC=dmstest/CN=Alice", &[]), "dmsl001");
+    let v = d.json(&["account", "show", "dmsl001"]);
+    assert_eq!(v["uid"], 47001);
+    assert_eq!(v["dn"], "/DC=org/DC=dmstest/CN=Alice");
+
+    // The pool fills up with a clear error, and nothing is leased for the refused identity.
+    assert_eq!(mapped(&d, "/DC=org/DC=dmstest/CN=Bob", &[]), "dmsl002");
+    assert_eq!(mapped(&d, "/DC=org/DC=dmstest/CN=Carol", &[]), "dmsl003");
+    std::fs::write(
+        d.dir.join("grid-mapfile"),
+        format!("{GRID_MAPFILE}\"/DC=org/DC=dmstest/CN=Dave\" .dmsl\n"),
+    )
+    .unwrap();
+    d.ok(&["policy", "reload"]);
+    let o = map(&d, "/DC=org/DC=dmstest/CN=Dave", &[]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pool \"dmsl\" is full: all 3 accounts are leased"),
+        "{}",
+        text(&o)
+    );
+    // Bad identities: named field, exit 2.
+    for (dn, fqans, want) in [
+        ("/DC=org/CN=Quote\"d", vec![], "dn: invalid DN"),
+        ("/DC=org/CN=New\nline", vec![], "control character"),
+        ("/DC=org/DC=dmstest/CN=Alice", vec!["dmslogin/Role=pilot"], "fqan: invalid FQAN"),
+        ("/DC=org/DC=dmstest/CN=Alice", vec!["/dmslogin/Role=a/Capability=b/c"], "fqan: invalid FQAN"),
+    ] {
+        let o = map(&d, dn, &fqans);
+        assert_eq!(o.status.code(), Some(2), "{dn:?}: {}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(want), "{}", text(&o));
+    }
+    let o = map(&d, "/DC=org/CN=Unmapped", &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let list = d.json(&["account", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
+
+    // Release: the account stops resolving, and the next identity gets it.
+    d.ok(&["account", "release", "dmsl002"]);
+    assert_eq!(w.run("getent", &["passwd", "dmsl002"]).status.code(), Some(2));
+    assert_eq!(mapped(&d, "/DC=org/DC=dmstest/CN=Dave", &[]), "dmsl002");
+    // Only admins see or change leases.
+    let o = d.ctl_as(Some(NOBODY), &["account", "list"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+}
+
+/// The cgroup path of the domain in a /proc/self/cgroup listing (pids controller on v1, the
+/// unified line on v2).
+fn in_domain(cgroup_listing: &str, subtree: &str, domain: &str) -> bool {
+    let want = format!("/{subtree}/{domain}");
+    cgroup_listing
+        .lines()
+        .any(|l| (l.contains(":pids:") || l.starts_with("0::")) && l.ends_with(&want))
+}
+
+fn domain_state(d: &Daemon, name: &str) -> Option<String> {
+    let o = d.ctl(&["--json", "domain", "show", name]);
+    if !o.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["state"].as_str().map(String::from)
+}
+
+#[test]
+fn pamtester_runuser_and_su_put_sessions_into_domains() {
+    if !can_login() {
+        return;
+    }
+    let mut d = login_daemon("pam");
+    let _homes = Homes(home_base(&d));
+    let allow = "session required {module} socket={socket}.absent on_error=allow\n";
+    let w = World::new(
+        &d,
+        &[
+            ("dmstest-pam", PAM_SERVICE),
+            ("dmstest-allow", allow),
+            ("runuser-l", &format!("@include runuser\n{PAM_SERVICE}")),
+            (
+                "su-l",
+                &format!(
+                    "auth sufficient pam_rootok.so\n@include common-account\n{PAM_SERVICE}@include common-session\n"
+                ),
+            ),
+        ],
+    );
+    d.wrap = w.wrap();
+    d.spawn();
+    let alice = mapped(&d, "/DC=org/DC=dmstest/CN=Alice", &[]);
+    let olga = mapped(&d, "/DC=org/DC=dmstest/CN=Olga", &[]);
+    let nora = mapped(&d, "/DC=org/DC=dmstest/CN=Nora", &[]);
+    let dom_a = format!("dmslogin.{alice}");
+    let dom_o = format!("dmsother.{olga}");
+
+    // pamtester: open + close through libpam; the session lands in dmsd's book and the domain
+    // is created; the idle action (freeze) follows the close.
+    let o = w.run("pamtester", &["-v", "dmstest-pam", &alice, "acct_mgmt", "open_session", "close_session"]);
+    assert!(o.status.success(), "pamtester: {}", text(&o));
+    wait_until("idle freeze after logout", Duration::from_secs(10), || {
+        domain_state(&d, &dom_a).as_deref() == Some("frozen")
+    });
+    assert!(d.log().contains("session opened"), "{}", d.log());
+
+    // runuser -l: the shell runs inside the domain (thawed for the login), sees only it.
+    let o = w.run(
+        "runuser",
+        &["-l", &alice, "-c", "cat /proc/self/cgroup; echo host=$(hostname); echo procs=$(ps -e --no-headers | wc -l); id -un"],
+    );
+    assert!(o.status.success(), "runuser: {}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(in_domain(&out, &d.subtree, &dom_a), "runuser not in {dom_a}: {out}");
+    assert!(out.contains(&format!("host={dom_a}")), "{out}");
+    let procs: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(procs <= 6, "ps -e in the domain shows {procs} processes: {out}");
+    assert!(out.trim_end().ends_with(&alice), "{out}");
+
+    // su -: same domain (the user's), for a different VO a different one.
+    let o = w.run("su", &["-", &alice, "-c", "cat /proc/self/cgroup"]);
+    assert!(o.status.success(), "su: {}", text(&o));
+    assert!(in_domain(&String::from_utf8_lossy(&o.stdout), &d.subtree, &dom_a), "{}", text(&o));
+    let o = w.run("su", &["-", &olga, "-c", "cat /proc/self/cgroup"]);
+    assert!(o.status.success(), "su olga: {}", text(&o));
+    assert!(in_domain(&String::from_utf8_lossy(&o.stdout), &d.subtree, &dom_o), "{}", text(&o));
+    // dmsother's idle action destroys the domain once its last session ends.
+    wait_until("idle destroy after logout", Duration::from_secs(10), || {
+        domain_state(&d, &dom_o).is_none()
+    });
+
+    // A VO without a policy is refused at account and session time, with the reason.
+    let o = w.run("pamtester", &["dmstest-pam", &nora, "acct_mgmt"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let o = w.run("pamtester", &["dmstest-pam", &nora, "open_session"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(d.log().contains("VO \\\"dmsnopolicy\\\" has no policy") || d.log().contains("VO \"dmsnopolicy\" has no policy"), "{}", d.log());
+    // An unknown user is refused; a local user without grid identity passes untouched.
+    let o = w.run("pamtester", &["dmstest-pam", "dmsnosuchuser", "open_session"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let o = w.run("pamtester", &["dmstest-pam", "nobody", "open_session", "close_session"]);
+    assert!(o.status.success(), "unmanaged user: {}", text(&o));
+
+    // Nothing leaked: no sessions left open.
+    wait_until("sessions closed", Duration::from_secs(5), || {
+        d.json(&["session", "list"]).as_array().unwrap().is_empty()
+    });
+
+    // dmsd down: the login is refused (fail closed), unless the service says on_error=allow.
+    d.kill9();
+    let o = w.run("pamtester", &["dmstest-pam", &alice, "open_session"]);
+    assert!(!o.status.success(), "dmsd down must refuse: {}", text(&o));
+    let o = w.run("pamtester", &["dmstest-allow", &alice, "open_session", "close_session"]);
+    assert!(o.status.success(), "on_error=allow: {}", text(&o));
+    d.spawn();
+}
+
+#[test]
+fn a_flood_of_concurrent_logins_makes_one_domain_and_leaks_nothing() {
+    if !can_login() {
+        return;
+    }
+    let mut d = login_daemon("flood");
+    let _homes = Homes(home_base(&d));
+    let w = World::new(&d, &[("dmstest-pam", PAM_SERVICE)]);
+    d.wrap = w.wrap();
+    d.spawn();
+    let alice = mapped(&d, "/DC=org/DC=dmstest/CN=Alice", &[]);
+    let children: Vec<Child> = (0..40)
+        .map(|_| {
+            w.cmd("pamtester")
+                .args(["dmstest-pam", &alice, "open_session", "close_session"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let domains = d.json(&["domain", "list"]);
+    assert_eq!(domains.as_array().unwrap().len(), 1, "{domains}");
+    wait_until("sessions closed", Duration::from_secs(5), || {
+        d.json(&["session", "list"]).as_array().unwrap().is_empty()
+    });
+    assert_eq!(d.json(&["account", "list"]).as_array().unwrap().len(), 1);
+}
