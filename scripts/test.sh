@@ -8,11 +8,16 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root (the integration tests create cgroups)" >&2; exit 1; }
 scripts/deps.sh test
 export DMS_REQUIRE_ROOT_TESTS=1
+# The login tests bind their own NSS directory over /var/lib/dms/nss (the path compiled into
+# libnss_dms.so.2); when that mount point does not exist yet, it is removed again at the end.
+if [ ! -e /var/lib/dms ]; then
+	trap 'rmdir /var/lib/dms/nss /var/lib/dms 2>/dev/null || true' EXIT
+fi
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== build (debug for the host suite, release for the emulated v2 guest)"
-cargo build --workspace --bins
+cargo build --workspace
 cargo build --release --bins
 echo "== unit and host integration tests (cgroup $( [ -e /sys/fs/cgroup/cgroup.controllers ] && echo v2 || echo v1 ))"
 cargo test --workspace -- --test-threads=2

@@ -23,6 +23,10 @@ pub struct AccountsConfig {
     pub group_mapfile: PathBuf,
     /// Where passwd/group are published.
     pub nss_dir: PathBuf,
+    /// Trusted CA certificates, for X.509 proxies.
+    pub x509_cert_dir: PathBuf,
+    /// VOMS server certificates (or .lsc files) by VO.
+    pub vomsdir: PathBuf,
     /// The PAM session socket.
     pub pam_socket: PathBuf,
     /// VOs refused on this node.
@@ -137,6 +141,7 @@ pub enum MapError {
 /// Leases, mapfiles and pools.
 #[derive(Debug)]
 pub struct AccountBook {
+    trust: Option<std::sync::Arc<dms_proxy::TrustStore>>,
     cfg: AccountsConfig,
     gridmap: MapFile,
     groupmap: GroupMapFile,
@@ -167,6 +172,7 @@ impl AccountBook {
         let gridmap = MapFile::load(&cfg.grid_mapfile).map_err(|e| e.to_string())?;
         let groupmap = GroupMapFile::load(&cfg.group_mapfile).map_err(|e| e.to_string())?;
         Ok(AccountBook {
+            trust: None,
             cfg,
             gridmap,
             groupmap,
@@ -180,7 +186,28 @@ impl AccountBook {
         let groupmap = GroupMapFile::load(&self.cfg.group_mapfile).map_err(|e| e.to_string())?;
         self.gridmap = gridmap;
         self.groupmap = groupmap;
+        self.trust = None;
         Ok(())
+    }
+
+    /// The CA and VOMS trust store, read at first use and again after a reload.
+    pub fn trust(&mut self) -> Result<std::sync::Arc<dms_proxy::TrustStore>, String> {
+        if let Some(t) = &self.trust {
+            return Ok(std::sync::Arc::clone(t));
+        }
+        let vomsdir = self.cfg.vomsdir.exists().then_some(self.cfg.vomsdir.as_path());
+        let t = dms_proxy::TrustStore::load(&self.cfg.x509_cert_dir, vomsdir).map_err(|e| {
+            format!(
+                "accounts.x509_cert_dir {}: {e}",
+                self.cfg.x509_cert_dir.display()
+            )
+        })?;
+        for s in t.skipped() {
+            tracing::warn!(skipped = ?s, "trust store: file skipped");
+        }
+        let t = std::sync::Arc::new(t);
+        self.trust = Some(std::sync::Arc::clone(&t));
+        Ok(t)
     }
 
     /// The configuration.
@@ -433,6 +460,8 @@ mod tests {
 grid_mapfile = "{d}/grid-mapfile"
 group_mapfile = "{d}/groupmapfile"
 nss_dir = "{d}/nss"
+x509_cert_dir = "{d}/certificates"
+vomsdir = "{d}/vomsdir"
 pam_socket = "/run/dms-unit-test.sock"
 banned_vos = []
 reserved_for = []

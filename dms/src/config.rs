@@ -55,7 +55,11 @@ group_mapfile = "/etc/grid-security/groupmapfile"
 # Where the passwd and group files for libnss_dms.so.2 are published. The module reads
 # /var/lib/dms/nss (fixed when it is built), so change this only together with the module.
 nss_dir = "/var/lib/dms/nss"
-# The socket pam_dms.so talks to (root only).
+# Trusted CAs and VOMS servers, for the X.509 proxy a login may present (X509_USER_PROXY).
+x509_cert_dir = "/etc/grid-security/certificates"
+vomsdir = "/etc/grid-security/vomsdir"
+# The socket pam_dms.so talks to (root only). Not under /tmp or /dev/shm: a session calls it
+# again from inside its domain, where those are private.
 pam_socket = "/run/dms/pam.sock"
 # VOs whose users may not log in here.
 banned_vos = []

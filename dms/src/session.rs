@@ -413,12 +413,52 @@ impl Service {
         Ok(())
     }
 
-    /// The identity in an X.509 proxy, which must map to `user`.
-    fn proxy_identity(&self, user: &str, _pem: &str) -> ApiResult<(String, Option<Fqan>)> {
-        Err(err(
-            ErrorKind::PermissionDenied,
-            format!("user {user:?} presented an X.509 proxy, but this dmsd cannot verify proxies"),
-        ))
+    /// The identity in an X.509 proxy, verified against the trust store; it must map to
+    /// `user` (its lease or static account).
+    fn proxy_identity(&self, user: &str, pem: &str) -> ApiResult<(String, Option<Fqan>)> {
+        let trust = self
+            .accounts
+            .lock()
+            .trust()
+            .map_err(|e| err(ErrorKind::Failed, format!("cannot verify proxies: {e}")))?;
+        let id = dms_proxy::read_proxy(pem.as_bytes(), &trust, std::time::SystemTime::now())
+            .map_err(|e| {
+                err(
+                    ErrorKind::PermissionDenied,
+                    format!("the X.509 proxy presented for {user:?} is not acceptable: {e}"),
+                )
+            })?;
+        let lease = self.map_inner(&id.dn, &id.fqans)?;
+        if lease.account != user {
+            return Err(err(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "the X.509 proxy presented for {user:?} is of {:?}, which maps to account {:?}",
+                    id.dn, lease.account
+                ),
+            ));
+        }
+        match lease.primary() {
+            Some(f) => Ok((f.vo.clone(), Some(f))),
+            None => {
+                let book = self.accounts.lock();
+                let vo = lease
+                    .pool
+                    .as_deref()
+                    .and_then(|p| book.config().pools.get(p))
+                    .map(|p| p.vo().to_owned());
+                drop(book);
+                let owner = lookup_user(user)?;
+                vo.or_else(|| self.identity_of(user, owner.gid).map(|(v, _)| v))
+                    .map(|v| (v, None))
+                    .ok_or_else(|| {
+                        err(
+                            ErrorKind::PermissionDenied,
+                            format!("the X.509 proxy of {:?} carries no VOMS attributes and {user:?} has no VO", id.dn),
+                        )
+                    })
+            }
+        }
     }
 
     /// Resolves who is logging in: (owner uid, VO and FQAN), or None when unmanaged.

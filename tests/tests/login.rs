@@ -80,11 +80,12 @@ impl World {
             format!("include /etc/ld.so.conf.d/*.conf\n{}\n", dir.join("lib").display()),
         )
         .unwrap();
-        let o = Command::new("ldconfig")
-            .arg("-X")
-            .arg("-C")
+        // ldconfig always rewrites its aux-cache under /var/cache: give it a private tmpfs.
+        let o = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs -o size=16m,mode=755 dmstest /var/cache && exec ldconfig -X -i -C \"$1\" -f \"$2\"")
+            .arg("sh")
             .arg(dir.join("ld.so.cache"))
-            .arg("-f")
             .arg(dir.join("ld.so.conf"))
             .output()
             .unwrap();
@@ -168,6 +169,11 @@ memory = { limit = "64M" }
 pids = 64
 idle = { action = "freeze", after = "0s" }
 
+[vo.dmsjob]
+granularity = "job"
+network = { mode = "none" }
+memory = { limit = "48M" }
+
 [vo.dmsother]
 granularity = "user"
 network = { mode = "none" }
@@ -181,6 +187,7 @@ const GRID_MAPFILE: &str = r#"# test identities
 "/DC=org/DC=dmstest/CN=Carol" .dmsl
 "/DC=org/DC=dmstest/CN=Olga" .dmso
 "/DC=org/DC=dmstest/CN=Nora" .dmsnp
+"/DC=org/DC=dmstest/CN=Jo" .dmsj
 "#;
 
 /// Home directories live outside /tmp: domains get a private /tmp.
@@ -224,6 +231,12 @@ size = 2
 uid_min = 47101
 gid = 47100
 vo = "dmsother"
+home = "{h}/{{account}}"
+[accounts.pools.dmsj]
+size = 1
+uid_min = 47301
+gid = 47300
+vo = "dmsjob"
 home = "{h}/{{account}}"
 [accounts.pools.dmsnp]
 size = 1
@@ -518,4 +531,348 @@ fn a_flood_of_concurrent_logins_makes_one_domain_and_leaks_nothing() {
         d.json(&["session", "list"]).as_array().unwrap().is_empty()
     });
     assert_eq!(d.json(&["account", "list"]).as_array().unwrap().len(), 1);
+}
+
+/// A real sshd on 127.0.0.1 under its own binary name (so its own PAM service), in the world.
+struct Sshd {
+    child: Child,
+    port: u16,
+    key: PathBuf,
+    made_run_sshd: bool,
+}
+
+impl Sshd {
+    fn start(w: &World, d: &Daemon) -> Sshd {
+        let dir = w.dir.join("sshd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let made_run_sshd = !Path::new("/run/sshd").exists();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let exe = dir.join("sshd-dmstest");
+        std::fs::copy("/usr/sbin/sshd", &exe).unwrap();
+        for k in ["host", "client"] {
+            let o = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(k))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "ssh-keygen: {}", text(&o));
+        }
+        let port = 20000 + (std::process::id() % 5000) as u16;
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {h}\nPidFile {p}\nUsePAM yes\n\
+                 PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 AuthorizedKeysFile .ssh/authorized_keys\nPermitRootLogin no\nStrictModes no\n",
+                h = dir.join("host").display(),
+                p = dir.join("sshd.pid").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+        let child = w
+            .cmd(exe.to_str().unwrap())
+            .args(["-D", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Sshd {
+            child,
+            port,
+            key: dir.join("client"),
+            made_run_sshd,
+        };
+        wait_until("sshd listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let _ = d;
+        s
+    }
+
+    /// Lets `user` (home `home`, ids uid/gid) log in with the client key.
+    fn authorize(&self, home: &Path, uid: u32, gid: u32) {
+        let ssh = home.join(".ssh");
+        std::fs::create_dir_all(&ssh).unwrap();
+        let key = std::fs::read_to_string(self.key.with_extension("pub")).unwrap();
+        std::fs::write(ssh.join("authorized_keys"), key).unwrap();
+        for p in [&ssh, &ssh.join("authorized_keys")] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        }
+    }
+
+    fn ssh(&self, user: &str, cmd: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-i")
+            .arg(&self.key)
+            .args(["-p", &self.port.to_string()])
+            .args([
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+            ])
+            .arg(format!("{user}@127.0.0.1"))
+            .arg(cmd)
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.made_run_sshd {
+            let _ = std::fs::remove_dir("/run/sshd");
+        }
+    }
+}
+
+#[test]
+fn ssh_logins_land_in_the_users_domain() {
+    if !can_login() {
+        return;
+    }
+    if !Path::new("/usr/sbin/sshd").exists() || !which("ssh") {
+        assert!(
+            std::env::var("DMS_REQUIRE_ROOT_TESTS").is_err(),
+            "sshd test required but openssh-server/client are missing"
+        );
+        eprintln!("SKIPPED: openssh-server or openssh-client missing");
+        return;
+    }
+    let mut d = login_daemon("ssh");
+    let homes = Homes(home_base(&d));
+    let sshd_pam = "@include common-auth\naccount required {module} socket={socket}\n@include common-account\n\
+                    session required {module} socket={socket} debug\n@include common-session-noninteractive\n";
+    let w = World::new(&d, &[("sshd-dmstest", sshd_pam)]);
+    d.wrap = w.wrap();
+    d.spawn();
+    let sshd = Sshd::start(&w, &d);
+    let alice = mapped(&d, "/DC=org/DC=dmstest/CN=Alice", &[]);
+    let olga = mapped(&d, "/DC=org/DC=dmstest/CN=Olga", &[]);
+    sshd.authorize(&homes.0.join(&alice), 47001, 47000);
+    sshd.authorize(&homes.0.join(&olga), 47101, 47100);
+    let dom_a = format!("dmslogin.{alice}");
+
+    // First login stays open (a sleeper), the second must join the same domain and see it.
+    let mut first = sshd
+        .ssh(&alice, "echo in; exec sleep 60")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(first.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "in", "first ssh login failed; sshd log:\n{}",
+        std::fs::read_to_string(w.dir.join("sshd/sshd.log")).unwrap_or_default());
+    let o = sshd
+        .ssh(&alice, "cat /proc/self/cgroup; echo host=$(hostname); ps -e -o comm=; id -u")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "second ssh: {}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(in_domain(&out, &d.subtree, &dom_a), "not in {dom_a}: {out}");
+    assert!(out.contains(&format!("host={dom_a}")), "{out}");
+    assert!(out.lines().any(|l| l == "sleep"), "second login does not see the first: {out}");
+    assert!(!out.lines().any(|l| l == "dmsd" || l.starts_with("sshd")), "host processes visible: {out}");
+    assert!(out.trim_end().ends_with("47001"), "{out}");
+
+    // A memory hog is OOM-killed inside the domain (64M); the host and dmsd carry on.
+    let o = sshd.ssh(&alice, "tail /dev/zero").output().unwrap();
+    assert_eq!(o.status.code(), Some(137), "memory hog: {}", text(&o));
+    assert!(d.ctl(&["status"]).status.success());
+
+    // Another VO's user gets another domain.
+    let o = sshd.ssh(&olga, "cat /proc/self/cgroup").output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(in_domain(&String::from_utf8_lossy(&o.stdout), &d.subtree, &format!("dmsother.{olga}")), "{}", text(&o));
+
+    // Logout of the last session applies the idle action (freeze for dmslogin).
+    assert_eq!(domain_state(&d, &dom_a).as_deref(), Some("running"));
+    let _ = first.kill();
+    let _ = first.wait();
+    wait_until("idle freeze after the last ssh logout", Duration::from_secs(15), || {
+        domain_state(&d, &dom_a).as_deref() == Some("frozen")
+    });
+    drop(sshd);
+}
+
+/// munged, slurmctld and slurmd on one node (the recipe), inside the world.
+struct Slurm {
+    dir: PathBuf,
+    daemons: Vec<Child>,
+}
+
+impl Slurm {
+    fn start(w: &World, d: &Daemon) -> Slurm {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = w.dir.join("slurm");
+        for sub in ["state", "spool", "log", "munge"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        for p in [&dir, &dir.join("munge")] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let munge_dir = dir.join("munge");
+        let o = Command::new("chown").arg("munge:").arg(&munge_dir).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let socket = munge_dir.join("munge.sock");
+        let o = Command::new("runuser")
+            .args(["-u", "munge", "--", "/usr/sbin/munged"])
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", munge_dir.join("munged.pid").display()))
+            .arg(format!("--log-file={}", munge_dir.join("munged.log").display()))
+            .arg(format!("--seed-file={}", munge_dir.join("seed").display()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "munged: {}", text(&o));
+        let host = String::from_utf8(Command::new("hostname").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        let ctl = bin("dmsctl");
+        for (name, action) in [("prolog.sh", "start"), ("epilog.sh", "finish")] {
+            let f = dir.join(name);
+            std::fs::write(
+                &f,
+                format!(
+                    "#!/bin/sh\nexec {} --socket {} job {action} >>{}/log/{name}.log 2>&1\n",
+                    ctl.display(),
+                    d.sock(),
+                    dir.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let ds = dir.display();
+        let conf = format!(
+            "ClusterName=dmstest\nSlurmctldHost={host}(127.0.0.1)\nSlurmUser=root\nSlurmdUser=root\n\
+             AuthType=auth/munge\nAuthInfo=socket={sock}\nStateSaveLocation={ds}/state\n\
+             SlurmdSpoolDir={ds}/spool\nSlurmctldPidFile={ds}/slurmctld.pid\nSlurmdPidFile={ds}/slurmd.pid\n\
+             SlurmctldLogFile={ds}/log/slurmctld.log\nSlurmdLogFile={ds}/log/slurmd.log\n\
+             ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nSelectType=select/cons_tres\n\
+             SelectTypeParameters=CR_Core\nJobAcctGatherType=jobacct_gather/none\n\
+             AccountingStorageType=accounting_storage/none\nUsePAM=1\nProlog={ds}/prolog.sh\n\
+             Epilog={ds}/epilog.sh\nPrologFlags=Alloc\nReturnToService=2\nMpiDefault=none\n\
+             NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2048 State=UNKNOWN\n\
+             PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
+            sock = socket.display(),
+            cpus = std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+        std::fs::write(dir.join("slurm.conf"), conf).unwrap();
+        let mut daemons = Vec::new();
+        for prog in ["slurmctld", "slurmd"] {
+            daemons.push(
+                w.cmd(prog)
+                    .args(["-D", "-f"])
+                    .arg(dir.join("slurm.conf"))
+                    .env("SLURM_CONF", dir.join("slurm.conf"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        let s = Slurm { dir, daemons };
+        wait_until("slurm node idle", Duration::from_secs(60), || {
+            let o = w
+                .cmd("sinfo")
+                .args(["-h", "-o", "%t"])
+                .env("SLURM_CONF", s.dir.join("slurm.conf"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).contains("idle")
+        });
+        s
+    }
+
+    fn srun(&self, w: &World, user: &str, home: &Path, script: &str) -> Output {
+        w.cmd("runuser")
+            .args(["-u", user, "--", "srun", "-N1", "-t", "1", "sh", "-c", script])
+            .env("SLURM_CONF", self.dir.join("slurm.conf"))
+            .current_dir(home)
+            .output()
+            .unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for f in ["log/slurmctld.log", "log/slurmd.log", "log/prolog.sh.log", "log/epilog.sh.log"] {
+            all.push_str(&format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
+            ));
+        }
+        all
+    }
+}
+
+impl Drop for Slurm {
+    fn drop(&mut self) {
+        for c in &mut self.daemons {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("munge/munged.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn slurm_steps_run_in_the_job_users_domain() {
+    if !can_login() {
+        return;
+    }
+    if !which("slurmctld") || !which("munged") {
+        assert!(
+            std::env::var("DMS_REQUIRE_ROOT_TESTS").is_err(),
+            "Slurm test required but slurm-wlm/munge are missing"
+        );
+        eprintln!("SKIPPED: slurm-wlm or munge missing");
+        return;
+    }
+    // Slurm's ports (6817, 6818) are fixed: one Slurm at a time, and nothing else heavy.
+    let _quiet = quiet_machine();
+    let mut d = login_daemon("slurm");
+    let homes = Homes(home_base(&d));
+    // slurmstepd is multi-threaded: only the cgroups are joined (join=cgroup).
+    let slurm_pam = "account required {module} socket={socket}\n\
+                     session required {module} socket={socket} join=cgroup debug\n";
+    let w = World::new(&d, &[("slurm", slurm_pam)]);
+    d.wrap = w.wrap();
+    d.spawn();
+    let alice = mapped(&d, "/DC=org/DC=dmstest/CN=Alice", &[]);
+    let jo = mapped(&d, "/DC=org/DC=dmstest/CN=Jo", &[]);
+    let slurm = Slurm::start(&w, &d);
+
+    // Per-user domain: the task's cgroup is the domain's, with its memory limit.
+    let o = slurm.srun(&w, &alice, &homes.0.join(&alice), "cat /proc/self/cgroup");
+    assert!(o.status.success(), "srun: {}\n{}\n{}", text(&o), slurm.logs(), d.log());
+    let dom_a = format!("dmslogin.{alice}");
+    assert!(in_domain(&String::from_utf8_lossy(&o.stdout), &d.subtree, &dom_a), "{}", text(&o));
+    let mem = std::fs::read_to_string(cgroup_dir(&d.subtree, "memory").join(&dom_a).join(
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "memory.max" } else { "memory.limit_in_bytes" },
+    ))
+    .unwrap();
+    assert_eq!(mem.trim(), (64u64 << 20).to_string());
+
+    // Per-job domain: made for the job the prolog announced, destroyed by the epilog.
+    let o = slurm.srun(&w, &jo, &homes.0.join(&jo), "cat /proc/self/cgroup; echo job=$SLURM_JOB_ID");
+    assert!(o.status.success(), "srun: {}\n{}\n{}", text(&o), slurm.logs(), d.log());
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let job = out.lines().find_map(|l| l.strip_prefix("job=")).unwrap().to_string();
+    let dom_j = format!("dmsjob.{jo}.job{job}");
+    assert!(in_domain(&out, &d.subtree, &dom_j), "not in {dom_j}: {out}\n{}", d.log());
+    wait_until("epilog destroys the job's domain", Duration::from_secs(20), || {
+        domain_state(&d, &dom_j).is_none()
+    });
+    assert!(d.log().contains("job finished"), "{}", d.log());
 }
