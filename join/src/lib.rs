@@ -4,7 +4,8 @@
 //! [`join`] moves the **calling process** into both: it writes itself into the domain's
 //! `cgroup.procs` files, then enters the init's namespaces with one `setns(pidfd, flags)`.
 //! This is what `pam_dms.so` does before the user's shell starts, and what `dms-enter` does
-//! for scripts.
+//! for scripts. [`join_cgroups`] moves the caller into the cgroups only, for multi-threaded
+//! callers such as Slurm's `slurmstepd` (and `pam_dms.so join=cgroup`).
 //!
 //! # Preconditions
 //!
@@ -257,9 +258,7 @@ pub fn join(target: &JoinTarget) -> Result<(), JoinError> {
 
     // cgroups first: on cgroup v2 a process inside a cgroup namespace may not move itself
     // from a cgroup outside that namespace.
-    for f in &target.procs_files {
-        write_self(f).map_err(|e| sys(format!("joining {}", f.display()), e))?;
-    }
+    write_procs_files(target)?;
     let flags = target.clone_flags();
     // SAFETY: setns on a valid pidfd with CLONE_NEW* flags; the kernel enters all or none.
     if unsafe { libc::setns(pidfd.as_raw_fd(), flags) } != 0 {
@@ -276,6 +275,36 @@ pub fn join(target: &JoinTarget) -> Result<(), JoinError> {
         if back_to.is_none_or(|c| libc::chdir(c.as_ptr()) != 0) {
             libc::chdir(c"/".as_ptr());
         }
+    }
+    Ok(())
+}
+
+/// Moves the calling process into the domain's cgroups only; its namespaces stay as they are.
+///
+/// This is for callers that cannot enter namespaces: a **multi-threaded** process (the kernel
+/// refuses `setns` into a mount namespace for those, e.g. Slurm's `slurmstepd`), or a site that
+/// wants only the domain's limits (`pam_dms.so join=cgroup`). Writing `0` to a `cgroup.procs`
+/// file moves the whole process, all its threads, and children it creates afterwards inherit
+/// the cgroups; they see the host's filesystem, network and processes.
+///
+/// Like [`join`], it first checks that the domain's init is still the process that started at
+/// `init_start` ([`open_process`]), so a stale target (a domain destroyed and its pid reused)
+/// fails with [`JoinError::InitGone`] and changes nothing. The caller needs write access to the
+/// `cgroup.procs` files (in practice: root). When a later file fails, the process stays in the
+/// cgroups written before it.
+pub fn join_cgroups(target: &JoinTarget) -> Result<(), JoinError> {
+    let _pidfd = open_process(&target.domain, target.init_pid, target.init_start)?;
+    write_procs_files(target)
+}
+
+/// Writes the calling process into every `cgroup.procs` file of the target, in order.
+fn write_procs_files(target: &JoinTarget) -> Result<(), JoinError> {
+    for f in &target.procs_files {
+        write_self(f).map_err(|e| JoinError::Sys {
+            domain: target.domain.clone(),
+            op: format!("joining {}", f.display()),
+            source: e,
+        })?;
     }
     Ok(())
 }
@@ -337,6 +366,36 @@ mod tests {
         }
         drop(tx);
         let _ = helper.join();
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn join_cgroups_checks_the_init_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let procs = dir.path().join("cgroup.procs");
+        std::fs::write(&procs, "").unwrap();
+        let me = std::process::id() as i32;
+        let start = start_time(me).unwrap_or_default();
+        let mut target = JoinTarget {
+            domain: "d".into(),
+            init_pid: me,
+            init_start: start + 1,
+            procs_files: vec![procs.clone()],
+            namespaces: Namespace::DOMAIN.to_vec(),
+        };
+        match join_cgroups(&target) {
+            Err(JoinError::InitGone { why, .. }) => assert!(why.contains("replaced"), "{why}"),
+            other => panic!("expected InitGone, got {other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&procs).unwrap(), "");
+        target.init_start = start;
+        join_cgroups(&target).unwrap();
+        assert_eq!(std::fs::read_to_string(&procs).unwrap(), "0");
+        target.procs_files = vec![dir.path().join("missing/cgroup.procs")];
+        match join_cgroups(&target) {
+            Err(e @ JoinError::Sys { .. }) => assert!(e.to_string().contains("missing"), "{e}"),
+            other => panic!("expected Sys, got {other:?}"),
+        }
     }
 
     #[test]

@@ -72,7 +72,9 @@ impl World {
     /// `pam` lists (service name, pam.d file text); `{module}` in the text is replaced by the
     /// absolute path of the built pam_dms.so, `{socket}` by the daemon's session socket.
     fn new(d: &Daemon, pam: &[(&str, &str)]) -> World {
-        let dir = d.dir.join("world");
+        // Outside /tmp: domains have a private /tmp, and the ld.so cache names this directory.
+        let dir = PathBuf::from(format!("/var/tmp/{}-world", d.subtree));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("lib")).unwrap();
         std::fs::copy(bin("libnss_dms.so"), dir.join("lib/libnss_dms.so.2")).unwrap();
         std::fs::write(
@@ -158,6 +160,7 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -387,6 +390,28 @@ fn nss_resolves_leases_with_dmsd_up_and_down_and_leases_survive_kill9() {
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
 }
 
+/// A /proc/self/cgroup listing from inside a domain's cgroup namespace: every hierarchy is
+/// at its root ("/"), as the namespace is rooted at the domain's cgroup.
+fn at_cgroup_ns_root(cgroup_listing: &str) -> bool {
+    let lines: Vec<&str> = cgroup_listing
+        .lines()
+        .filter(|l| l.contains(":pids:") || l.starts_with("0::") || l.contains(":memory:"))
+        .collect();
+    !lines.is_empty() && lines.iter().all(|l| l.ends_with(":/"))
+}
+
+/// Host pids of `comm` processes of `uid`, seen from the host.
+fn host_pids(uid: u32, comm: &str) -> Vec<i32> {
+    let o = Command::new("pgrep")
+        .args(["-u", &uid.to_string(), "-x", comm])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 /// The cgroup path of the domain in a /proc/self/cgroup listing (pids controller on v1, the
 /// unified line on v2).
 fn in_domain(cgroup_listing: &str, subtree: &str, domain: &str) -> bool {
@@ -451,7 +476,7 @@ fn pamtester_runuser_and_su_put_sessions_into_domains() {
     );
     assert!(o.status.success(), "runuser: {}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(in_domain(&out, &d.subtree, &dom_a), "runuser not in {dom_a}: {out}");
+    assert!(at_cgroup_ns_root(&out), "runuser not in a domain's cgroup namespace: {out}");
     assert!(out.contains(&format!("host={dom_a}")), "{out}");
     let procs: usize = out
         .lines()
@@ -463,12 +488,23 @@ fn pamtester_runuser_and_su_put_sessions_into_domains() {
     assert!(out.trim_end().ends_with(&alice), "{out}");
 
     // su -: same domain (the user's), for a different VO a different one.
-    let o = w.run("su", &["-", &alice, "-c", "cat /proc/self/cgroup"]);
-    assert!(o.status.success(), "su: {}", text(&o));
-    assert!(in_domain(&String::from_utf8_lossy(&o.stdout), &d.subtree, &dom_a), "{}", text(&o));
-    let o = w.run("su", &["-", &olga, "-c", "cat /proc/self/cgroup"]);
-    assert!(o.status.success(), "su olga: {}", text(&o));
-    assert!(in_domain(&String::from_utf8_lossy(&o.stdout), &d.subtree, &dom_o), "{}", text(&o));
+    // Seen from the host: the login's processes are in the user's domain cgroup.
+    for (user, uid, dom) in [(&alice, 47001, &dom_a), (&olga, 47101, &dom_o)] {
+        let mut child = w
+            .cmd("su")
+            .args(["-", user, "-c", "exec sleep 30"])
+            .spawn()
+            .unwrap();
+        wait_until("sleep in the su session", Duration::from_secs(10), || {
+            !host_pids(uid, "sleep").is_empty()
+        });
+        let pids = host_pids(uid, "sleep");
+        let members = cgroup_procs(&d.subtree, dom);
+        assert!(pids.iter().all(|p| members.contains(p)), "su {user}: {pids:?} not in {dom} {members:?}");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGTERM);
+        let st = child.wait().unwrap();
+        assert!(st.code().is_some(), "su {user}: {st}");
+    }
     // dmsother's idle action destroys the domain once its last session ends.
     wait_until("idle destroy after logout", Duration::from_secs(10), || {
         domain_state(&d, &dom_o).is_none()
@@ -672,21 +708,31 @@ fn ssh_logins_land_in_the_users_domain() {
         .unwrap();
     assert!(o.status.success(), "second ssh: {}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(in_domain(&out, &d.subtree, &dom_a), "not in {dom_a}: {out}");
+    assert!(at_cgroup_ns_root(&out), "not in a domain's cgroup namespace: {out}");
+    let sleepers = host_pids(47001, "sleep");
+    let members = cgroup_procs(&d.subtree, &dom_a);
+    assert!(!sleepers.is_empty() && sleepers.iter().all(|p| members.contains(p)), "first login's sleep {sleepers:?} not in {dom_a}: {members:?}");
     assert!(out.contains(&format!("host={dom_a}")), "{out}");
     assert!(out.lines().any(|l| l == "sleep"), "second login does not see the first: {out}");
-    assert!(!out.lines().any(|l| l == "dmsd" || l.starts_with("sshd")), "host processes visible: {out}");
+    // Only the domain's init, the two sessions' own sshd processes, their shells and commands.
+    let comms: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("host=")).skip(1).collect();
+    assert!(!comms.contains(&"dmsd") && comms.iter().filter(|c| c.starts_with("sshd")).count() == 2 && comms.len() <= 8, "host processes visible: {out}");
     assert!(out.trim_end().ends_with("47001"), "{out}");
 
     // A memory hog is OOM-killed inside the domain (64M); the host and dmsd carry on.
-    let o = sshd.ssh(&alice, "tail /dev/zero").output().unwrap();
-    assert_eq!(o.status.code(), Some(137), "memory hog: {}", text(&o));
+    // (The hog volunteers as the OOM victim, so the session's own sshd process survives.)
+    let o = sshd
+        .ssh(&alice, "sh -c 'echo 1000 >/proc/self/oom_score_adj; exec tail /dev/zero'; echo rc=$?")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "memory hog: {}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "rc=137", "memory hog: {}", text(&o));
     assert!(d.ctl(&["status"]).status.success());
 
     // Another VO's user gets another domain.
-    let o = sshd.ssh(&olga, "cat /proc/self/cgroup").output().unwrap();
+    let o = sshd.ssh(&olga, "hostname").output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(in_domain(&String::from_utf8_lossy(&o.stdout), &d.subtree, &format!("dmsother.{olga}")), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("dmsother.{olga}"), "{}", text(&o));
 
     // Logout of the last session applies the idle action (freeze for dmslogin).
     assert_eq!(domain_state(&d, &dom_a).as_deref(), Some("running"));

@@ -1,0 +1,294 @@
+//! Module options from the pam.d line (`key=value` words after the module path).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where dmsd listens unless `socket=` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/dms/pam.sock";
+/// How long one call to dmsd may take unless `timeout=` says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds of `timeout=`, in seconds.
+pub const TIMEOUT_RANGE: (f64, f64) = (0.1, 300.0);
+
+/// What to do when dmsd cannot be asked (not running, timeout, an internal error) or joining
+/// the domain fails. Policy answers (`PermissionDenied`) are never subject to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Refuse the login (fail closed). The default.
+    Deny,
+    /// Let the login through outside any domain, with a log line.
+    Allow,
+}
+
+/// What an opened session enters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinMode {
+    /// The domain's cgroups and namespaces (cgroups only when the caller is multi-threaded).
+    All,
+    /// Only the domain's cgroups (limits and accounting, host namespaces).
+    Cgroup,
+}
+
+/// Parsed module options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// dmsd's session socket (`socket=`).
+    pub socket: PathBuf,
+    /// One overall deadline per call to dmsd (`timeout=`).
+    pub timeout: Duration,
+    /// `on_error=deny|allow`.
+    pub on_error: OnError,
+    /// `join=all|cgroup`.
+    pub join: JoinMode,
+    /// `debug`: log every request and answer (never the proxy text).
+    pub debug: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            timeout: DEFAULT_TIMEOUT,
+            on_error: OnError::Deny,
+            join: JoinMode::All,
+            debug: false,
+        }
+    }
+}
+
+/// A module option that cannot be used; the call fails whatever `on_error` says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// A word that is no known option.
+    #[error("unknown option {0:?}; known: socket=PATH, timeout=SECONDS, on_error=deny|allow, join=all|cgroup, debug")]
+    Unknown(String),
+    /// A known key with a value that does not fit.
+    #[error("option {key}={value:?}: {why}")]
+    BadValue {
+        /// The key.
+        key: &'static str,
+        /// The value as written.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The same key twice (which one would count is a guess).
+    #[error("option {0} is given more than once")]
+    Duplicate(&'static str),
+    /// An argument that is not UTF-8.
+    #[error("option {0:?} is not valid UTF-8")]
+    NotUtf8(String),
+}
+
+/// Parses the module arguments. Every word must be a known option; keys may appear once.
+pub fn parse<'a, I>(args: I) -> Result<Options, OptionError>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    let mut o = Options::default();
+    let mut seen: Vec<&'static str> = Vec::new();
+    let mut once = |key: &'static str| {
+        if seen.contains(&key) {
+            return Err(OptionError::Duplicate(key));
+        }
+        seen.push(key);
+        Ok(())
+    };
+    for arg in args {
+        let (key, value) = match arg.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (arg, None),
+        };
+        let bad = |key: &'static str, why: &str| OptionError::BadValue {
+            key,
+            value: value.unwrap_or_default().to_string(),
+            why: why.to_string(),
+        };
+        match (key, value) {
+            ("debug", None) => {
+                once("debug")?;
+                o.debug = true;
+            }
+            ("socket", Some(v)) => {
+                once("socket")?;
+                o.socket = parse_socket(v).map_err(|why| bad("socket", &why))?;
+            }
+            ("timeout", Some(v)) => {
+                once("timeout")?;
+                o.timeout = parse_timeout(v).map_err(|why| bad("timeout", &why))?;
+            }
+            ("on_error", Some(v)) => {
+                once("on_error")?;
+                o.on_error = match v {
+                    "deny" => OnError::Deny,
+                    "allow" => OnError::Allow,
+                    _ => return Err(bad("on_error", "expected deny or allow")),
+                };
+            }
+            ("join", Some(v)) => {
+                once("join")?;
+                o.join = match v {
+                    "all" => JoinMode::All,
+                    "cgroup" => JoinMode::Cgroup,
+                    _ => return Err(bad("join", "expected all or cgroup")),
+                };
+            }
+            _ => return Err(OptionError::Unknown(arg.to_string())),
+        }
+    }
+    Ok(o)
+}
+
+/// Parses raw C arguments: each must be UTF-8.
+pub fn parse_bytes(args: &[&[u8]]) -> Result<Options, OptionError> {
+    let mut words = Vec::with_capacity(args.len());
+    for a in args {
+        match std::str::from_utf8(a) {
+            Ok(s) => words.push(s),
+            Err(_) => {
+                return Err(OptionError::NotUtf8(
+                    String::from_utf8_lossy(a).into_owned(),
+                ))
+            }
+        }
+    }
+    parse(words)
+}
+
+fn parse_socket(v: &str) -> Result<PathBuf, String> {
+    if !v.starts_with('/') {
+        return Err("expected an absolute path".into());
+    }
+    // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+    if v.len() > 107 {
+        return Err(format!(
+            "a Unix socket path has at most 107 bytes, this one has {}",
+            v.len()
+        ));
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn parse_timeout(v: &str) -> Result<Duration, String> {
+    let (lo, hi) = TIMEOUT_RANGE;
+    let why = || format!("expected seconds from {lo} to {hi}, e.g. 5 or 0.5");
+    // Plain decimal numbers only: no "inf", "NaN", exponents or units.
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(why());
+    }
+    let secs: f64 = v.parse().map_err(|_| why())?;
+    if !(lo..=hi).contains(&secs) {
+        return Err(why());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let o = parse([]).unwrap();
+        assert_eq!(o.socket, PathBuf::from("/run/dms/pam.sock"));
+        assert_eq!(o.timeout, Duration::from_secs(5));
+        assert_eq!(o.on_error, OnError::Deny);
+        assert_eq!(o.join, JoinMode::All);
+        assert!(!o.debug);
+        assert_eq!(o, Options::default());
+    }
+
+    #[test]
+    fn every_key() {
+        let o = parse([
+            "socket=/tmp/x/pam.sock",
+            "timeout=0.5",
+            "on_error=allow",
+            "join=cgroup",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(o.socket, PathBuf::from("/tmp/x/pam.sock"));
+        assert_eq!(o.timeout, Duration::from_millis(500));
+        assert_eq!(o.on_error, OnError::Allow);
+        assert_eq!(o.join, JoinMode::Cgroup);
+        assert!(o.debug);
+        let o = parse(["on_error=deny", "join=all", "timeout=300"]).unwrap();
+        assert_eq!(o.on_error, OnError::Deny);
+        assert_eq!(o.join, JoinMode::All);
+        assert_eq!(o.timeout, Duration::from_secs(300));
+        assert_eq!(
+            parse(["timeout=0.1"]).unwrap().timeout,
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            parse(["timeout=12"]).unwrap().timeout,
+            Duration::from_secs(12)
+        );
+    }
+
+    fn err(args: &[&str]) -> String {
+        parse(args.iter().copied()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_values_say_what_is_wrong() {
+        assert_eq!(
+            err(&["timeout=0.05"]),
+            "option timeout=\"0.05\": expected seconds from 0.1 to 300, e.g. 5 or 0.5"
+        );
+        for t in [
+            "301", "0", "-1", "5s", "", "inf", "NaN", "1e2", "1.2.3", ".",
+        ] {
+            let e = err(&[&format!("timeout={t}")]);
+            assert!(e.contains("expected seconds from 0.1 to 300"), "{t}: {e}");
+        }
+        assert_eq!(
+            err(&["on_error=maybe"]),
+            "option on_error=\"maybe\": expected deny or allow"
+        );
+        assert_eq!(
+            err(&["join=ns"]),
+            "option join=\"ns\": expected all or cgroup"
+        );
+        assert_eq!(
+            err(&["socket=run/pam.sock"]),
+            "option socket=\"run/pam.sock\": expected an absolute path"
+        );
+        assert_eq!(
+            err(&["socket="]),
+            "option socket=\"\": expected an absolute path"
+        );
+        let long = format!("socket=/{}", "a".repeat(107));
+        assert!(err(&[&long]).contains("at most 107 bytes, this one has 108"));
+        assert!(parse([format!("socket=/{}", "a".repeat(106)).as_str()]).is_ok());
+    }
+
+    #[test]
+    fn unknown_malformed_and_repeated_options_are_refused() {
+        let e = err(&["debug", "sokcet=/x"]);
+        assert!(
+            e.starts_with("unknown option \"sokcet=/x\"; known: socket=PATH"),
+            "{e}"
+        );
+        assert!(err(&["debug=1"]).starts_with("unknown option \"debug=1\""));
+        assert!(err(&["socket"]).starts_with("unknown option \"socket\""));
+        assert!(err(&["on_error"]).starts_with("unknown option \"on_error\""));
+        assert!(err(&[""]).starts_with("unknown option \"\""));
+        assert_eq!(
+            err(&["timeout=1", "timeout=2"]),
+            "option timeout is given more than once"
+        );
+        assert_eq!(
+            err(&["debug", "debug"]),
+            "option debug is given more than once"
+        );
+        assert_eq!(
+            parse_bytes(&[b"debug", b"join=\xff"])
+                .unwrap_err()
+                .to_string(),
+            "option \"join=\u{fffd}\" is not valid UTF-8"
+        );
+        assert!(parse_bytes(&[b"debug", b"join=cgroup"]).unwrap().debug);
+    }
+}
