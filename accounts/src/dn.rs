@@ -29,7 +29,10 @@ pub fn validate_dn(dn: &str) -> Result<(), DnError> {
         return fail("must not be empty".into());
     }
     if dn.len() > MAX_DN_LEN {
-        return fail(format!("too long ({} bytes, at most {MAX_DN_LEN})", dn.len()));
+        return fail(format!(
+            "too long ({} bytes, at most {MAX_DN_LEN})",
+            dn.len()
+        ));
     }
     if let Some(c) = dn.chars().find(|c| c.is_control()) {
         return fail(format!("control character {c:?} is not allowed"));
@@ -93,6 +96,9 @@ mod tests {
             assert!(!e.contains('\n') && !e.contains('\0'), "{e:?}");
         }
         let long = format!("/CN={}", "x".repeat(MAX_DN_LEN));
-        assert!(validate_dn(&long).unwrap_err().to_string().contains("too long"));
+        assert!(validate_dn(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("too long"));
     }
 }

@@ -58,7 +58,9 @@ impl Pattern {
             return Ok(Pattern::Dn(key.to_owned()));
         }
         if let Some(prefix) = key.strip_suffix("/*") {
-            let f: Fqan = prefix.parse().map_err(|e: dms_policies::FqanError| e.to_string())?;
+            let f: Fqan = prefix
+                .parse()
+                .map_err(|e: dms_policies::FqanError| e.to_string())?;
             if f.role.is_some() || f.capability.is_some() {
                 return Err(format!(
                     "{}: a wildcard pattern may only follow groups",
@@ -224,10 +226,12 @@ impl MapFile {
 
     /// Every DN statically mapped to `account` (for the identity of a local login).
     pub fn dns_of<'a>(&'a self, account: &'a str) -> impl Iterator<Item = &'a str> {
-        self.lines.iter().filter_map(move |l| match (&l.pattern, &l.target) {
-            (Pattern::Dn(dn), Target::Account(a)) if a == account => Some(dn.as_str()),
-            _ => None,
-        })
+        self.lines
+            .iter()
+            .filter_map(move |l| match (&l.pattern, &l.target) {
+                (Pattern::Dn(dn), Target::Account(a)) if a == account => Some(dn.as_str()),
+                _ => None,
+            })
     }
 }
 
@@ -329,7 +333,10 @@ mod tests {
             ("\"/DC=x/CN=y\"", "2: \"/DC=x/CN=y\": no account"),
             ("\"/DC=x/CN=y\" ../root", "2: account"),
             ("\"/atlas/Role=a/Capability=b/x\" .p", "2: invalid FQAN"),
-            ("\"/atlas/Role=a/*\" .p", "wildcard pattern may only follow groups"),
+            (
+                "\"/atlas/Role=a/*\" .p",
+                "wildcard pattern may only follow groups",
+            ),
             ("\"/DC=x/CN=a\tb\" u", "control character"),
         ];
         for (line, want) in cases {
@@ -346,7 +353,12 @@ mod tests {
     fn group_mapfile() {
         let text = "\"/atlas/Role=production\" atlasprd\n\"/atlas/*\" atlas\n\"/cms\" cms\n";
         let g = GroupMapFile::parse(Path::new("g"), text).unwrap();
-        let fq = [f("/atlas/Role=production"), f("/atlas/higgs"), f("/atlas"), f("/lhcb")];
+        let fq = [
+            f("/atlas/Role=production"),
+            f("/atlas/higgs"),
+            f("/atlas"),
+            f("/lhcb"),
+        ];
         assert_eq!(g.groups(&fq), vec!["atlasprd", "atlas"]);
         let e = GroupMapFile::parse(Path::new("g"), "\"/DC=x/CN=y\" g\n").unwrap_err();
         assert!(e.to_string().contains("maps FQANs, not DNs"), "{e}");

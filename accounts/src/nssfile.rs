@@ -99,11 +99,21 @@ impl GroupEntry {
         if !clean(&self.name, false) {
             return Err(bad("name"));
         }
-        if self.members.iter().any(|m| !clean(m, false) || m.is_empty()) {
+        if self
+            .members
+            .iter()
+            .any(|m| !clean(m, false) || m.is_empty())
+        {
             return Err(bad("members"));
         }
         use std::fmt::Write as _;
-        let _ = writeln!(out, "{}:*:{}:{}", self.name, self.gid, self.members.join(","));
+        let _ = writeln!(
+            out,
+            "{}:*:{}:{}",
+            self.name,
+            self.gid,
+            self.members.join(",")
+        );
         Ok(())
     }
 }
@@ -127,7 +137,11 @@ fn replace(dir: &Path, name: &str, text: &str) -> Result<(), NssFileError> {
 
 /// Replaces `dir/passwd` and `dir/group` (creating `dir` if needed). Entries are written in
 /// the order given.
-pub fn publish(dir: &Path, users: &[PasswdEntry], groups: &[GroupEntry]) -> Result<(), NssFileError> {
+pub fn publish(
+    dir: &Path,
+    users: &[PasswdEntry],
+    groups: &[GroupEntry],
+) -> Result<(), NssFileError> {
     let mut p = String::with_capacity(users.len() * 64);
     for u in users {
         u.line(&mut p)?;

@@ -136,7 +136,10 @@ impl PoolConfig {
             return fail("vo", e.to_string());
         }
         if self.size == 0 || self.size > MAX_POOL_SIZE {
-            return fail("size", format!("{} is not in 1..={MAX_POOL_SIZE}", self.size));
+            return fail(
+                "size",
+                format!("{} is not in 1..={MAX_POOL_SIZE}", self.size),
+            );
         }
         if self.uid_min < MIN_POOL_ID {
             return fail(
@@ -144,7 +147,11 @@ impl PoolConfig {
                 format!("{} is below {MIN_POOL_ID} (system accounts)", self.uid_min),
             );
         }
-        if self.uid_min.checked_add(self.size).is_none_or(|end| end > u32::MAX - 2) {
+        if self
+            .uid_min
+            .checked_add(self.size)
+            .is_none_or(|end| end > u32::MAX - 2)
+        {
             return fail("uid_min", format!("{} + size overflows", self.uid_min));
         }
         if self.gid < MIN_POOL_ID {
@@ -178,10 +185,7 @@ pub fn validate_pools(pools: &[PoolConfig]) -> Result<(), PoolError> {
                 return Err(PoolError {
                     pool: b.name.clone(),
                     field: "uid_min",
-                    reason: format!(
-                        "uids {b0}..{b1} overlap pool {:?} ({a0}..{a1})",
-                        a.name
-                    ),
+                    reason: format!("uids {b0}..{b1} overlap pool {:?} ({a0}..{a1})", a.name),
                 });
             }
             if a.prefix() == b.prefix() {
@@ -236,7 +240,11 @@ mod tests {
     fn validation() {
         validate_pools(&[pool("atlas", 50, 20001), pool("cms", 50, 20051)]).unwrap();
         let e = validate_pools(&[pool("atlas", 50, 20001), pool("cms", 50, 20050)]).unwrap_err();
-        assert!(e.to_string().starts_with("accounts.pools.cms.uid_min: uids"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("accounts.pools.cms.uid_min: uids"),
+            "{e}"
+        );
         let e = pool("x", 0, 20000).validate().unwrap_err();
         assert_eq!(e.field, "size");
         let e = pool("x", 5, 500).validate().unwrap_err();

@@ -195,7 +195,11 @@ impl AccountBook {
         if let Some(t) = &self.trust {
             return Ok(std::sync::Arc::clone(t));
         }
-        let vomsdir = self.cfg.vomsdir.exists().then_some(self.cfg.vomsdir.as_path());
+        let vomsdir = self
+            .cfg
+            .vomsdir
+            .exists()
+            .then_some(self.cfg.vomsdir.as_path());
         let t = dms_proxy::TrustStore::load(&self.cfg.x509_cert_dir, vomsdir).map_err(|e| {
             format!(
                 "accounts.x509_cert_dir {}: {e}",
@@ -248,16 +252,20 @@ impl AccountBook {
     ) -> Result<(Lease, bool), MapError> {
         let parsed = parse_identity(dn, fqans)?;
         let canonical: Vec<String> = parsed.iter().map(|f| f.to_string()).collect();
-        let target = self.gridmap.lookup(dn, parsed.first()).cloned().ok_or_else(|| {
-            MapError::NotFound(format!(
-                "no mapping for dn {dn:?}{} in {}",
-                match canonical.first() {
-                    Some(f) => format!(" or fqan {f:?}"),
-                    None => String::new(),
-                },
-                self.cfg.grid_mapfile.display()
-            ))
-        })?;
+        let target = self
+            .gridmap
+            .lookup(dn, parsed.first())
+            .cloned()
+            .ok_or_else(|| {
+                MapError::NotFound(format!(
+                    "no mapping for dn {dn:?}{} in {}",
+                    match canonical.first() {
+                        Some(f) => format!(" or fqan {f:?}"),
+                        None => String::new(),
+                    },
+                    self.cfg.grid_mapfile.display()
+                ))
+            })?;
         let groups = self.groupmap.groups(&parsed);
         match target {
             Target::Account(account) => {
@@ -362,7 +370,8 @@ impl AccountBook {
     /// The home directory of a pool account, to create at lease time (None: not wanted).
     pub fn home_to_create(&self, lease: &Lease) -> Option<PathBuf> {
         let p = self.pool(lease.pool.as_deref()?)?;
-        p.create_home.then(|| PathBuf::from(p.home_of(&lease.account)))
+        p.create_home
+            .then(|| PathBuf::from(p.home_of(&lease.account)))
     }
 
     /// The passwd and group entries to publish. `host_gid` resolves a group not configured in
@@ -486,7 +495,8 @@ gid = 30000
         c
     }
 
-    const GRID: &str = "\"/atlas/Role=production\" .atlas\n\"/cms/*\" .cms\n\"/DC=org/CN=Static\" root\n";
+    const GRID: &str =
+        "\"/atlas/Role=production\" .atlas\n\"/cms/*\" .cms\n\"/DC=org/CN=Static\" root\n";
 
     fn book(d: &Path) -> AccountBook {
         std::fs::write(d.join("grid-mapfile"), GRID).unwrap();
@@ -513,7 +523,10 @@ gid = 30000
         let prod = vec!["/atlas/Role=production".to_string()];
         let (a, new) = b.map("/DC=org/CN=A", &prod, 10, root_user).unwrap();
         assert!(new);
-        assert_eq!((a.account.as_str(), a.uid, a.gid), ("atlas001", 20001, 20000));
+        assert_eq!(
+            (a.account.as_str(), a.uid, a.gid),
+            ("atlas001", 20001, 20000)
+        );
         assert_eq!(a.groups, vec!["atlasprd"]);
         // Same identity, same account.
         let (again, new) = b.map("/DC=org/CN=A", &prod, 20, root_user).unwrap();
@@ -523,7 +536,10 @@ gid = 30000
         let (bb, _) = b.map("/DC=org/CN=B", &prod, 30, root_user).unwrap();
         assert_eq!(bb.account, "atlas002");
         let e = b.map("/DC=org/CN=C", &prod, 40, root_user).unwrap_err();
-        assert!(matches!(&e, MapError::Full(m) if m.contains("pool \"atlas\" is full: all 2")), "{e:?}");
+        assert!(
+            matches!(&e, MapError::Full(m) if m.contains("pool \"atlas\" is full: all 2")),
+            "{e:?}"
+        );
         // Release frees the lowest index again.
         b.release("atlas001").unwrap();
         let (c, _) = b.map("/DC=org/CN=C", &prod, 50, root_user).unwrap();
@@ -538,22 +554,44 @@ gid = 30000
         let d = tempfile::tempdir().unwrap();
         let mut b = book(d.path());
         let (s, _) = b.map("/DC=org/CN=Static", &[], 1, root_user).unwrap();
-        assert_eq!((s.account.as_str(), s.pool.as_deref(), s.uid), ("root", None, 0));
-        let e = b.map("/DC=org/CN=Nobody", &["/lhcb".into()], 1, root_user).unwrap_err();
-        assert!(matches!(&e, MapError::NotFound(m) if m.contains("or fqan \"/lhcb\"")), "{e:?}");
+        assert_eq!(
+            (s.account.as_str(), s.pool.as_deref(), s.uid),
+            ("root", None, 0)
+        );
+        let e = b
+            .map("/DC=org/CN=Nobody", &["/lhcb".into()], 1, root_user)
+            .unwrap_err();
+        assert!(
+            matches!(&e, MapError::NotFound(m) if m.contains("or fqan \"/lhcb\"")),
+            "{e:?}"
+        );
         let e = b.map("/DC=org/CN=a\"b", &[], 1, root_user).unwrap_err();
-        assert!(matches!(&e, MapError::Invalid(m) if m.starts_with("dn: invalid DN")), "{e:?}");
-        let e = b.map("/DC=org/CN=x", &["atlas".into()], 1, root_user).unwrap_err();
-        assert!(matches!(&e, MapError::Invalid(m) if m.starts_with("fqan: invalid FQAN")), "{e:?}");
+        assert!(
+            matches!(&e, MapError::Invalid(m) if m.starts_with("dn: invalid DN")),
+            "{e:?}"
+        );
+        let e = b
+            .map("/DC=org/CN=x", &["atlas".into()], 1, root_user)
+            .unwrap_err();
+        assert!(
+            matches!(&e, MapError::Invalid(m) if m.starts_with("fqan: invalid FQAN")),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn publishes_nss_files() {
         let d = tempfile::tempdir().unwrap();
         let mut b = book(d.path());
-        b.map("/DC=org/CN=A", &["/atlas/Role=production".into()], 1, root_user)
+        b.map(
+            "/DC=org/CN=A",
+            &["/atlas/Role=production".into()],
+            1,
+            root_user,
+        )
+        .unwrap();
+        b.map("/DC=org/CN=B", &["/cms/higgs".into()], 1, root_user)
             .unwrap();
-        b.map("/DC=org/CN=B", &["/cms/higgs".into()], 1, root_user).unwrap();
         b.publish(|_| None).unwrap();
         let passwd = std::fs::read_to_string(d.path().join("nss/passwd")).unwrap();
         assert_eq!(
@@ -564,7 +602,10 @@ gid = 30000
             )
         );
         let group = std::fs::read_to_string(d.path().join("nss/group")).unwrap();
-        assert_eq!(group, "atlas:*:20000:\natlasprd:*:21000:atlas001\ncms:*:30000:\n");
+        assert_eq!(
+            group,
+            "atlas:*:20000:\natlasprd:*:21000:atlas001\ncms:*:30000:\n"
+        );
     }
 
     #[test]

@@ -285,7 +285,9 @@ impl Api {
         fqans: Vec<String>,
     ) -> Result<String, DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        let v = self.blocking(move |s| s.map_identity(&c, &dn, &fqans)).await?;
+        let v = self
+            .blocking(move |s| s.map_identity(&c, &dn, &fqans))
+            .await?;
         json(&v)
     }
 

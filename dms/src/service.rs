@@ -407,7 +407,12 @@ impl Service {
         })
     }
 
-    pub(crate) fn set_state(&self, d: &mut Domain, s: DomainState, reason: Option<String>) -> ApiResult<()> {
+    pub(crate) fn set_state(
+        &self,
+        d: &mut Domain,
+        s: DomainState,
+        reason: Option<String>,
+    ) -> ApiResult<()> {
         let old = d.state;
         d.state = s;
         d.reason = reason;

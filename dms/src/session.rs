@@ -86,7 +86,10 @@ impl SessionBook {
     }
 
     fn count(&self, domain: &str) -> usize {
-        self.sessions.values().filter(|s| s.domain == domain).count()
+        self.sessions
+            .values()
+            .filter(|s| s.domain == domain)
+            .count()
     }
 }
 
@@ -158,7 +161,7 @@ pub enum Opened {
     /// The session runs in a domain.
     Domain {
         /// The session.
-        session: Session,
+        session: Box<Session>,
         /// How to enter the domain.
         target: JoinTarget,
     },
@@ -258,7 +261,11 @@ impl Service {
                     undo(&mut book);
                     return Err(err(
                         ErrorKind::Failed,
-                        format!("creating home {} for {}: {e}", home.display(), lease.account),
+                        format!(
+                            "creating home {} for {}: {e}",
+                            home.display(),
+                            lease.account
+                        ),
                     ));
                 }
             }
@@ -324,7 +331,10 @@ impl Service {
         if !self.is_admin(caller) && caller.uid != lease.uid {
             return Err(err(
                 ErrorKind::PermissionDenied,
-                format!("permission denied: uid {} may not see account {name:?}", caller.uid),
+                format!(
+                    "permission denied: uid {} may not see account {name:?}",
+                    caller.uid
+                ),
             ));
         }
         Ok(self.view(lease))
@@ -514,8 +524,8 @@ impl Service {
         if req.pid <= 0 {
             return Err(invalid(format!("pid: {} is not a process id", req.pid)));
         }
-        let pid_start = dms_join::start_time(req.pid)
-            .map_err(|e| invalid(format!("pid {}: {e}", req.pid)))?;
+        let pid_start =
+            dms_join::start_time(req.pid).map_err(|e| invalid(format!("pid {}: {e}", req.pid)))?;
         let Some((vo, fqan)) = self.login_identity(&req.user, req.proxy_pem.as_deref())? else {
             return Ok(Opened::Unmanaged(format!(
                 "user {:?} is not managed by DMS (no grid identity)",
@@ -543,7 +553,9 @@ impl Service {
             let d = self.ensure(&admin(), &ensure)?;
             if d.state == DomainState::Frozen {
                 match self.thaw(&admin(), &d.name) {
-                    Ok(()) => tracing::info!(domain = %d.name, user = %req.user, "thawed for a login"),
+                    Ok(()) => {
+                        tracing::info!(domain = %d.name, user = %req.user, "thawed for a login")
+                    }
                     Err(e) if e.kind == ErrorKind::Conflict => {}
                     Err(e) => return Err(e),
                 }
@@ -578,16 +590,28 @@ impl Service {
             book.idle_due.remove(&d.name);
             book.sessions.insert(session.id.clone(), session.clone());
             drop(book);
-            let lease = self.accounts.lock().touch(&req.user, now()).cloned();
-            if let Some(l) = lease {
-                let _ = self.store.lock().put_record(Table::Leases, &l.account, &l);
+            // Lease expiry counts in days: persisting the last use once a minute is plenty, and
+            // keeps a write off most logins.
+            let t = now();
+            let mut book = self.accounts.lock();
+            let stale = book
+                .lease(&req.user)
+                .is_some_and(|l| t.saturating_sub(l.used_at) >= 60);
+            if stale {
+                if let Some(l) = book.touch(&req.user, t).cloned() {
+                    let _ = self.store.lock().put_record(Table::Leases, &l.account, &l);
+                }
             }
+            drop(book);
             tracing::info!(
                 session = %session.id, domain = %session.domain, user = %session.user,
                 service = %session.service, rhost = ?session.rhost, pid = session.pid,
                 "session opened"
             );
-            return Ok(Opened::Domain { session, target });
+            return Ok(Opened::Domain {
+                session: Box::new(session),
+                target,
+            });
         }
         Err(err(ErrorKind::Failed, "session open did not settle"))
     }
@@ -698,7 +722,9 @@ impl Service {
         };
         match result {
             Ok(()) => tracing::info!(domain = name, action = %action, "idle action done"),
-            Err(e) => tracing::warn!(domain = name, action = %action, error = %e.message, "idle action failed"),
+            Err(e) => {
+                tracing::warn!(domain = name, action = %action, error = %e.message, "idle action failed")
+            }
         }
     }
 
@@ -758,7 +784,10 @@ impl Service {
         validate_name("job", id).map_err(|e| invalid(e.to_string()))?;
         let job = self.jobs.lock().remove(id);
         if job.is_none() {
-            return Err(err(ErrorKind::NotFound, format!("no job {id:?} was started")));
+            return Err(err(
+                ErrorKind::NotFound,
+                format!("no job {id:?} was started"),
+            ));
         }
         self.store.lock().delete_record(Table::Jobs, id)?;
         let entries: Vec<_> = self.domains.read().values().cloned().collect();
@@ -787,7 +816,9 @@ impl Service {
             drop(book);
             match self.destroy(&admin(), &name) {
                 Ok(()) => done.push(name),
-                Err(e) => tracing::warn!(domain = %name, error = %e.message, "destroying a finished job's domain"),
+                Err(e) => {
+                    tracing::warn!(domain = %name, error = %e.message, "destroying a finished job's domain")
+                }
             }
         }
         tracing::info!(job = id, domains = ?done, "job finished");
@@ -799,7 +830,9 @@ impl Service {
         let answer = if peer_uid != 0 {
             Err(err(
                 ErrorKind::PermissionDenied,
-                format!("permission denied: uid {peer_uid} may not use the session socket (root only)"),
+                format!(
+                    "permission denied: uid {peer_uid} may not use the session socket (root only)"
+                ),
             ))
         } else {
             match serde_json::from_str::<PamRequest>(line) {
@@ -818,14 +851,13 @@ impl Service {
                     }),
                     Opened::Unmanaged(why) => serde_json::json!({"ok": true, "unmanaged": why}),
                 }),
-                Ok(PamRequest::Close { user, service, pid }) => {
-                    pam_field("service", &service).and_then(|()| {
+                Ok(PamRequest::Close { user, service, pid }) => pam_field("service", &service)
+                    .and_then(|()| {
                         self.pam_close(&user, pid).map(|s| match s {
                             Some(s) => serde_json::json!({"ok": true, "session": s.id}),
                             None => serde_json::json!({"ok": true}),
                         })
-                    })
-                }
+                    }),
             }
         };
         let v = answer.unwrap_or_else(|e| {

@@ -21,10 +21,18 @@ fn can_login() -> bool {
     if !can_run() {
         return false;
     }
-    let missing: Vec<&str> = ["pamtester", "runuser", "su", "getent", "unshare", "nsenter", "ldconfig"]
-        .into_iter()
-        .filter(|p| !which(p))
-        .collect();
+    let missing: Vec<&str> = [
+        "pamtester",
+        "runuser",
+        "su",
+        "getent",
+        "unshare",
+        "nsenter",
+        "ldconfig",
+    ]
+    .into_iter()
+    .filter(|p| !which(p))
+    .collect();
     let libs: Vec<String> = ["libpam_dms.so", "libnss_dms.so"]
         .into_iter()
         .filter(|l| !bin(l).exists())
@@ -79,7 +87,10 @@ impl World {
         std::fs::copy(bin("libnss_dms.so"), dir.join("lib/libnss_dms.so.2")).unwrap();
         std::fs::write(
             dir.join("ld.so.conf"),
-            format!("include /etc/ld.so.conf.d/*.conf\n{}\n", dir.join("lib").display()),
+            format!(
+                "include /etc/ld.so.conf.d/*.conf\n{}\n",
+                dir.join("lib").display()
+            ),
         )
         .unwrap();
         // ldconfig always rewrites its aux-cache under /var/cache: give it a private tmpfs.
@@ -95,7 +106,10 @@ impl World {
         std::fs::copy("/etc/nsswitch.conf", dir.join("nsswitch.conf")).unwrap();
         // The install step's own edit.
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nsswitch-add-dms.sh");
-        let o = Command::new(script).arg(dir.join("nsswitch.conf")).output().unwrap();
+        let o = Command::new(script)
+            .arg(dir.join("nsswitch.conf"))
+            .output()
+            .unwrap();
         assert!(o.status.success(), "nsswitch-add-dms: {}", text(&o));
         let o = Command::new("cp")
             .args(["-a", "/etc/pam.d"])
@@ -305,7 +319,10 @@ fn nss_resolves_leases_with_dmsd_up_and_down_and_leases_survive_kill9() {
         let home = homes.join("dmsl001");
         assert_eq!(
             line,
-            format!("dmsl001:*:47001:47000:DMS pool dmsl:{}:/bin/bash", home.display()),
+            format!(
+                "dmsl001:*:47001:47000:DMS pool dmsl:{}:/bin/bash",
+                home.display()
+            ),
             "{why}"
         );
         let o = w.run("getent", &["passwd", "47051"]);
@@ -330,14 +347,20 @@ fn nss_resolves_leases_with_dmsd_up_and_down_and_leases_survive_kill9() {
             "{why}"
         );
         // Unknown names are "not found" (exit 2), and the host's own accounts still resolve.
-        assert_eq!(w.run("getent", &["passwd", "dmsl003"]).status.code(), Some(2));
+        assert_eq!(
+            w.run("getent", &["passwd", "dmsl003"]).status.code(),
+            Some(2)
+        );
         assert!(w.run("getent", &["passwd", "root"]).status.success());
     };
     check("dmsd running");
     // The home directory was made for the account, owner-only.
     let meta = std::fs::metadata(home_base(&d).join("dmsl001")).unwrap();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    assert_eq!((meta.uid(), meta.gid(), meta.permissions().mode() & 0o777), (47001, 47000, 0o700));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.permissions().mode() & 0o777),
+        (47001, 47000, 0o700)
+    );
 
     d.kill9();
     check("dmsd killed");
@@ -361,7 +384,8 @@ fn nss_resolves_leases_with_dmsd_up_and_down_and_leases_survive_kill9() {
     let o = map(&d, "/DC=org/DC=dmstest/CN=Dave", &[]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("pool \"dmsl\" is full: all 3 accounts are leased"),
+        String::from_utf8_lossy(&o.stderr)
+            .contains("pool \"dmsl\" is full: all 3 accounts are leased"),
         "{}",
         text(&o)
     );
@@ -369,12 +393,24 @@ fn nss_resolves_leases_with_dmsd_up_and_down_and_leases_survive_kill9() {
     for (dn, fqans, want) in [
         ("/DC=org/CN=Quote\"d", vec![], "dn: invalid DN"),
         ("/DC=org/CN=New\nline", vec![], "control character"),
-        ("/DC=org/DC=dmstest/CN=Alice", vec!["dmslogin/Role=pilot"], "fqan: invalid FQAN"),
-        ("/DC=org/DC=dmstest/CN=Alice", vec!["/dmslogin/Role=a/Capability=b/c"], "fqan: invalid FQAN"),
+        (
+            "/DC=org/DC=dmstest/CN=Alice",
+            vec!["dmslogin/Role=pilot"],
+            "fqan: invalid FQAN",
+        ),
+        (
+            "/DC=org/DC=dmstest/CN=Alice",
+            vec!["/dmslogin/Role=a/Capability=b/c"],
+            "fqan: invalid FQAN",
+        ),
     ] {
         let o = map(&d, dn, &fqans);
         assert_eq!(o.status.code(), Some(2), "{dn:?}: {}", text(&o));
-        assert!(String::from_utf8_lossy(&o.stderr).contains(want), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(want),
+            "{}",
+            text(&o)
+        );
     }
     let o = map(&d, "/DC=org/CN=Unmapped", &[]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
@@ -383,7 +419,10 @@ fn nss_resolves_leases_with_dmsd_up_and_down_and_leases_survive_kill9() {
 
     // Release: the account stops resolving, and the next identity gets it.
     d.ok(&["account", "release", "dmsl002"]);
-    assert_eq!(w.run("getent", &["passwd", "dmsl002"]).status.code(), Some(2));
+    assert_eq!(
+        w.run("getent", &["passwd", "dmsl002"]).status.code(),
+        Some(2)
+    );
     assert_eq!(mapped(&d, "/DC=org/DC=dmstest/CN=Dave", &[]), "dmsl002");
     // Only admins see or change leases.
     let o = d.ctl_as(Some(NOBODY), &["account", "list"]);
@@ -462,7 +501,17 @@ fn pamtester_runuser_and_su_put_sessions_into_domains() {
 
     // pamtester: open + close through libpam; the session lands in dmsd's book and the domain
     // is created; the idle action (freeze) follows the close.
-    let o = w.run("pamtester", &["-v", "dmstest-pam", &alice, "acct_mgmt", "open_session", "close_session"]);
+    let o = w.run(
+        "pamtester",
+        &[
+            "-v",
+            "dmstest-pam",
+            &alice,
+            "acct_mgmt",
+            "open_session",
+            "close_session",
+        ],
+    );
     assert!(o.status.success(), "pamtester: {}", text(&o));
     wait_until("idle freeze after logout", Duration::from_secs(10), || {
         domain_state(&d, &dom_a).as_deref() == Some("frozen")
@@ -476,7 +525,10 @@ fn pamtester_runuser_and_su_put_sessions_into_domains() {
     );
     assert!(o.status.success(), "runuser: {}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(at_cgroup_ns_root(&out), "runuser not in a domain's cgroup namespace: {out}");
+    assert!(
+        at_cgroup_ns_root(&out),
+        "runuser not in a domain's cgroup namespace: {out}"
+    );
     assert!(out.contains(&format!("host={dom_a}")), "{out}");
     let procs: usize = out
         .lines()
@@ -484,7 +536,10 @@ fn pamtester_runuser_and_su_put_sessions_into_domains() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(procs <= 6, "ps -e in the domain shows {procs} processes: {out}");
+    assert!(
+        procs <= 6,
+        "ps -e in the domain shows {procs} processes: {out}"
+    );
     assert!(out.trim_end().ends_with(&alice), "{out}");
 
     // su -: same domain (the user's), for a different VO a different one.
@@ -500,8 +555,14 @@ fn pamtester_runuser_and_su_put_sessions_into_domains() {
         });
         let pids = host_pids(uid, "sleep");
         let members = cgroup_procs(&d.subtree, dom);
-        assert!(pids.iter().all(|p| members.contains(p)), "su {user}: {pids:?} not in {dom} {members:?}");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGTERM);
+        assert!(
+            pids.iter().all(|p| members.contains(p)),
+            "su {user}: {pids:?} not in {dom} {members:?}"
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pids[0]),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let st = child.wait().unwrap();
         assert!(st.code().is_some(), "su {user}: {st}");
     }
@@ -515,11 +576,22 @@ fn pamtester_runuser_and_su_put_sessions_into_domains() {
     assert!(!o.status.success(), "{}", text(&o));
     let o = w.run("pamtester", &["dmstest-pam", &nora, "open_session"]);
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(d.log().contains("VO \\\"dmsnopolicy\\\" has no policy") || d.log().contains("VO \"dmsnopolicy\" has no policy"), "{}", d.log());
+    assert!(
+        d.log().contains("VO \\\"dmsnopolicy\\\" has no policy")
+            || d.log().contains("VO \"dmsnopolicy\" has no policy"),
+        "{}",
+        d.log()
+    );
     // An unknown user is refused; a local user without grid identity passes untouched.
-    let o = w.run("pamtester", &["dmstest-pam", "dmsnosuchuser", "open_session"]);
+    let o = w.run(
+        "pamtester",
+        &["dmstest-pam", "dmsnosuchuser", "open_session"],
+    );
     assert!(!o.status.success(), "{}", text(&o));
-    let o = w.run("pamtester", &["dmstest-pam", "nobody", "open_session", "close_session"]);
+    let o = w.run(
+        "pamtester",
+        &["dmstest-pam", "nobody", "open_session", "close_session"],
+    );
     assert!(o.status.success(), "unmanaged user: {}", text(&o));
 
     // Nothing leaked: no sessions left open.
@@ -531,7 +603,10 @@ fn pamtester_runuser_and_su_put_sessions_into_domains() {
     d.kill9();
     let o = w.run("pamtester", &["dmstest-pam", &alice, "open_session"]);
     assert!(!o.status.success(), "dmsd down must refuse: {}", text(&o));
-    let o = w.run("pamtester", &["dmstest-allow", &alice, "open_session", "close_session"]);
+    let o = w.run(
+        "pamtester",
+        &["dmstest-allow", &alice, "open_session", "close_session"],
+    );
     assert!(o.status.success(), "on_error=allow: {}", text(&o));
     d.spawn();
 }
@@ -643,8 +718,14 @@ impl Sshd {
             .arg(&self.key)
             .args(["-p", &self.port.to_string()])
             .args([
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
             ])
             .arg(format!("{user}@127.0.0.1"))
             .arg(cmd)
@@ -700,47 +781,87 @@ fn ssh_logins_land_in_the_users_domain() {
     std::io::BufReader::new(first.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert_eq!(line.trim(), "in", "first ssh login failed; sshd log:\n{}",
-        std::fs::read_to_string(w.dir.join("sshd/sshd.log")).unwrap_or_default());
+    assert_eq!(
+        line.trim(),
+        "in",
+        "first ssh login failed; sshd log:\n{}",
+        std::fs::read_to_string(w.dir.join("sshd/sshd.log")).unwrap_or_default()
+    );
     let o = sshd
-        .ssh(&alice, "cat /proc/self/cgroup; echo host=$(hostname); ps -e -o comm=; id -u")
+        .ssh(
+            &alice,
+            "cat /proc/self/cgroup; echo host=$(hostname); ps -e -o comm=; id -u",
+        )
         .output()
         .unwrap();
     assert!(o.status.success(), "second ssh: {}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(at_cgroup_ns_root(&out), "not in a domain's cgroup namespace: {out}");
+    assert!(
+        at_cgroup_ns_root(&out),
+        "not in a domain's cgroup namespace: {out}"
+    );
     let sleepers = host_pids(47001, "sleep");
     let members = cgroup_procs(&d.subtree, &dom_a);
-    assert!(!sleepers.is_empty() && sleepers.iter().all(|p| members.contains(p)), "first login's sleep {sleepers:?} not in {dom_a}: {members:?}");
+    assert!(
+        !sleepers.is_empty() && sleepers.iter().all(|p| members.contains(p)),
+        "first login's sleep {sleepers:?} not in {dom_a}: {members:?}"
+    );
     assert!(out.contains(&format!("host={dom_a}")), "{out}");
-    assert!(out.lines().any(|l| l == "sleep"), "second login does not see the first: {out}");
+    assert!(
+        out.lines().any(|l| l == "sleep"),
+        "second login does not see the first: {out}"
+    );
     // Only the domain's init, the two sessions' own sshd processes, their shells and commands.
-    let comms: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("host=")).skip(1).collect();
-    assert!(!comms.contains(&"dmsd") && comms.iter().filter(|c| c.starts_with("sshd")).count() == 2 && comms.len() <= 8, "host processes visible: {out}");
+    let comms: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("host="))
+        .skip(1)
+        .collect();
+    assert!(
+        !comms.contains(&"dmsd")
+            && comms.iter().filter(|c| c.starts_with("sshd")).count() == 2
+            && comms.len() <= 8,
+        "host processes visible: {out}"
+    );
     assert!(out.trim_end().ends_with("47001"), "{out}");
 
     // A memory hog is OOM-killed inside the domain (64M); the host and dmsd carry on.
     // (The hog volunteers as the OOM victim, so the session's own sshd process survives.)
     let o = sshd
-        .ssh(&alice, "sh -c 'echo 1000 >/proc/self/oom_score_adj; exec tail /dev/zero'; echo rc=$?")
+        .ssh(
+            &alice,
+            "sh -c 'echo 1000 >/proc/self/oom_score_adj; exec tail /dev/zero'; echo rc=$?",
+        )
         .output()
         .unwrap();
     assert!(o.status.success(), "memory hog: {}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "rc=137", "memory hog: {}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "rc=137",
+        "memory hog: {}",
+        text(&o)
+    );
     assert!(d.ctl(&["status"]).status.success());
 
     // Another VO's user gets another domain.
     let o = sshd.ssh(&olga, "hostname").output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("dmsother.{olga}"), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("dmsother.{olga}"),
+        "{}",
+        text(&o)
+    );
 
     // Logout of the last session applies the idle action (freeze for dmslogin).
     assert_eq!(domain_state(&d, &dom_a).as_deref(), Some("running"));
     let _ = first.kill();
     let _ = first.wait();
-    wait_until("idle freeze after the last ssh logout", Duration::from_secs(15), || {
-        domain_state(&d, &dom_a).as_deref() == Some("frozen")
-    });
+    wait_until(
+        "idle freeze after the last ssh logout",
+        Duration::from_secs(15),
+        || domain_state(&d, &dom_a).as_deref() == Some("frozen"),
+    );
     drop(sshd);
 }
 
@@ -761,14 +882,24 @@ impl Slurm {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let munge_dir = dir.join("munge");
-        let o = Command::new("chown").arg("munge:").arg(&munge_dir).output().unwrap();
+        let o = Command::new("chown")
+            .arg("munge:")
+            .arg(&munge_dir)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", text(&o));
         let socket = munge_dir.join("munge.sock");
         let o = Command::new("runuser")
             .args(["-u", "munge", "--", "/usr/sbin/munged"])
             .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--pid-file={}", munge_dir.join("munged.pid").display()))
-            .arg(format!("--log-file={}", munge_dir.join("munged.log").display()))
+            .arg(format!(
+                "--pid-file={}",
+                munge_dir.join("munged.pid").display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                munge_dir.join("munged.log").display()
+            ))
             .arg(format!("--seed-file={}", munge_dir.join("seed").display()))
             .output()
             .unwrap();
@@ -836,7 +967,9 @@ impl Slurm {
 
     fn srun(&self, w: &World, user: &str, home: &Path, script: &str) -> Output {
         w.cmd("runuser")
-            .args(["-u", user, "--", "srun", "-N1", "-t", "1", "sh", "-c", script])
+            .args([
+                "-u", user, "--", "srun", "-N1", "-t", "1", "sh", "-c", script,
+            ])
             .env("SLURM_CONF", self.dir.join("slurm.conf"))
             .current_dir(home)
             .output()
@@ -845,7 +978,12 @@ impl Slurm {
 
     fn logs(&self) -> String {
         let mut all = String::new();
-        for f in ["log/slurmctld.log", "log/slurmd.log", "log/prolog.sh.log", "log/epilog.sh.log"] {
+        for f in [
+            "log/slurmctld.log",
+            "log/slurmd.log",
+            "log/prolog.sh.log",
+            "log/epilog.sh.log",
+        ] {
             all.push_str(&format!(
                 "--- {f}\n{}\n",
                 std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
@@ -901,24 +1039,59 @@ fn slurm_steps_run_in_the_job_users_domain() {
 
     // Per-user domain: the task's cgroup is the domain's, with its memory limit.
     let o = slurm.srun(&w, &alice, &homes.0.join(&alice), "cat /proc/self/cgroup");
-    assert!(o.status.success(), "srun: {}\n{}\n{}", text(&o), slurm.logs(), d.log());
+    assert!(
+        o.status.success(),
+        "srun: {}\n{}\n{}",
+        text(&o),
+        slurm.logs(),
+        d.log()
+    );
     let dom_a = format!("dmslogin.{alice}");
-    assert!(in_domain(&String::from_utf8_lossy(&o.stdout), &d.subtree, &dom_a), "{}", text(&o));
+    assert!(
+        in_domain(&String::from_utf8_lossy(&o.stdout), &d.subtree, &dom_a),
+        "{}",
+        text(&o)
+    );
     let mem = std::fs::read_to_string(cgroup_dir(&d.subtree, "memory").join(&dom_a).join(
-        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "memory.max" } else { "memory.limit_in_bytes" },
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        },
     ))
     .unwrap();
     assert_eq!(mem.trim(), (64u64 << 20).to_string());
 
     // Per-job domain: made for the job the prolog announced, destroyed by the epilog.
-    let o = slurm.srun(&w, &jo, &homes.0.join(&jo), "cat /proc/self/cgroup; echo job=$SLURM_JOB_ID");
-    assert!(o.status.success(), "srun: {}\n{}\n{}", text(&o), slurm.logs(), d.log());
+    let o = slurm.srun(
+        &w,
+        &jo,
+        &homes.0.join(&jo),
+        "cat /proc/self/cgroup; echo job=$SLURM_JOB_ID",
+    );
+    assert!(
+        o.status.success(),
+        "srun: {}\n{}\n{}",
+        text(&o),
+        slurm.logs(),
+        d.log()
+    );
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let job = out.lines().find_map(|l| l.strip_prefix("job=")).unwrap().to_string();
+    let job = out
+        .lines()
+        .find_map(|l| l.strip_prefix("job="))
+        .unwrap()
+        .to_string();
     let dom_j = format!("dmsjob.{jo}.job{job}");
-    assert!(in_domain(&out, &d.subtree, &dom_j), "not in {dom_j}: {out}\n{}", d.log());
-    wait_until("epilog destroys the job's domain", Duration::from_secs(20), || {
-        domain_state(&d, &dom_j).is_none()
-    });
+    assert!(
+        in_domain(&out, &d.subtree, &dom_j),
+        "not in {dom_j}: {out}\n{}",
+        d.log()
+    );
+    wait_until(
+        "epilog destroys the job's domain",
+        Duration::from_secs(20),
+        || domain_state(&d, &dom_j).is_none(),
+    );
     assert!(d.log().contains("job finished"), "{}", d.log());
 }

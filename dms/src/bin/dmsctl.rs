@@ -415,13 +415,37 @@ fn print_accounts(list: &[AccountView]) {
 fn print_account(a: &AccountView) {
     let l = &a.lease;
     println!("account:   {} (uid {}, gid {})", l.account, l.uid, l.gid);
-    println!("pool:      {}", l.pool.as_deref().unwrap_or("(static mapping)"));
+    println!(
+        "pool:      {}",
+        l.pool.as_deref().unwrap_or("(static mapping)")
+    );
     println!("dn:        {}", l.dn);
-    println!("fqans:     {}", if l.fqans.is_empty() { "-".into() } else { l.fqans.join(" ") });
-    println!("groups:    {}", if l.groups.is_empty() { "-".into() } else { l.groups.join(" ") });
+    println!(
+        "fqans:     {}",
+        if l.fqans.is_empty() {
+            "-".into()
+        } else {
+            l.fqans.join(" ")
+        }
+    );
+    println!(
+        "groups:    {}",
+        if l.groups.is_empty() {
+            "-".into()
+        } else {
+            l.groups.join(" ")
+        }
+    );
     println!("leased at: {}  last used: {}", l.leased_at, l.used_at);
     println!("sessions:  {}", a.sessions);
-    println!("domains:   {}", if a.domains.is_empty() { "-".into() } else { a.domains.join(" ") });
+    println!(
+        "domains:   {}",
+        if a.domains.is_empty() {
+            "-".into()
+        } else {
+            a.domains.join(" ")
+        }
+    );
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {

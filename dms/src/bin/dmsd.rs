@@ -282,7 +282,10 @@ fn bind_socket(path: &std::path::Path, mode: u32) -> Result<UnixListener> {
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("socket {} is in use: is another dmsd running?", path.display());
+            bail!(
+                "socket {} is in use: is another dmsd running?",
+                path.display()
+            );
         }
         std::fs::remove_file(path).ok();
     }
