@@ -35,7 +35,10 @@ for tool in gcc unshare ldconfig cargo; do
 done
 
 work=$(mktemp -d /tmp/dms-bench-nss.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# The mount point is created when missing, and removed again at the end in that case.
+made=""
+[ -d "$nss_dir" ] || made=$(d=$nss_dir; while [ ! -d "$(dirname "$d")" ]; do d=$(dirname "$d"); done; echo "$d")
+trap 'rm -rf "$work"; [ -z "$made" ] || rm -r --one-file-system "$made" 2>/dev/null || true' EXIT
 
 log "building libnss_dms (release) in $target"
 (cd "$repo" && CARGO_TARGET_DIR=$target cargo build --release -p nss-dms --quiet)
