@@ -241,15 +241,16 @@ impl AccountBook {
             .find(|p| p.index_of(account).is_some())
     }
 
-    /// Maps an identity: returns the (new or renewed) lease, and whether it is new. `static_user`
-    /// resolves a static account to (uid, gid). The caller persists and publishes.
+    /// Maps an identity: returns the new or renewed lease, and the record it replaced (None for
+    /// a new lease), so that the caller can undo the change if it cannot be stored.
+    /// `static_user` resolves a static account to (uid, gid). The caller persists and publishes.
     pub fn map(
         &mut self,
         dn: &str,
         fqans: &[String],
         now: u64,
         static_user: impl Fn(&str) -> Result<(u32, u32), MapError>,
-    ) -> Result<(Lease, bool), MapError> {
+    ) -> Result<(Lease, Option<Lease>), MapError> {
         let parsed = parse_identity(dn, fqans)?;
         let canonical: Vec<String> = parsed.iter().map(|f| f.to_string()).collect();
         let target = self
@@ -267,12 +268,12 @@ impl AccountBook {
                 ))
             })?;
         let groups = self.groupmap.groups(&parsed);
-        match target {
+        let lease = match target {
             Target::Account(account) => {
                 let (uid, gid) = static_user(&account)?;
                 let leased_at = self.leases.get(&account).map_or(now, |l| l.leased_at);
-                let lease = Lease {
-                    account: account.clone(),
+                Lease {
+                    account,
                     pool: None,
                     uid,
                     gid,
@@ -281,65 +282,56 @@ impl AccountBook {
                     groups,
                     leased_at,
                     used_at: now,
-                };
-                let new = !self.leases.contains_key(&account);
-                self.leases.insert(account, lease.clone());
-                Ok((lease, new))
+                }
             }
             Target::Pool(pool_name) => {
-                let pool = self.pool(&pool_name).cloned().ok_or_else(|| {
+                let pool = self.pool(&pool_name).ok_or_else(|| {
                     MapError::Failed(format!(
                         "{} maps to pool .{pool_name} but dmsd's configuration has no [accounts.pools.{pool_name}]",
                         self.cfg.grid_mapfile.display()
                     ))
                 })?;
-                if let Some(l) = self
+                let held = self
                     .leases
-                    .values_mut()
-                    .find(|l| l.pool.as_deref() == Some(&pool_name) && l.dn == dn)
-                {
-                    l.fqans = canonical;
-                    l.groups = groups;
-                    l.used_at = now;
-                    return Ok((l.clone(), false));
+                    .values()
+                    .find(|l| l.pool.as_deref() == Some(&pool_name) && l.dn == dn);
+                match held {
+                    Some(l) => Lease {
+                        fqans: canonical,
+                        groups,
+                        used_at: now,
+                        ..l.clone()
+                    },
+                    None => {
+                        let index = (1..=pool.size)
+                            .find(|i| !self.leases.contains_key(&pool.account(*i)))
+                            .ok_or_else(|| {
+                                MapError::Full(format!(
+                                    "pool {pool_name:?} is full: all {} accounts are leased (release one with `dmsctl account release`, or enlarge accounts.pools.{pool_name}.size)",
+                                    pool.size
+                                ))
+                            })?;
+                        Lease {
+                            account: pool.account(index),
+                            uid: pool.uid(index),
+                            gid: pool.gid,
+                            pool: Some(pool_name),
+                            dn: dn.to_owned(),
+                            fqans: canonical,
+                            groups,
+                            leased_at: now,
+                            used_at: now,
+                        }
+                    }
                 }
-                let index = (1..=pool.size)
-                    .find(|i| !self.leases.contains_key(&pool.account(*i)))
-                    .ok_or_else(|| {
-                        MapError::Full(format!(
-                            "pool {pool_name:?} is full: all {} accounts are leased (release one with `dmsctl account release`, or enlarge accounts.pools.{pool_name}.size)",
-                            pool.size
-                        ))
-                    })?;
-                let lease = Lease {
-                    account: pool.account(index),
-                    pool: Some(pool_name),
-                    uid: pool.uid(index),
-                    gid: pool.gid,
-                    dn: dn.to_owned(),
-                    fqans: canonical,
-                    groups,
-                    leased_at: now,
-                    used_at: now,
-                };
-                self.leases.insert(lease.account.clone(), lease.clone());
-                Ok((lease, true))
             }
-        }
+        };
+        let previous = self.leases.insert(lease.account.clone(), lease.clone());
+        Ok((lease, previous))
     }
 
-    /// A copy of every lease, to undo a change that could not be stored.
-    pub fn snapshot(&self) -> BTreeMap<String, Lease> {
-        self.leases.clone()
-    }
-
-    /// Puts a snapshot back.
-    pub fn restore_all(&mut self, leases: BTreeMap<String, Lease>) {
-        self.leases = leases;
-    }
-
-    /// Puts one lease back.
-    pub fn restore_all_with(&mut self, lease: Lease) {
+    /// Puts a lease back as it was (undoing a change that could not be stored).
+    pub fn restore(&mut self, lease: Lease) {
         self.leases.insert(lease.account.clone(), lease);
     }
 
@@ -521,16 +513,16 @@ gid = 30000
         let d = tempfile::tempdir().unwrap();
         let mut b = book(d.path());
         let prod = vec!["/atlas/Role=production".to_string()];
-        let (a, new) = b.map("/DC=org/CN=A", &prod, 10, root_user).unwrap();
-        assert!(new);
+        let (a, previous) = b.map("/DC=org/CN=A", &prod, 10, root_user).unwrap();
+        assert!(previous.is_none());
         assert_eq!(
             (a.account.as_str(), a.uid, a.gid),
             ("atlas001", 20001, 20000)
         );
         assert_eq!(a.groups, vec!["atlasprd"]);
         // Same identity, same account.
-        let (again, new) = b.map("/DC=org/CN=A", &prod, 20, root_user).unwrap();
-        assert!(!new);
+        let (again, previous) = b.map("/DC=org/CN=A", &prod, 20, root_user).unwrap();
+        assert_eq!(previous.map(|p| p.used_at), Some(10));
         assert_eq!(again.account, "atlas001");
         assert_eq!(again.used_at, 20);
         let (bb, _) = b.map("/DC=org/CN=B", &prod, 30, root_user).unwrap();

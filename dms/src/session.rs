@@ -155,6 +155,31 @@ pub struct AccountView {
     pub domains: Vec<String>,
 }
 
+/// Open sessions and owned domains, by account.
+#[derive(Debug, Default)]
+struct AccountUse {
+    sessions: BTreeMap<String, usize>,
+    domains: BTreeMap<String, Vec<String>>,
+}
+
+impl AccountUse {
+    fn view(&self, lease: Lease) -> AccountView {
+        AccountView {
+            sessions: self.sessions.get(&lease.account).copied().unwrap_or(0),
+            domains: self
+                .domains
+                .get(&lease.account)
+                .cloned()
+                .unwrap_or_default(),
+            lease,
+        }
+    }
+
+    fn in_use(&self, account: &str) -> bool {
+        self.sessions.contains_key(account) || self.domains.contains_key(account)
+    }
+}
+
 /// What a session open resolved to.
 #[derive(Debug, Clone)]
 pub enum Opened {
@@ -200,12 +225,12 @@ fn pam_field(field: &str, v: &str) -> ApiResult<()> {
 }
 
 fn static_user(name: &str) -> Result<(u32, u32), MapError> {
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
-        Ok(None) => Err(MapError::NotFound(format!(
+    match lookup_user(name) {
+        Ok(o) => Ok((o.uid, o.gid)),
+        Err(e) if e.kind == ErrorKind::NotFound => Err(MapError::NotFound(format!(
             "the grid-mapfile maps to account {name:?}, which does not exist on this node"
         ))),
-        Err(e) => Err(MapError::Failed(format!("looking up {name:?}: {e}"))),
+        Err(e) => Err(MapError::Failed(e.message)),
     }
 }
 
@@ -251,10 +276,14 @@ impl Service {
 
     fn map_inner(&self, dn: &str, fqans: &[String]) -> ApiResult<Lease> {
         let mut book = self.accounts.lock();
-        let snapshot = book.snapshot();
-        let (lease, new) = book.map(dn, fqans, now(), static_user).map_err(from_map)?;
-        let before = snapshot.get(&lease.account).cloned();
-        let undo = |book: &mut crate::accounts::AccountBook| book.restore_all(snapshot.clone());
+        let (lease, previous) = book.map(dn, fqans, now(), static_user).map_err(from_map)?;
+        let new = previous.is_none();
+        let undo = |book: &mut crate::accounts::AccountBook| match &previous {
+            Some(p) => book.restore(p.clone()),
+            None => {
+                book.release(&lease.account);
+            }
+        };
         if new {
             if let Some(home) = book.home_to_create(&lease) {
                 if let Err(e) = create_home(&home, lease.uid, lease.gid) {
@@ -278,44 +307,39 @@ impl Service {
             undo(&mut book);
             return Err(e.into());
         }
-        if new || before.as_ref().is_some_and(|b| b.groups != lease.groups) {
+        if previous.as_ref().is_none_or(|p| p.groups != lease.groups) {
             self.publish_locked(&book)?;
             tracing::info!(account = %lease.account, pool = ?lease.pool, dn = %lease.dn, "account leased");
         }
         Ok(lease)
     }
 
-    fn view(&self, lease: Lease) -> AccountView {
-        let sessions = self
-            .sessions
-            .lock()
-            .sessions
-            .values()
-            .filter(|s| s.user == lease.account)
-            .count();
-        AccountView {
-            domains: self.domains_of(&lease.account),
-            sessions,
-            lease,
+    /// Open sessions and owned domains by account, counted once for any number of leases.
+    /// A domain busy beyond the lock bound is an error rather than skipped, so a release or an
+    /// expiry never misses a domain in use.
+    fn account_use(&self) -> ApiResult<AccountUse> {
+        let mut sessions: BTreeMap<String, usize> = BTreeMap::new();
+        for s in self.sessions.lock().sessions.values() {
+            *sessions.entry(s.user.clone()).or_default() += 1;
         }
-    }
-
-    fn domains_of(&self, user: &str) -> Vec<String> {
+        let mut domains: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let entries: Vec<_> = self.domains.read().values().cloned().collect();
-        entries
-            .iter()
-            .filter_map(|e| {
-                let d = e.try_lock_for(std::time::Duration::from_millis(500))?;
-                (d.owner.user == user).then(|| d.name.clone())
-            })
-            .collect()
+        for e in &entries {
+            let d = self.lock(e)?;
+            domains
+                .entry(d.owner.user.clone())
+                .or_default()
+                .push(d.name.clone());
+        }
+        Ok(AccountUse { sessions, domains })
     }
 
     /// Every lease and static mapping. Admins only.
     pub fn accounts(&self, caller: &Caller) -> ApiResult<Vec<AccountView>> {
         self.require_admin(caller, "list accounts")?;
         let leases: Vec<Lease> = self.accounts.lock().leases().cloned().collect();
-        Ok(leases.into_iter().map(|l| self.view(l)).collect())
+        let used = self.account_use()?;
+        Ok(leases.into_iter().map(|l| used.view(l)).collect())
     }
 
     /// One lease: admins, or the account itself.
@@ -337,7 +361,7 @@ impl Service {
                 ),
             ));
         }
-        Ok(self.view(lease))
+        Ok(self.account_use()?.view(lease))
     }
 
     /// Releases a lease. Refused while the account has sessions or domains.
@@ -363,7 +387,7 @@ impl Service {
             return Ok(());
         };
         if let Err(e) = self.store.lock().delete_record(Table::Leases, name) {
-            book.restore_all_with(old);
+            book.restore(old);
             return Err(e.into());
         }
         self.publish_locked(&book)?;
@@ -425,7 +449,7 @@ impl Service {
 
     /// The identity in an X.509 proxy, verified against the trust store; it must map to
     /// `user` (its lease or static account).
-    fn proxy_identity(&self, user: &str, pem: &str) -> ApiResult<(String, Option<Fqan>)> {
+    fn proxy_identity(&self, user: &str, gid: u32, pem: &str) -> ApiResult<(String, Option<Fqan>)> {
         let trust = self
             .accounts
             .lock()
@@ -458,8 +482,7 @@ impl Service {
                     .and_then(|p| book.config().pools.get(p))
                     .map(|p| p.vo().to_owned());
                 drop(book);
-                let owner = lookup_user(user)?;
-                vo.or_else(|| self.identity_of(user, owner.gid).map(|(v, _)| v))
+                vo.or_else(|| self.identity_of(user, gid).map(|(v, _)| v))
                     .map(|v| (v, None))
                     .ok_or_else(|| {
                         err(
@@ -485,7 +508,7 @@ impl Service {
             )
         })?;
         if let Some(pem) = proxy_pem {
-            return self.proxy_identity(user, pem).map(Some);
+            return self.proxy_identity(user, owner.gid, pem).map(Some);
         }
         match self.identity_of(user, owner.gid) {
             Some(id) => Ok(Some(id)),
@@ -633,13 +656,20 @@ impl Service {
         Ok(Some(s))
     }
 
-    fn end_session(&self, book: &mut SessionBook, id: &str, how: &str) -> ApiResult<Session> {
+    /// Removes a session from the book and the store.
+    fn forget_session(&self, book: &mut SessionBook, id: &str, how: &str) -> ApiResult<Session> {
         self.store.lock().delete_record(Table::Sessions, id)?;
         let s = book
             .sessions
             .remove(id)
             .ok_or_else(|| err(ErrorKind::NotFound, format!("no session {id}")))?;
         tracing::info!(session = %s.id, domain = %s.domain, user = %s.user, how, "session ended");
+        Ok(s)
+    }
+
+    /// Ends a session; on its domain's last, schedules the domain's idle action.
+    fn end_session(&self, book: &mut SessionBook, id: &str, how: &str) -> ApiResult<Session> {
+        let s = self.forget_session(book, id, how)?;
         if book.count(&s.domain) == 0 {
             if let Ok(e) = self.entry(&s.domain) {
                 if let Ok(d) = self.lock(&e) {
@@ -687,12 +717,21 @@ impl Service {
         if check_leases {
             book.last_lease_check = t;
         }
-        let users: Vec<String> = book.sessions.values().map(|s| s.user.clone()).collect();
         drop(book);
         if check_leases {
             let expired = self.accounts.lock().expired(t);
+            if expired.is_empty() {
+                return;
+            }
+            let used = match self.account_use() {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e.message, "lease expiry postponed");
+                    return;
+                }
+            };
             for account in expired {
-                if users.contains(&account) || !self.domains_of(&account).is_empty() {
+                if used.in_use(&account) {
                     continue;
                 }
                 match self.drop_lease(&account) {
@@ -782,6 +821,14 @@ impl Service {
     pub fn job_finish(&self, caller: &Caller, id: &str) -> ApiResult<Vec<String>> {
         self.require_admin(caller, "end jobs")?;
         validate_name("job", id).map_err(|e| invalid(e.to_string()))?;
+        let entries: Vec<_> = self.domains.read().values().cloned().collect();
+        let mut doomed = Vec::new();
+        for e in &entries {
+            let d = self.lock(e)?;
+            if d.granularity == Granularity::Job && d.job.as_deref() == Some(id) {
+                doomed.push(d.name.clone());
+            }
+        }
         let job = self.jobs.lock().remove(id);
         if job.is_none() {
             return Err(err(
@@ -790,15 +837,6 @@ impl Service {
             ));
         }
         self.store.lock().delete_record(Table::Jobs, id)?;
-        let entries: Vec<_> = self.domains.read().values().cloned().collect();
-        let doomed: Vec<String> = entries
-            .iter()
-            .filter_map(|e| {
-                let d = e.try_lock_for(std::time::Duration::from_secs(1))?;
-                (d.granularity == Granularity::Job && d.job.as_deref() == Some(id))
-                    .then(|| d.name.clone())
-            })
-            .collect();
         let mut done = Vec::new();
         for name in doomed {
             let mut book = self.sessions.lock();
@@ -809,8 +847,9 @@ impl Service {
                 .map(|s| s.id.clone())
                 .collect();
             for sid in ids {
-                let _ = self.store.lock().delete_record(Table::Sessions, &sid);
-                book.sessions.remove(&sid);
+                if let Err(e) = self.forget_session(&mut book, &sid, "job finished") {
+                    tracing::warn!(session = %sid, error = %e.message, "forgetting a finished job's session");
+                }
             }
             book.idle_due.remove(&name);
             drop(book);

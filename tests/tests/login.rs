@@ -151,18 +151,19 @@ impl World {
         World { dir, holder }
     }
 
-    /// A command run inside the world.
-    fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.args(["-t", &self.holder.id().to_string(), "-m", "--", prog])
-            .stdin(Stdio::null());
-        c
-    }
-
+    /// The command prefix that enters the world (also used to start dmsd in it).
     fn wrap(&self) -> Vec<String> {
         ["nsenter", "-t", &self.holder.id().to_string(), "-m", "--"]
             .map(String::from)
             .to_vec()
+    }
+
+    /// A command run inside the world.
+    fn cmd(&self, prog: &str) -> Command {
+        let wrap = self.wrap();
+        let mut c = Command::new(&wrap[0]);
+        c.args(&wrap[1..]).arg(prog).stdin(Stdio::null());
+        c
     }
 
     fn run(&self, prog: &str, args: &[&str]) -> Output {
@@ -653,7 +654,7 @@ struct Sshd {
 }
 
 impl Sshd {
-    fn start(w: &World, d: &Daemon) -> Sshd {
+    fn start(w: &World) -> Sshd {
         let dir = w.dir.join("sshd");
         std::fs::create_dir_all(&dir).unwrap();
         let made_run_sshd = !Path::new("/run/sshd").exists();
@@ -697,7 +698,6 @@ impl Sshd {
         wait_until("sshd listening", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        let _ = d;
         s
     }
 
@@ -764,7 +764,7 @@ fn ssh_logins_land_in_the_users_domain() {
     let w = World::new(&d, &[("sshd-dmstest", sshd_pam)]);
     d.wrap = w.wrap();
     d.spawn();
-    let sshd = Sshd::start(&w, &d);
+    let sshd = Sshd::start(&w);
     let alice = mapped(&d, "/DC=org/DC=dmstest/CN=Alice", &[]);
     let olga = mapped(&d, "/DC=org/DC=dmstest/CN=Olga", &[]);
     sshd.authorize(&homes.0.join(&alice), 47001, 47000);
