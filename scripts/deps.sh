@@ -3,13 +3,14 @@
 # run:   build and run dmsd (a C compiler for the bundled SQLite; iproute2 for tc, nftables for NAT;
 #        libpam0g-dev to link pam_dms.so)
 # test:  + QEMU, the Debian kernel, busybox and cpio for the cgroup v2 suite in a guest; pamtester,
-#        sshd, Slurm + munge and openssl for the login tests
+#        sshd, Slurm + munge and openssl for the login tests; prometheus + promtool for the metrics
+#        tests and the alert-rule checks
 # bench: + crun, runc and libcgroup tools for the side-by-side peers
 set -euo pipefail
 pkgs=(gcc libc6-dev pkg-config procps iproute2 nftables libpam0g-dev)
 case "${1:-run}" in
 run) ;;
-test) pkgs+=(dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux iputils-ping iperf3 pamtester openssh-server openssh-client slurm-wlm munge openssl) ;;
+test) pkgs+=(dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux iputils-ping iperf3 pamtester openssh-server openssh-client slurm-wlm munge openssl prometheus) ;;
 bench) pkgs+=(crun runc cgroup-tools) ;;
 *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac

@@ -16,6 +16,8 @@ fi
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== alert rules, their unit tests and the Grafana dashboard"
+scripts/check-monitoring.sh
 echo "== build (debug for the host suite, release for the emulated v2 guest)"
 cargo build --workspace
 cargo build --release --bins

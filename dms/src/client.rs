@@ -30,6 +30,8 @@ pub trait Manager {
     ) -> zbus::Result<(i32, i32)>;
     fn reload_policies(&self) -> zbus::Result<Vec<String>>;
     fn status(&self) -> zbus::Result<String>;
+    fn node_status(&self) -> zbus::Result<String>;
+    fn usage_records(&self, filter: &str) -> zbus::Result<String>;
     fn map_identity(&self, dn: &str, fqans: &[String]) -> zbus::Result<String>;
     fn list_accounts(&self) -> zbus::Result<String>;
     fn get_account(&self, name: &str) -> zbus::Result<String>;
@@ -40,6 +42,16 @@ pub trait Manager {
     /// Emitted on every domain state change; `new` is "destroyed" when a domain is removed.
     #[zbus(signal)]
     fn state_changed(&self, name: String, old: String, new: String) -> zbus::Result<()>;
+    /// Emitted by the Domain Monitor for each limit event.
+    #[zbus(signal)]
+    fn limit_event(
+        &self,
+        domain: String,
+        kind: String,
+        count: u64,
+        action: String,
+        detail: String,
+    ) -> zbus::Result<()>;
 }
 
 /// Where to reach dmsd.

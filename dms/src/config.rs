@@ -46,6 +46,28 @@ link_prefix = "dmsv"
 # from a domain: set servers here then).
 dns = []
 
+# Monitoring: Prometheus /metrics, /status (JSON) and /healthz over HTTP, and the Domain Monitor.
+[metrics]
+# Address to serve on; "" turns the HTTP endpoint off. /status shows every domain and has no
+# authentication: keep it on loopback or a trusted management network.
+listen = "127.0.0.1:9477"
+# One collection reads domains for at most this long; the rest are shown with their last
+# values and dms_domain_stale = 1, so a scrape answers within its timeout.
+collect_budget_ms = 2000
+# The Domain Monitor checks every domain's counters this often (OOM kills and pids limit hits
+# are also noticed at once through kernel notifications).
+monitor_interval_ms = 5000
+
+# Usage records, written when a domain ends: usage.jsonl (JSON lines) and ur/*.xml (OGF Usage
+# Record 1.0), in <state_dir>/usage unless dir is set.
+[usage]
+dir = ""
+# Rotate usage.jsonl beyond this size, keeping this many old files.
+max_bytes = 67108864
+keep = 5
+# Keep at most this many XML records (the oldest are removed).
+max_xml_files = 100000
+
 # Grid identities to local accounts, and PAM sessions.
 [accounts]
 # "DN" account, "DN" .pool, "/vo/group/Role=r" .pool, "/vo/*" .pool (a missing file is empty).
@@ -111,6 +133,60 @@ pub struct Config {
     pub network: crate::net::NetConfig,
     /// Account mapping and PAM sessions.
     pub accounts: crate::accounts::AccountsConfig,
+    /// HTTP endpoint and Domain Monitor.
+    pub metrics: MetricsConfig,
+    /// Usage records.
+    pub usage: UsageConfig,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// HTTP address, or "" for none.
+    pub listen: String,
+    /// Read budget of one collection.
+    pub collect_budget_ms: u64,
+    /// Domain Monitor period.
+    pub monitor_interval_ms: u64,
+}
+
+/// `[usage]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Directory, or "" for `<state_dir>/usage`.
+    pub dir: PathBuf,
+    /// Rotation size of usage.jsonl.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: usize,
+    /// XML records kept.
+    pub max_xml_files: usize,
+}
+
+impl Config {
+    /// Where usage records go.
+    pub fn usage_dir(&self) -> PathBuf {
+        if self.usage.dir.as_os_str().is_empty() {
+            self.state_dir.join("usage")
+        } else {
+            self.usage.dir.clone()
+        }
+    }
+
+    /// The HTTP address, if any.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        if self.metrics.listen.is_empty() {
+            return Ok(None);
+        }
+        self.metrics.listen.parse().map(Some).map_err(|e| {
+            anyhow::anyhow!(
+                "config: metrics.listen = {:?}: {e} (expected ADDRESS:PORT, e.g. \"127.0.0.1:9477\", or \"\" for none)",
+                self.metrics.listen
+            )
+        })
+    }
 }
 
 /// Whether to serve on the system bus.
@@ -156,6 +232,20 @@ impl Config {
         cfg.network
             .validate()
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        cfg.metrics_addr()?;
+        if cfg.metrics.monitor_interval_ms < 100 {
+            anyhow::bail!(
+                "config: metrics.monitor_interval_ms = {}: must be at least 100",
+                cfg.metrics.monitor_interval_ms
+            );
+        }
+        if cfg.usage.keep == 0 || cfg.usage.max_bytes < 4096 {
+            anyhow::bail!(
+                "config: usage.keep = {} and usage.max_bytes = {}: keep must be at least 1 and max_bytes at least 4096",
+                cfg.usage.keep,
+                cfg.usage.max_bytes
+            );
+        }
         let mut cfg = cfg;
         cfg.accounts
             .finish()
@@ -197,6 +287,18 @@ mod tests {
         std::fs::write(t.path(), "[network]\npool = \"198.18.0.1/24\"\n").unwrap();
         let e = format!("{:#}", Config::load(Some(t.path())).unwrap_err());
         assert!(e.contains("network.pool"), "{e}");
+        std::fs::write(t.path(), "[metrics]\nlisten = \"localhost\"\n").unwrap();
+        let e = format!("{:#}", Config::load(Some(t.path())).unwrap_err());
+        assert!(
+            e.contains("metrics.listen") && e.contains("localhost"),
+            "{e}"
+        );
+        std::fs::write(t.path(), "[metrics]\nlisten = \"\"\n").unwrap();
+        assert!(Config::load(Some(t.path()))
+            .unwrap()
+            .metrics_addr()
+            .unwrap()
+            .is_none());
         std::fs::write(t.path(), "sockett = \"/x\"\n").unwrap();
         let e = format!("{:#}", Config::load(Some(t.path())).unwrap_err());
         assert!(e.contains("sockett"), "{e}");

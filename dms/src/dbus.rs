@@ -99,10 +99,11 @@ impl Api {
 
     async fn blocking<T: Send + 'static>(
         &self,
+        method: &'static str,
         f: impl FnOnce(&Service) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, DmsError> {
         let svc = Arc::clone(&self.svc);
-        tokio::task::spawn_blocking(move || f(&svc))
+        tokio::task::spawn_blocking(move || svc.timed(method, f))
             .await
             .map_err(|e| DmsError::Failed(format!("internal error: {e}")))?
             .map_err(DmsError::from)
@@ -132,7 +133,9 @@ impl Api {
             fqan: Some(fqan),
             job: Some(job),
         };
-        let d = self.blocking(move |s| s.ensure(&c, &req)).await?;
+        let d = self
+            .blocking("ensure_domain", move |s| s.ensure(&c, &req))
+            .await?;
         json(&d)
     }
 
@@ -144,7 +147,9 @@ impl Api {
         name: String,
     ) -> Result<String, DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        let v = self.blocking(move |s| s.get(&c, &name)).await?;
+        let v = self
+            .blocking("get_domain", move |s| s.get(&c, &name))
+            .await?;
         json(&v)
     }
 
@@ -155,7 +160,9 @@ impl Api {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        let v = self.blocking(move |s| Ok(s.list(&c))).await?;
+        let v = self
+            .blocking("list_domains", move |s| Ok(s.list(&c)))
+            .await?;
         json(&v)
     }
 
@@ -167,7 +174,8 @@ impl Api {
         name: String,
     ) -> Result<(), DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        self.blocking(move |s| s.destroy(&c, &name)).await
+        self.blocking("destroy_domain", move |s| s.destroy(&c, &name))
+            .await
     }
 
     /// Freezes a domain; returns when every process is stopped.
@@ -178,7 +186,8 @@ impl Api {
         name: String,
     ) -> Result<(), DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        self.blocking(move |s| s.freeze(&c, &name)).await
+        self.blocking("freeze_domain", move |s| s.freeze(&c, &name))
+            .await
     }
 
     /// Thaws a frozen domain.
@@ -189,7 +198,8 @@ impl Api {
         name: String,
     ) -> Result<(), DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        self.blocking(move |s| s.thaw(&c, &name)).await
+        self.blocking("thaw_domain", move |s| s.thaw(&c, &name))
+            .await
     }
 
     /// What a single-threaded root process needs to enter a running container domain itself
@@ -201,7 +211,9 @@ impl Api {
         name: String,
     ) -> Result<String, DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        let t = self.blocking(move |s| s.join_info(&c, &name)).await?;
+        let t = self
+            .blocking("join_info", move |s| s.join_info(&c, &name))
+            .await?;
         json(&t)
     }
 
@@ -214,7 +226,8 @@ impl Api {
         pid: i32,
     ) -> Result<(), DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        self.blocking(move |s| s.attach(&c, &name, pid)).await
+        self.blocking("attach_pid", move |s| s.attach(&c, &name, pid))
+            .await
     }
 
     /// Runs a command in a domain. `stdio` holds 0 or 3 fds (stdin, stdout, stderr); with
@@ -247,7 +260,7 @@ impl Api {
             user: Some(user),
         };
         let result = self
-            .blocking(move |s| {
+            .blocking("run", move |s| {
                 let raw: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
                 let child = s.run(&c, &req, &raw)?;
                 drop(stdio);
@@ -272,7 +285,8 @@ impl Api {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<String>, DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        self.blocking(move |s| s.reload(&c)).await
+        self.blocking("reload_policies", move |s| s.reload(&c))
+            .await
     }
 
     /// Maps a grid identity (DN, FQANs primary first) to a local account, leasing a pool
@@ -286,7 +300,7 @@ impl Api {
     ) -> Result<String, DmsError> {
         let c = self.caller(&hdr, conn).await?;
         let v = self
-            .blocking(move |s| s.map_identity(&c, &dn, &fqans))
+            .blocking("map_identity", move |s| s.map_identity(&c, &dn, &fqans))
             .await?;
         json(&v)
     }
@@ -298,7 +312,9 @@ impl Api {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        let v = self.blocking(move |s| s.accounts(&c)).await?;
+        let v = self
+            .blocking("list_accounts", move |s| s.accounts(&c))
+            .await?;
         json(&v)
     }
 
@@ -310,7 +326,9 @@ impl Api {
         name: String,
     ) -> Result<String, DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        let v = self.blocking(move |s| s.account(&c, &name)).await?;
+        let v = self
+            .blocking("get_account", move |s| s.account(&c, &name))
+            .await?;
         json(&v)
     }
 
@@ -322,7 +340,8 @@ impl Api {
         name: String,
     ) -> Result<(), DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        self.blocking(move |s| s.release_account(&c, &name)).await
+        self.blocking("release_account", move |s| s.release_account(&c, &name))
+            .await
     }
 
     /// Open PAM sessions (JSON array): all for admins, the caller's own otherwise.
@@ -332,7 +351,9 @@ impl Api {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        let v = self.blocking(move |s| Ok(s.sessions(&c))).await?;
+        let v = self
+            .blocking("list_sessions", move |s| Ok(s.sessions(&c)))
+            .await?;
         json(&v)
     }
 
@@ -348,7 +369,7 @@ impl Api {
         let c = self.caller(&hdr, conn).await?;
         let cpus = (cpus > 0).then_some(cpus);
         let v = self
-            .blocking(move |s| s.job_start(&c, &id, &user, cpus))
+            .blocking("job_start", move |s| s.job_start(&c, &id, &user, cpus))
             .await?;
         json(&v)
     }
@@ -361,31 +382,85 @@ impl Api {
         id: String,
     ) -> Result<Vec<String>, DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        self.blocking(move |s| s.job_finish(&c, &id)).await
+        self.blocking("job_finish", move |s| s.job_finish(&c, &id))
+            .await
     }
 
     /// Node and daemon status (JSON).
+    /// Node status with every visible domain's quotas and usage (JSON, docs/status.md).
+    async fn node_status(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let v = self
+            .blocking("node_status", move |s| Ok(s.status_report(&c)))
+            .await?;
+        json(&v)
+    }
+
+    /// Usage records matching a JSON filter (`{"vo":..,"account":..,"domain":..,"job":..,
+    /// "since":..,"until":..}`, all optional), as a JSON array.
+    async fn usage_records(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        filter: String,
+    ) -> Result<String, DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        let f: dms_accounting::records::UsageFilter = if filter.is_empty() {
+            Default::default()
+        } else {
+            serde_json::from_str(&filter)
+                .map_err(|e| DmsError::InvalidArgument(format!("usage filter: {e}")))?
+        };
+        let v = self
+            .blocking("usage_records", move |s| s.usage_records(&c, &f))
+            .await?;
+        json(&v)
+    }
+
     async fn status(&self) -> Result<String, DmsError> {
-        let v = self.blocking(|s| Ok(s.status())).await?;
+        let v = self.blocking("status", |s| Ok(s.status())).await?;
         json(&v)
     }
 }
 
-/// Emits `StateChanged(name, old, new)` on a connection.
-pub async fn emit_state_changed(
-    conn: &Connection,
-    change: &crate::service::StateChange,
-) -> zbus::Result<()> {
-    conn.emit_signal(
-        None::<&str>,
-        OBJECT_PATH,
-        INTERFACE,
-        "StateChanged",
-        &(
-            change.name.as_str(),
-            change.old.as_str(),
-            change.new.as_str(),
-        ),
-    )
-    .await
+/// Emits `StateChanged(name, old, new)` or `LimitEvent(domain, kind, count, action, detail)`
+/// on a connection.
+pub async fn emit_signal(conn: &Connection, signal: &crate::service::Signal) -> zbus::Result<()> {
+    use crate::service::Signal;
+    match signal {
+        Signal::State(change) => {
+            conn.emit_signal(
+                None::<&str>,
+                OBJECT_PATH,
+                INTERFACE,
+                "StateChanged",
+                &(
+                    change.name.as_str(),
+                    change.old.as_str(),
+                    change.new.as_str(),
+                ),
+            )
+            .await
+        }
+        Signal::Limit(ev) => {
+            conn.emit_signal(
+                None::<&str>,
+                OBJECT_PATH,
+                INTERFACE,
+                "LimitEvent",
+                &(
+                    ev.domain.as_str(),
+                    ev.kind.as_str(),
+                    ev.count,
+                    ev.action.as_str(),
+                    ev.detail.as_str(),
+                ),
+            )
+            .await
+        }
+    }
 }

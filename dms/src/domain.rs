@@ -5,7 +5,7 @@ use dms_accounting::Usage;
 use dms_policies::{BackendKind, Granularity, Permission, Priority, Quotas};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::cgroup::{CgroupError, Cgroups, Limits, StuckProcess};
 use crate::spawn::{Child, Enter, InitSpec, SpawnError, SpawnRequest, Spawner};
@@ -87,6 +87,9 @@ pub struct Domain {
     /// What happens when the domain's last session ends.
     #[serde(default)]
     pub idle: dms_policies::IdlePolicy,
+    /// What the Domain Monitor does on each kind of limit event.
+    #[serde(default)]
+    pub monitor: dms_policies::MonitorPolicy,
     /// Lifecycle state.
     pub state: DomainState,
     /// Unix seconds.
@@ -148,6 +151,14 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// The domain's resources are gone (removed under us): not a fault when reading usage.
+    pub fn is_vanished(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Usage(dms_accounting::UsageError::Vanished(_))
+        )
+    }
+
     /// Processes that blocked a freeze, when that is what failed.
     pub fn stuck(&self) -> Option<&[StuckProcess]> {
         match self {
@@ -167,6 +178,16 @@ pub struct LiveDomain {
     pub name: String,
     /// Whether it is frozen now.
     pub frozen: bool,
+}
+
+/// Something the Domain Monitor can wait on instead of polling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSource {
+    /// A cgroup v1 memory directory: register an eventfd on its `memory.oom_control`.
+    OomControl(PathBuf),
+    /// A file the kernel marks modified (inotify IN_MODIFY) when its counters change, such as
+    /// v2 `memory.events` or `pids.events`.
+    Modified(PathBuf),
 }
 
 /// Called with a domain's name when its init process dies.
@@ -198,14 +219,35 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn join_target(&self, domain: &Domain) -> Result<JoinTarget, BackendError>;
     /// Registers the function called when a domain's init dies.
     fn on_init_exit(&self, handler: InitExitHandler);
-    /// Current usage.
-    fn stats(&self, name: &str) -> Result<Usage, BackendError>;
+    /// Current usage; `runtime` names the links whose counters belong to the domain.
+    fn stats(&self, name: &str, runtime: &Runtime) -> Result<Usage, BackendError>;
+    /// Files whose change signals a limit event (for the Domain Monitor).
+    fn event_sources(&self, name: &str) -> Vec<EventSource>;
     /// Pids in the domain.
     fn members(&self, name: &str) -> Result<Vec<i32>, BackendError>;
     /// The domains this backend has on the host (for reconcile).
     fn list(&self) -> Result<Vec<LiveDomain>, BackendError>;
     /// After reconcile: removes resources no domain owns (links, rules); returns them.
     fn sweep(&self) -> Result<Vec<String>, BackendError>;
+}
+
+/// Where network interfaces' counters are.
+const SYS_CLASS_NET: &str = "/sys/class/net";
+
+/// A domain's kept-open stat files.
+struct DomainReaders {
+    cgroup: dms_accounting::UsageReader,
+    net: Option<dms_accounting::NetReader>,
+    /// The link `net` reads, to notice a re-created link.
+    host_if: Option<String>,
+}
+
+impl std::fmt::Debug for DomainReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DomainReaders")
+            .field("host_if", &self.host_if)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Container domains: cgroups plus namespaces held by a per-domain init.
@@ -215,7 +257,7 @@ pub struct ContainerBackend {
     spawner: Spawner,
     freeze_timeout: std::time::Duration,
     /// Stat files opened once per domain and re-read with pread.
-    readers: parking_lot::Mutex<std::collections::HashMap<String, dms_accounting::UsageReader>>,
+    readers: parking_lot::Mutex<std::collections::HashMap<String, DomainReaders>>,
     inits: InitWatcher,
     resolv_conf: Option<PathBuf>,
     network: crate::net::Network,
@@ -385,23 +427,51 @@ impl Backend for ContainerBackend {
         self.inits.set_handler(handler);
     }
 
-    fn stats(&self, name: &str) -> Result<Usage, BackendError> {
+    fn stats(&self, name: &str, runtime: &Runtime) -> Result<Usage, BackendError> {
         let mut readers = self.readers.lock();
-        if !readers.contains_key(name) {
-            readers.insert(name.to_string(), self.cgroups.usage_reader(name)?);
+        let host_if = runtime.net.as_ref().map(|n| n.host_if.as_str());
+        let relink = readers
+            .get(name)
+            .is_some_and(|r| r.host_if.as_deref() != host_if);
+        if relink || !readers.contains_key(name) {
+            let cgroup = self.cgroups.usage_reader(name)?;
+            let net = match host_if {
+                Some(link) => Some(dms_accounting::NetReader::open(
+                    Path::new(SYS_CLASS_NET),
+                    link,
+                    dms_accounting::LinkSide::HostPeer,
+                )?),
+                None => None,
+            };
+            readers.insert(
+                name.to_string(),
+                DomainReaders {
+                    cgroup,
+                    net,
+                    host_if: host_if.map(String::from),
+                },
+            );
         }
-        let result = readers.get_mut(name).map(|r| r.read());
-        match result {
-            Some(Ok(u)) => Ok(u),
-            Some(Err(e)) => {
-                // A vanished or broken group: forget the open files, report the error.
-                readers.remove(name);
-                Err(e.into())
-            }
-            None => Err(BackendError::Unsupported(format!(
+        let Some(r) = readers.get_mut(name) else {
+            return Err(BackendError::Unsupported(format!(
                 "no usage reader for {name:?}"
-            ))),
+            )));
+        };
+        let result = r.cgroup.read().and_then(|mut u| {
+            if let Some(net) = &mut r.net {
+                u.network = Some(net.read()?);
+            }
+            Ok(u)
+        });
+        if result.is_err() {
+            // A vanished or broken group: forget the open files, report the error.
+            readers.remove(name);
         }
+        Ok(result?)
+    }
+
+    fn event_sources(&self, name: &str) -> Vec<EventSource> {
+        self.cgroups.event_sources(name)
     }
 
     fn members(&self, name: &str) -> Result<Vec<i32>, BackendError> {

@@ -189,6 +189,15 @@ pub struct StateChange {
     pub new: String,
 }
 
+/// What the daemon signals to D-Bus clients.
+#[derive(Debug, Clone)]
+pub enum Signal {
+    /// A domain changed state.
+    State(StateChange),
+    /// The Domain Monitor saw a limit event.
+    Limit(crate::usage::LimitEvent),
+}
+
 /// What reconcile found and did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReconcileReport {
@@ -227,7 +236,7 @@ pub(crate) type Entry = Arc<Mutex<Domain>>;
 
 /// The daemon core.
 pub struct Service {
-    backend: Arc<dyn Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
     pub(crate) store: Mutex<Store>,
     policy_dir: PathBuf,
     pub(crate) policies: RwLock<(Arc<PolicySet>, u64)>,
@@ -235,13 +244,23 @@ pub struct Service {
     admin_gid: Option<u32>,
     lock_timeout: Duration,
     cgroup_version: String,
-    on_change: Box<dyn Fn(StateChange) + Send + Sync>,
+    pub(crate) on_change: Box<dyn Fn(Signal) + Send + Sync>,
     /// Leases and mapfiles.
     pub(crate) accounts: Mutex<crate::accounts::AccountBook>,
     /// Open PAM sessions and pending idle actions.
     pub(crate) sessions: Mutex<crate::session::SessionBook>,
     /// Batch jobs announced by prologs.
     pub(crate) jobs: Mutex<BTreeMap<String, crate::session::Job>>,
+    /// Request-path counters for /metrics.
+    metrics: crate::metrics::DaemonMetrics,
+    /// Last usage readings and limit events.
+    pub(crate) usage_book: Mutex<crate::usage::UsageBook>,
+    /// Where usage records go (None: not written).
+    pub(crate) records: Option<dms_accounting::records::RecordLog>,
+    /// This node's name, for usage records and status.
+    pub(crate) hostname: String,
+    /// How long one collection may read before the rest is shown stale.
+    pub(crate) collect_budget: Duration,
 }
 
 impl std::fmt::Debug for Service {
@@ -271,6 +290,12 @@ pub struct ServiceOptions {
     pub cgroup_version: String,
     /// Account mapping configuration.
     pub accounts: crate::accounts::AccountsConfig,
+    /// Directory of usage records (None: not written).
+    pub usage_dir: Option<PathBuf>,
+    /// Rotation of the usage records.
+    pub usage_rotate: dms_accounting::records::RotateLimits,
+    /// Read budget of one collection.
+    pub collect_budget: Duration,
 }
 
 /// Why the service could not start.
@@ -295,7 +320,7 @@ impl Service {
         backend: Arc<dyn Backend>,
         store: Store,
         opts: ServiceOptions,
-        on_change: Box<dyn Fn(StateChange) + Send + Sync>,
+        on_change: Box<dyn Fn(Signal) + Send + Sync>,
     ) -> Result<Service, StartError> {
         let set = PolicySet::load_dir(&opts.policy_dir).map_err(|errors| StartError::Policies {
             dir: opts.policy_dir.clone(),
@@ -327,7 +352,67 @@ impl Service {
             accounts: Mutex::new(accounts),
             sessions: Mutex::new(sessions),
             jobs: Mutex::new(jobs),
+            metrics: crate::metrics::DaemonMetrics::default(),
+            usage_book: Mutex::new(crate::usage::UsageBook::default()),
+            records: opts
+                .usage_dir
+                .map(|d| dms_accounting::records::RecordLog::new(&d, opts.usage_rotate)),
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into()),
+            collect_budget: opts.collect_budget,
         })
+    }
+
+    /// The request-path counters.
+    pub fn metrics(&self) -> &crate::metrics::DaemonMetrics {
+        &self.metrics
+    }
+
+    /// Runs one API call, recording its latency and error kind for /metrics.
+    pub fn timed<T>(&self, method: &str, f: impl FnOnce(&Self) -> ApiResult<T>) -> ApiResult<T> {
+        let t = std::time::Instant::now();
+        let r = f(self);
+        self.metrics
+            .api_call(method, t.elapsed(), r.as_ref().err().map(|e| e.kind.name()));
+        r
+    }
+
+    /// Live domains for the Domain Monitor, with their creation time; busy ones are skipped
+    /// (they are picked up on a later pass).
+    pub(crate) fn monitored_domains(&self) -> Vec<(String, u64)> {
+        let entries: Vec<Entry> = self.domains.read().values().cloned().collect();
+        entries
+            .iter()
+            .filter_map(|e| {
+                let d = e.try_lock()?;
+                matches!(d.state, DomainState::Running | DomainState::Frozen)
+                    .then(|| (d.name.clone(), d.created_at))
+            })
+            .collect()
+    }
+
+    /// A live domain's usage, state and monitor policy; None when gone, busy or unreadable.
+    pub(crate) fn monitor_usage(
+        &self,
+        name: &str,
+    ) -> Option<(Usage, (DomainState, dms_policies::MonitorPolicy))> {
+        let e = self.domains.read().get(name).cloned()?;
+        let (state, policy, runtime) = {
+            let d = e.try_lock()?;
+            (d.state, d.monitor, d.runtime.clone())
+        };
+        if !matches!(state, DomainState::Running | DomainState::Frozen) {
+            return None;
+        }
+        let u = self.backend.stats(name, &runtime).ok()?;
+        Some((u, (state, policy)))
+    }
+
+    /// What the monitor can wait on for a domain.
+    pub(crate) fn backend_event_sources(&self, name: &str) -> Vec<crate::domain::EventSource> {
+        self.backend.event_sources(name)
     }
 
     pub(crate) fn is_admin(&self, c: &Caller) -> bool {
@@ -378,11 +463,11 @@ impl Service {
 
     pub(crate) fn emit(&self, name: &str, old: &str, new: &str) {
         tracing::info!(domain = name, old, new, "state change");
-        (self.on_change)(StateChange {
+        (self.on_change)(Signal::State(StateChange {
             name: name.into(),
             old: old.into(),
             new: new.into(),
-        });
+        }));
     }
 
     pub(crate) fn entry(&self, name: &str) -> ApiResult<Entry> {
@@ -531,6 +616,7 @@ impl Service {
                 priority: rule.priority,
                 owner_may: rule.owner_may.clone(),
                 idle: rule.idle,
+                monitor: rule.monitor,
                 state: DomainState::Creating,
                 created_at: t,
                 updated_at: t,
@@ -572,7 +658,7 @@ impl Service {
                 ),
             ));
         }
-        let usage = self.backend.stats(name).ok();
+        let usage = self.backend.stats(name, &d.runtime).ok();
         let processes = self.backend.members(name).ok().map(|m| m.len());
         Ok(DomainView {
             domain: d,
@@ -606,6 +692,16 @@ impl Service {
 
     /// Kills the domain's processes and removes it.
     pub fn destroy(&self, caller: &Caller, name: &str) -> ApiResult<()> {
+        self.destroy_because(caller, name, crate::usage::EndCause::Destroyed)
+    }
+
+    /// Destroys a domain and writes its usage record with `cause`.
+    pub(crate) fn destroy_because(
+        &self,
+        caller: &Caller,
+        name: &str,
+        cause: crate::usage::EndCause,
+    ) -> ApiResult<()> {
         let e = self.entry(name)?;
         let mut d = self.lock(&e)?;
         self.authorize(caller, &d, Permission::Destroy)?;
@@ -613,6 +709,13 @@ impl Service {
             // Thaw so SIGKILL is delivered; destroy kills anyway.
             let _ = self.backend.thaw(name);
         }
+        // The last reading before the processes die is the domain's total use.
+        let usage = self
+            .backend
+            .stats(name, &d.runtime)
+            .ok()
+            .or_else(|| self.usage_book.lock().last(name));
+        let failed = d.state == DomainState::Failed;
         self.set_state(&mut d, DomainState::Stopping, None)?;
         if let Err(be) = self.backend.destroy(name) {
             let msg = be.to_string();
@@ -626,6 +729,10 @@ impl Service {
         self.store.lock().delete(name)?;
         self.domains.write().remove(name);
         self.emit(name, "stopping", "destroyed");
+        if failed {
+            d.state = DomainState::Failed;
+        }
+        self.record_end(&d, usage.as_ref(), cause);
         Ok(())
     }
 
@@ -833,6 +940,12 @@ impl Service {
 
     /// The reload itself (also used on SIGHUP and on file changes).
     pub fn reload_policies(&self) -> ApiResult<Vec<String>> {
+        let r = self.reload_policies_now();
+        self.metrics.policy_reload(r.is_ok());
+        r
+    }
+
+    fn reload_policies_now(&self) -> ApiResult<Vec<String>> {
         if let Err(e) = self.accounts.lock().reload() {
             tracing::error!(error = %e, "mapfile reload failed; the previous mapfiles stay in force");
             return Err(err(
@@ -872,6 +985,11 @@ impl Service {
             let Ok(limits) = limits_from_quotas(&rule.quotas) else {
                 continue;
             };
+            if rule.monitor != d.monitor || rule.idle != d.idle {
+                d.monitor = rule.monitor;
+                d.idle = rule.idle;
+                self.store.lock().put(&d)?;
+            }
             if limits != d.limits || rule.owner_may != d.owner_may || rule.priority != d.priority {
                 let mut updated = d.clone();
                 updated.limits = limits;
@@ -980,6 +1098,14 @@ impl Service {
             Err(e) => tracing::warn!(error = %e, "could not sweep stray network resources"),
         }
         tracing::info!(?report, "reconciled");
+        for (action, n) in [
+            ("adopted", report.adopted.len()),
+            ("marked_failed", report.marked_failed.len()),
+            ("removed_orphans", report.removed_orphans.len()),
+            ("cleaned", report.cleaned.len()),
+        ] {
+            self.metrics.reconcile_actions(action, n);
+        }
         Ok(report)
     }
 }

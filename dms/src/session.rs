@@ -69,6 +69,16 @@ pub struct SessionBook {
 }
 
 impl SessionBook {
+    /// Open sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
     /// Open sessions from the store (their processes are checked by the next tick).
     pub fn load(store: &Store) -> Result<SessionBook, StoreError> {
         let all: Vec<Session> = store.all_records(Table::Sessions)?;
@@ -750,7 +760,9 @@ impl Service {
         };
         let result = match (action, state) {
             (IdleAction::Keep, _) => return,
-            (IdleAction::Destroy, _) => self.destroy(&admin(), name),
+            (IdleAction::Destroy, _) => {
+                self.destroy_because(&admin(), name, crate::usage::EndCause::Idle)
+            }
             (IdleAction::Freeze | IdleAction::Save, DomainState::Running) => {
                 if action == IdleAction::Save {
                     tracing::info!(domain = name, "idle action \"save\" freezes container domains (save/restore is for libvirt guests)");
@@ -853,7 +865,7 @@ impl Service {
             }
             book.idle_due.remove(&name);
             drop(book);
-            match self.destroy(&admin(), &name) {
+            match self.destroy_because(&admin(), &name, crate::usage::EndCause::JobFinished) {
                 Ok(()) => done.push(name),
                 Err(e) => {
                     tracing::warn!(domain = %name, error = %e.message, "destroying a finished job's domain")
@@ -881,21 +893,29 @@ impl Service {
                     service,
                     rhost,
                 }) => self
-                    .pam_account(&user, &service, rhost.as_deref())
+                    .timed("pam_account", |s| {
+                        s.pam_account(&user, &service, rhost.as_deref())
+                    })
                     .map(|()| serde_json::json!({"ok": true})),
-                Ok(PamRequest::Open(req)) => self.pam_open(&req).map(|o| match o {
-                    Opened::Domain { session, target } => serde_json::json!({
-                        "ok": true, "session": session.id, "domain": session.domain,
-                        "target": target,
-                    }),
-                    Opened::Unmanaged(why) => serde_json::json!({"ok": true, "unmanaged": why}),
-                }),
+                Ok(PamRequest::Open(req)) => {
+                    self.timed("pam_open", |s| s.pam_open(&req))
+                        .map(|o| match o {
+                            Opened::Domain { session, target } => serde_json::json!({
+                                "ok": true, "session": session.id, "domain": session.domain,
+                                "target": target,
+                            }),
+                            Opened::Unmanaged(why) => {
+                                serde_json::json!({"ok": true, "unmanaged": why})
+                            }
+                        })
+                }
                 Ok(PamRequest::Close { user, service, pid }) => pam_field("service", &service)
                     .and_then(|()| {
-                        self.pam_close(&user, pid).map(|s| match s {
-                            Some(s) => serde_json::json!({"ok": true, "session": s.id}),
-                            None => serde_json::json!({"ok": true}),
-                        })
+                        self.timed("pam_close", |s| s.pam_close(&user, pid))
+                            .map(|s| match s {
+                                Some(s) => serde_json::json!({"ok": true, "session": s.id}),
+                                None => serde_json::json!({"ok": true}),
+                            })
                     }),
             }
         };

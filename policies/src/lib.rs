@@ -1,9 +1,11 @@
 //! VO policy files and grid identities for DMS.
 //!
 //! Site admins describe, per VO, how members' work is confined: domain
-//! granularity, backend, cgroup quotas, priority, owner permissions and the
-//! isolation of container domains (network, directories, user namespace), with
-//! group and role rules (matched on VOMS FQANs) overriding the VO defaults.
+//! granularity, backend, cgroup quotas, priority, owner permissions, idle
+//! handling, what to do when a domain hits a limit ([`MonitorPolicy`]) and the
+//! isolation of container domains (network, directories, user namespace),
+//! with group and role rules (matched on VOMS FQANs) overriding the VO
+//! defaults.
 //! [`PolicySet`] loads and validates those TOML files, reporting every
 //! problem with its file, line and column, and [`PolicySet::resolve`] gives
 //! the effective [`ResolvedRule`] for an identity.
@@ -22,8 +24,8 @@ pub use error::{PolicyError, PolicyErrors, ResolveError};
 pub use identity::{validate_name, Fqan, FqanError, NameError};
 pub use model::{
     BackendKind, CpuQuota, CpuSet, Granularity, IdleAction, IdlePolicy, IoThrottle, Isolation,
-    MemoryQuota, NetworkMode, NetworkPolicy, PathPolicy, Permission, PortForward, Priority, Proto,
-    Quotas, ResolvedRule, Shaper, UnknownVariant,
+    LimitAction, LimitKind, MemoryQuota, MonitorPolicy, NetworkMode, NetworkPolicy, PathPolicy,
+    Permission, PortForward, Priority, Proto, Quotas, ResolvedRule, Shaper, UnknownVariant,
 };
 pub use policy::PolicySet;
 

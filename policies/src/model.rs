@@ -161,6 +161,170 @@ pub struct IdlePolicy {
     pub after_secs: u64,
 }
 
+named_enum! {
+    /// What the monitor does when a domain hits one of its limits.
+    LimitAction, "limit action", {
+        /// Log, count and signal the event only (the default).
+        #[default]
+        Notify = "notify",
+        /// Freeze the domain.
+        Freeze = "freeze",
+        /// Destroy the domain.
+        Kill = "kill",
+    }
+}
+
+/// A limit event the monitor watches for in a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    /// Memory usage hit the hard limit (`memory.limit`).
+    MemoryLimit,
+    /// The kernel's OOM killer killed a process of the domain.
+    OomKill,
+    /// A fork was refused by the `pids` limit.
+    PidsLimit,
+    /// More than `cpu_throttled_ratio` of the CFS periods of a monitor
+    /// interval were throttled by `cpu.limit`.
+    CpuThrottled,
+    /// Packets of the domain were dropped (shaping or queue overflow).
+    NetworkDrops,
+}
+
+impl LimitKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [LimitKind; 5] = [
+        LimitKind::MemoryLimit,
+        LimitKind::OomKill,
+        LimitKind::PidsLimit,
+        LimitKind::CpuThrottled,
+        LimitKind::NetworkDrops,
+    ];
+    const NAMES: &'static [&'static str] = &[
+        "memory_limit",
+        "oom_kill",
+        "pids_limit",
+        "cpu_throttled",
+        "network_drops",
+    ];
+
+    /// The name used in policy files (the key in `monitor = { ... }`) and
+    /// serialized output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::MemoryLimit => "memory_limit",
+            LimitKind::OomKill => "oom_kill",
+            LimitKind::PidsLimit => "pids_limit",
+            LimitKind::CpuThrottled => "cpu_throttled",
+            LimitKind::NetworkDrops => "network_drops",
+        }
+    }
+}
+
+impl FromStr for LimitKind {
+    type Err = UnknownVariant;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        LimitKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownVariant {
+                what: "limit kind",
+                value: s.to_owned(),
+                expected: Self::NAMES,
+            })
+    }
+}
+
+impl fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the monitor does about each kind of limit event of a domain.
+///
+/// The CPU throttling threshold is kept in thousandths
+/// (`cpu_throttled_permille`) rather than as an `f64`, so that this type and
+/// [`ResolvedRule`] keep `Eq` and `Hash`; policy files write it as the ratio
+/// `cpu_throttled_ratio = 0.5`, and [`MonitorPolicy::cpu_throttled_ratio`]
+/// gives it back as a fraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MonitorPolicy {
+    /// Memory usage reached the hard limit.
+    pub memory_limit: LimitAction,
+    /// The OOM killer killed a process.
+    pub oom_kill: LimitAction,
+    /// A fork was refused by the pids limit.
+    pub pids_limit: LimitAction,
+    /// CPU throttling above the threshold.
+    pub cpu_throttled: LimitAction,
+    /// Dropped network packets.
+    pub network_drops: LimitAction,
+    /// Throttled fraction of the CFS periods within one monitor interval,
+    /// in thousandths (1..=1000), above which a
+    /// [`LimitKind::CpuThrottled`] event is raised. Default 500 (0.5).
+    pub cpu_throttled_permille: u32,
+}
+
+impl MonitorPolicy {
+    /// The default `cpu_throttled_permille`: half of the periods.
+    pub const DEFAULT_CPU_THROTTLED_PERMILLE: u32 = 500;
+
+    /// The action for one kind of event.
+    pub fn action(&self, kind: LimitKind) -> LimitAction {
+        match kind {
+            LimitKind::MemoryLimit => self.memory_limit,
+            LimitKind::OomKill => self.oom_kill,
+            LimitKind::PidsLimit => self.pids_limit,
+            LimitKind::CpuThrottled => self.cpu_throttled,
+            LimitKind::NetworkDrops => self.network_drops,
+        }
+    }
+
+    /// Sets the action for one kind of event.
+    pub fn set_action(&mut self, kind: LimitKind, action: LimitAction) {
+        let slot = match kind {
+            LimitKind::MemoryLimit => &mut self.memory_limit,
+            LimitKind::OomKill => &mut self.oom_kill,
+            LimitKind::PidsLimit => &mut self.pids_limit,
+            LimitKind::CpuThrottled => &mut self.cpu_throttled,
+            LimitKind::NetworkDrops => &mut self.network_drops,
+        };
+        *slot = action;
+    }
+
+    /// The CPU throttling threshold as a fraction in (0, 1], as written in
+    /// the policy (`cpu_throttled_ratio`).
+    pub fn cpu_throttled_ratio(&self) -> f64 {
+        f64::from(self.cpu_throttled_permille) / 1000.0
+    }
+
+    /// Whether `throttled` throttled periods out of `periods` CFS periods
+    /// (the deltas of `cpu.stat` `nr_throttled` and `nr_periods` over one
+    /// monitor interval) are above the threshold. Exact integer arithmetic;
+    /// false when no period elapsed.
+    pub fn cpu_throttled_exceeded(&self, throttled: u64, periods: u64) -> bool {
+        periods > 0
+            && u128::from(throttled) * 1000
+                > u128::from(self.cpu_throttled_permille) * u128::from(periods)
+    }
+}
+
+impl Default for MonitorPolicy {
+    fn default() -> Self {
+        MonitorPolicy {
+            memory_limit: LimitAction::default(),
+            oom_kill: LimitAction::default(),
+            pids_limit: LimitAction::default(),
+            cpu_throttled: LimitAction::default(),
+            network_drops: LimitAction::default(),
+            cpu_throttled_permille: Self::DEFAULT_CPU_THROTTLED_PERMILLE,
+        }
+    }
+}
+
 /// CPU bandwidth and share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct CpuQuota {
@@ -402,6 +566,9 @@ pub struct ResolvedRule {
     pub owner_may: BTreeSet<Permission>,
     /// Idle handling.
     pub idle: IdlePolicy,
+    /// What to do about limit events (OOM kills, throttling, ...).
+    #[serde(default)]
+    pub monitor: MonitorPolicy,
     /// Network, file-system and user-namespace isolation (container domains).
     #[serde(default)]
     pub isolation: Isolation,
@@ -424,6 +591,7 @@ impl ResolvedRule {
             priority: Priority::default(),
             owner_may: default_owner_may(),
             idle: IdlePolicy::default(),
+            monitor: MonitorPolicy::default(),
             isolation: Isolation::default(),
             source,
         }
@@ -492,6 +660,72 @@ mod tests {
         assert_eq!(r.isolation.paths, PathPolicy::default());
         assert!(!r.isolation.userns);
         assert_eq!(Proto::default(), Proto::Tcp);
+    }
+
+    #[test]
+    fn monitor_names_and_actions() {
+        for a in LimitAction::ALL {
+            assert_eq!(a.as_str().parse::<LimitAction>().unwrap(), *a);
+        }
+        assert_eq!(LimitAction::default(), LimitAction::Notify);
+        let names: Vec<&str> = LimitKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "memory_limit",
+                "oom_kill",
+                "pids_limit",
+                "cpu_throttled",
+                "network_drops"
+            ]
+        );
+        let mut m = MonitorPolicy::default();
+        for k in LimitKind::ALL {
+            assert_eq!(k.as_str().parse::<LimitKind>().unwrap(), k);
+            assert_eq!(k.to_string(), k.as_str());
+            assert_eq!(m.action(k), LimitAction::Notify);
+            m.set_action(k, LimitAction::Kill);
+            assert_eq!(m.action(k), LimitAction::Kill);
+        }
+        assert_eq!(
+            "oom".parse::<LimitKind>().unwrap_err().to_string(),
+            r#""oom" is not a valid limit kind; expected one of "memory_limit", "oom_kill", "pids_limit", "cpu_throttled", "network_drops""#
+        );
+        // serde names match as_str.
+        #[derive(Serialize, Deserialize)]
+        struct W {
+            k: LimitKind,
+            a: LimitAction,
+        }
+        let text = toml::to_string(&W {
+            k: LimitKind::CpuThrottled,
+            a: LimitAction::Freeze,
+        })
+        .unwrap();
+        assert_eq!(text, "k = \"cpu_throttled\"\na = \"freeze\"\n");
+    }
+
+    #[test]
+    fn cpu_throttled_threshold() {
+        let m = MonitorPolicy::default();
+        assert_eq!(m.cpu_throttled_permille, 500);
+        assert!((m.cpu_throttled_ratio() - 0.5).abs() < 1e-12);
+        // Strictly above the ratio.
+        assert!(!m.cpu_throttled_exceeded(50, 100));
+        assert!(m.cpu_throttled_exceeded(51, 100));
+        assert!(!m.cpu_throttled_exceeded(0, 0));
+        assert!(m.cpu_throttled_exceeded(u64::MAX, u64::MAX));
+        let all = MonitorPolicy {
+            cpu_throttled_permille: 1000,
+            ..m
+        };
+        assert!(!all.cpu_throttled_exceeded(100, 100));
+        let tiny = MonitorPolicy {
+            cpu_throttled_permille: 1,
+            ..m
+        };
+        assert!(tiny.cpu_throttled_exceeded(1, 999));
+        assert!(!tiny.cpu_throttled_exceeded(1, 1000));
     }
 
     #[test]

@@ -10,10 +10,12 @@ use serde_spanned::Spanned;
 use crate::error::{PolicyError, PolicyErrors, ResolveError};
 use crate::identity::{validate_name, Fqan};
 use crate::model::{
-    BackendKind, CpuSet, Granularity, IdleAction, IoThrottle, NetworkMode, Permission, PortForward,
-    Priority, ResolvedRule, Shaper, UnknownVariant,
+    BackendKind, CpuSet, Granularity, IdleAction, IoThrottle, LimitAction, LimitKind, NetworkMode,
+    Permission, PortForward, Priority, ResolvedRule, Shaper, UnknownVariant,
 };
-use crate::raw::{Common, RawFile, RawIo, RawNetwork, RawPaths, RawRule, RawVo, Scalar};
+use crate::raw::{
+    Common, RawFile, RawIo, RawMonitor, RawNetwork, RawPaths, RawRule, RawVo, Scalar,
+};
 use crate::units::{self, format_size, UnitError};
 
 /// Smallest accepted memory limit: below this a domain cannot even start.
@@ -37,6 +39,8 @@ const OTHER_QDISCS: &[&str] = &[
     "gred", "hfsc", "cbq", "drr", "qfq", "ets", "prio", "multiq", "hhf", "skbprio", "cbs", "etf",
     "taprio", "plug",
 ];
+/// The key of `monitor = { ... }` that is not an action.
+const MONITOR_RATIO_KEY: &str = "cpu_throttled_ratio";
 /// Longest value quoted "as written" in an error.
 const MAX_WRITTEN: usize = 80;
 
@@ -65,6 +69,10 @@ struct Layer {
     owner_may: Option<BTreeSet<Permission>>,
     idle_action: Option<IdleAction>,
     idle_after: Option<u64>,
+    /// The `monitor` actions this layer sets, in the order written.
+    monitor_actions: Vec<(LimitKind, LimitAction)>,
+    /// `monitor.cpu_throttled_ratio`, in thousandths.
+    monitor_ratio: Option<u32>,
     net_mode: Option<NetworkMode>,
     egress: Option<u64>,
     ingress: Option<u64>,
@@ -115,6 +123,10 @@ impl Layer {
         set(&mut r.owner_may, &self.owner_may);
         set(&mut r.idle.action, &self.idle_action);
         set(&mut r.idle.after_secs, &self.idle_after);
+        for &(kind, action) in &self.monitor_actions {
+            r.monitor.set_action(kind, action);
+        }
+        set(&mut r.monitor.cpu_throttled_permille, &self.monitor_ratio);
         let net = &mut r.isolation.network;
         set(&mut net.mode, &self.net_mode);
         set_opt(&mut net.egress, &self.egress);
@@ -713,6 +725,35 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// A ratio in (0, 1] with at most three decimals, in thousandths.
+    fn permille(&mut self, v: &Spanned<Scalar>, field: &str) -> Option<u32> {
+        let ratio = match *v.get_ref() {
+            Scalar::Float(r) => r,
+            // `1` is as good as `1.0`; `0` and the rest fail the range check.
+            Scalar::Int(n) => n as f64,
+            _ => {
+                self.type_error(v, field, "a number greater than 0 and at most 1 (e.g. 0.5)");
+                return None;
+            }
+        };
+        if !(ratio > 0.0 && ratio <= 1.0) {
+            self.error(&v.span(), field, "must be greater than 0 and at most 1");
+            return None;
+        }
+        let scaled = ratio * 1000.0;
+        let rounded = scaled.round();
+        if (scaled - rounded).abs() > 1e-6 || rounded < 1.0 {
+            self.error(
+                &v.span(),
+                field,
+                "at most 3 decimals are supported (thousandths, e.g. 0.125 or 0.001)",
+            );
+            return None;
+        }
+        // In 1..=1000 by the checks above.
+        Some(rounded as u32)
+    }
+
     fn cpu(&mut self, v: &Spanned<Scalar>, field: &str) -> Option<u32> {
         let r = match v.get_ref() {
             Scalar::Int(n) => units::cpu_from_int(*n),
@@ -1023,6 +1064,9 @@ fn parse_layer(cx: &mut Cx<'_>, path: &str, c: Common<'_>) -> Layer {
             });
         }
     }
+    if let Some(monitor) = c.monitor {
+        parse_monitor(cx, &f("monitor"), monitor.get_ref(), &mut l);
+    }
     if let Some(net) = c.network {
         parse_network(cx, &f("network"), net.get_ref(), &mut l);
     }
@@ -1033,6 +1077,30 @@ fn parse_layer(cx: &mut Cx<'_>, path: &str, c: Common<'_>) -> Layer {
         l.userns = cx.boolean(v, &f("userns"));
     }
     l
+}
+
+/// Parses `monitor = { ... }` into `l`: one action per [`LimitKind`] key,
+/// plus `cpu_throttled_ratio`.
+fn parse_monitor(cx: &mut Cx<'_>, path: &str, raw: &RawMonitor, l: &mut Layer) {
+    for (name, v) in &raw.0 {
+        let field = format!("{path}.{}", key(name.get_ref()));
+        if name.get_ref() == MONITOR_RATIO_KEY {
+            l.monitor_ratio = cx.permille(v, &field);
+        } else if let Ok(kind) = name.get_ref().parse::<LimitKind>() {
+            if let Some(action) = cx.enumeration::<LimitAction>(v, &field) {
+                l.monitor_actions.push((kind, action));
+            }
+        } else {
+            let keys: Vec<&str> = LimitKind::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .chain([MONITOR_RATIO_KEY])
+                .collect();
+            let value = cx.written(&v.span());
+            let msg = format!("unknown monitor key; expected {}", either_list(&keys));
+            cx.push(&name.span(), &field, value, msg);
+        }
+    }
 }
 
 /// Parses `network = { ... }` into `l`.

@@ -171,6 +171,36 @@ pub(crate) struct RawIdle {
     pub after: Field,
 }
 
+/// `monitor = { ... }`: kept as written, key by key, so that an unknown
+/// key is reported with its own field name and value (and does not stop
+/// the other checks) instead of failing the whole file.
+#[derive(Debug)]
+pub(crate) struct RawMonitor(pub Vec<(Spanned<String>, Spanned<Scalar>)>);
+
+impl<'de> Deserialize<'de> for RawMonitor {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(MonitorVisitor)
+    }
+}
+
+struct MonitorVisitor;
+
+impl<'de> Visitor<'de> for MonitorVisitor {
+    type Value = RawMonitor;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a table like { oom_kill = \"kill\", cpu_throttled_ratio = 0.5 }")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMonitor, A::Error> {
+        let mut out = Vec::new();
+        while let Some(entry) = map.next_entry::<Spanned<String>, Spanned<Scalar>>()? {
+            out.push(entry);
+        }
+        Ok(RawMonitor(out))
+    }
+}
+
 /// `network = { ... }`.
 #[derive(Debug, Deserialize)]
 #[serde(
@@ -221,6 +251,7 @@ pub(crate) struct Common<'a> {
     pub priority: Option<&'a Spanned<Scalar>>,
     pub owner_may: Option<&'a Spanned<Vec<Spanned<Scalar>>>>,
     pub idle: Option<&'a Spanned<RawIdle>>,
+    pub monitor: Option<&'a Spanned<RawMonitor>>,
     pub network: Option<&'a Spanned<RawNetwork>>,
     pub paths: Option<&'a Spanned<RawPaths>>,
     pub userns: Option<&'a Spanned<Scalar>>,
@@ -247,6 +278,7 @@ macro_rules! section {
             #[serde(default)] pub priority: Field,
             #[serde(default)] pub owner_may: List,
             #[serde(default)] pub idle: Option<Spanned<RawIdle>>,
+            #[serde(default)] pub monitor: Option<Spanned<RawMonitor>>,
             #[serde(default)] pub network: Option<Spanned<RawNetwork>>,
             #[serde(default)] pub paths: Option<Spanned<RawPaths>>,
             #[serde(default)] pub userns: Field,
@@ -266,6 +298,7 @@ macro_rules! section {
                     priority: self.priority.as_ref(),
                     owner_may: self.owner_may.as_ref(),
                     idle: self.idle.as_ref(),
+                    monitor: self.monitor.as_ref(),
                     network: self.network.as_ref(),
                     paths: self.paths.as_ref(),
                     userns: self.userns.as_ref(),

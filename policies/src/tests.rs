@@ -161,6 +161,8 @@ fn examples_load_cleanly() {
 
     let atlas = set.resolve("atlas", None).unwrap();
     assert!(atlas.source.ends_with("atlas.toml"));
+    // atlas spells out the monitor defaults.
+    assert_eq!(atlas.monitor, MonitorPolicy::default());
     let prod = set
         .resolve("atlas", Some(&fqan("/atlas/Role=production")))
         .unwrap();
@@ -1801,4 +1803,287 @@ fn isolation_serializes_and_old_records_load() {
     );
     let back: ResolvedRule = toml::from_str(&old).unwrap_or_else(|e| panic!("{e}\n{old}"));
     assert_eq!(back, plain);
+}
+
+// ------------------------------------------------------------------ monitor
+
+#[test]
+fn monitor_defaults() {
+    let r = parse("[vo.atlas]\n")
+        .unwrap()
+        .resolve("atlas", None)
+        .unwrap();
+    assert_eq!(r.monitor, MonitorPolicy::default());
+    for kind in LimitKind::ALL {
+        assert_eq!(r.monitor.action(kind), LimitAction::Notify, "{kind}");
+    }
+    assert_eq!(r.monitor.cpu_throttled_permille, 500);
+    assert!((r.monitor.cpu_throttled_ratio() - 0.5).abs() < 1e-12);
+    // An empty table sets nothing.
+    let r = parse(&vo_with("monitor = {}"))
+        .unwrap()
+        .resolve("atlas", None)
+        .unwrap();
+    assert_eq!(r.monitor, MonitorPolicy::default());
+}
+
+#[test]
+fn monitor_at_vo_level() {
+    let text = vo_with(
+        "monitor = { oom_kill = \"kill\", memory_limit = \"freeze\", pids_limit = \"notify\", \
+         cpu_throttled = \"freeze\", network_drops = \"kill\", cpu_throttled_ratio = 0.125 }",
+    );
+    let r = parse(&text).unwrap().resolve("atlas", None).unwrap();
+    assert_eq!(
+        r.monitor,
+        MonitorPolicy {
+            memory_limit: LimitAction::Freeze,
+            oom_kill: LimitAction::Kill,
+            pids_limit: LimitAction::Notify,
+            cpu_throttled: LimitAction::Freeze,
+            network_drops: LimitAction::Kill,
+            cpu_throttled_permille: 125,
+        }
+    );
+    assert_eq!(r.monitor.action(LimitKind::OomKill), LimitAction::Kill);
+    assert_eq!(r.monitor.action(LimitKind::NetworkDrops), LimitAction::Kill);
+    // Ratio bounds: 1 (integer or float) and 0.001 are accepted.
+    for (ratio, permille) in [("1", 1000), ("1.0", 1000), ("0.001", 1), ("0.5", 500)] {
+        let r = parse(&vo_with(&format!(
+            "monitor = {{ cpu_throttled_ratio = {ratio} }}"
+        )))
+        .unwrap()
+        .resolve("atlas", None)
+        .unwrap();
+        assert_eq!(r.monitor.cpu_throttled_permille, permille, "{ratio}");
+    }
+}
+
+const MONITOR_MERGE: &str = r#"
+[vo.atlas]
+monitor = { oom_kill = "kill", cpu_throttled = "freeze", cpu_throttled_ratio = 0.8 }
+
+[[vo.atlas.group]]
+fqan    = "/atlas/higgs"
+monitor = { oom_kill = "notify", memory_limit = "freeze" }
+
+[[vo.atlas.role]]
+fqan    = "/atlas/higgs/Role=production"
+monitor = { cpu_throttled_ratio = 0.25 }
+
+[[vo.atlas.role]]
+fqan = "/atlas/Role=pilot"
+idle = { action = "destroy" }
+"#;
+
+#[test]
+fn monitor_rules_override_key_by_key() {
+    let set = parse(MONITOR_MERGE).unwrap();
+    let r = |f: Option<&str>| {
+        let f = f.map(fqan);
+        set.resolve("atlas", f.as_ref()).unwrap().monitor
+    };
+    let base = r(None);
+    assert_eq!(
+        base,
+        MonitorPolicy {
+            oom_kill: LimitAction::Kill,
+            cpu_throttled: LimitAction::Freeze,
+            cpu_throttled_permille: 800,
+            ..MonitorPolicy::default()
+        }
+    );
+    // The group rule overrides two actions, inheriting the rest.
+    let higgs = r(Some("/atlas/higgs"));
+    assert_eq!(
+        higgs,
+        MonitorPolicy {
+            oom_kill: LimitAction::Notify,
+            memory_limit: LimitAction::Freeze,
+            ..base
+        }
+    );
+    // The role rule changes only the ratio, on top of the group rule.
+    let prod = r(Some("/atlas/higgs/Role=production"));
+    assert_eq!(
+        prod,
+        MonitorPolicy {
+            cpu_throttled_permille: 250,
+            ..higgs
+        }
+    );
+    // A rule without monitor inherits the VO's whole.
+    assert_eq!(r(Some("/atlas/Role=pilot")), base);
+    assert_eq!(r(Some("/atlas/other")), base);
+}
+
+#[test]
+fn monitor_errors() {
+    // Bad action names and types.
+    one(
+        &vo_with("monitor = { oom_kill = \"stop\" }"),
+        2,
+        24,
+        "vo.atlas.monitor.oom_kill",
+        "\"stop\"",
+        "expected one of \"notify\", \"freeze\", \"kill\"",
+    );
+    one(
+        &vo_with("monitor = { memory_limit = \"Kill\" }"),
+        2,
+        28,
+        "vo.atlas.monitor.memory_limit",
+        "\"Kill\"",
+        "expected one of \"notify\", \"freeze\", \"kill\"",
+    );
+    one(
+        &vo_with("monitor = { pids_limit = true }"),
+        2,
+        26,
+        "vo.atlas.monitor.pids_limit",
+        "true",
+        "expected a string, one of \"notify\", \"freeze\", \"kill\", found a boolean",
+    );
+    one(
+        &vo_with("monitor = { network_drops = 1 }"),
+        2,
+        29,
+        "vo.atlas.monitor.network_drops",
+        "1",
+        "found an integer",
+    );
+    one(
+        &vo_with("monitor = { cpu_throttled = [\"kill\"] }"),
+        2,
+        29,
+        "vo.atlas.monitor.cpu_throttled",
+        "[\"kill\"]",
+        "found an array",
+    );
+    // Unknown keys name the key and value, and list the valid keys.
+    one(
+        &vo_with("monitor = { oom = \"kill\" }"),
+        2,
+        13,
+        "vo.atlas.monitor.oom",
+        "\"kill\"",
+        "unknown monitor key; expected \"memory_limit\", \"oom_kill\", \"pids_limit\", \
+         \"cpu_throttled\", \"network_drops\" or \"cpu_throttled_ratio\"",
+    );
+    one(
+        &vo_with("monitor = { \"cpu throttled\" = \"kill\" }"),
+        2,
+        13,
+        "vo.atlas.monitor.\"cpu throttled\"",
+        "\"kill\"",
+        "unknown monitor key",
+    );
+    // The ratio: range, precision and type.
+    for (ratio, msg) in [
+        ("0", "must be greater than 0 and at most 1"),
+        ("0.0", "must be greater than 0 and at most 1"),
+        ("-0.5", "must be greater than 0 and at most 1"),
+        ("1.5", "must be greater than 0 and at most 1"),
+        ("2", "must be greater than 0 and at most 1"),
+        ("nan", "must be greater than 0 and at most 1"),
+        ("inf", "must be greater than 0 and at most 1"),
+        ("0.1234", "at most 3 decimals"),
+        ("0.0004", "at most 3 decimals"),
+        ("1e-12", "at most 3 decimals"),
+        (
+            "\"0.5\"",
+            "expected a number greater than 0 and at most 1 (e.g. 0.5), found a string",
+        ),
+        ("\"50%\"", "found a string"),
+        ("false", "found a boolean"),
+    ] {
+        one(
+            &vo_with(&format!("monitor = {{ cpu_throttled_ratio = {ratio} }}")),
+            2,
+            35,
+            "vo.atlas.monitor.cpu_throttled_ratio",
+            ratio,
+            msg,
+        );
+    }
+    // Not a table.
+    let e = &errors(&vo_with("monitor = \"kill\""))[0];
+    assert_eq!((e.line, e.column), (2, 11));
+    assert!(
+        e.message.contains("a table like { oom_kill = \"kill\""),
+        "{e}"
+    );
+    // In a rule, the field names the rule.
+    one(
+        "[vo.atlas]\n[[vo.atlas.role]]\nfqan = \"/atlas/Role=x\"\nmonitor = { oom_kill = \"die\" }\n",
+        4,
+        24,
+        "vo.atlas.role[0].monitor.oom_kill",
+        "\"die\"",
+        "expected one of",
+    );
+    // Every problem of the table is reported, in order, and none stops the
+    // rest of the file from being checked.
+    let errs = errors(
+        "[vo.atlas]\nmonitor = { oom_kill = \"x\", bogus = 1, cpu_throttled_ratio = 3 }\npids = 0\n",
+    );
+    let got: Vec<(usize, usize, &str)> = errs
+        .iter()
+        .map(|e| (e.line, e.column, e.field.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (2, 24, "vo.atlas.monitor.oom_kill"),
+            (2, 29, "vo.atlas.monitor.bogus"),
+            (2, 62, "vo.atlas.monitor.cpu_throttled_ratio"),
+            (3, 8, "vo.atlas.pids"),
+        ]
+    );
+    // The display form names file, line, field and value.
+    assert_eq!(
+        errs[0].to_string(),
+        "t.toml:2:24: vo.atlas.monitor.oom_kill = \"x\": expected one of \"notify\", \"freeze\", \"kill\""
+    );
+}
+
+#[test]
+fn monitor_serializes_and_old_records_load() {
+    let set = parse(MONITOR_MERGE).unwrap();
+    let r = set
+        .resolve("atlas", Some(&fqan("/atlas/higgs/Role=production")))
+        .unwrap();
+    let text = toml::to_string(&r).unwrap();
+    assert!(text.contains("[monitor]"), "{text}");
+    assert!(text.contains("oom_kill = \"notify\""), "{text}");
+    assert!(text.contains("memory_limit = \"freeze\""), "{text}");
+    assert!(text.contains("cpu_throttled_permille = 250"), "{text}");
+    let back: ResolvedRule = toml::from_str(&text).unwrap();
+    assert_eq!(back, r);
+    // A record from before monitor existed gets the defaults.
+    let plain = ResolvedRule::defaults("atlas", "t.toml".into());
+    let text = toml::to_string(&plain).unwrap();
+    let mut skip = false;
+    let old: String = text
+        .lines()
+        .filter(|line| {
+            if line.starts_with('[') {
+                skip = line.starts_with("[monitor");
+            }
+            !skip
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(!old.contains("monitor") && old.contains("[idle]"), "{old}");
+    let back: ResolvedRule = toml::from_str(&old).unwrap_or_else(|e| panic!("{e}\n{old}"));
+    assert_eq!(back, plain);
+    // A partial record fills in the rest.
+    let m: MonitorPolicy = toml::from_str("oom_kill = \"kill\"\n").unwrap();
+    assert_eq!(
+        m,
+        MonitorPolicy {
+            oom_kill: LimitAction::Kill,
+            ..MonitorPolicy::default()
+        }
+    );
 }

@@ -158,7 +158,8 @@ impl Daemon {
                  nft_table = \"dmstest{net}\"\nlink_prefix = \"dmst{net}v\"\n\
                  [accounts]\ngrid_mapfile = \"{d}/grid-mapfile\"\n\
                  group_mapfile = \"{d}/groupmapfile\"\nnss_dir = \"{d}/nss\"\n\
-                 pam_socket = \"{p}\"\n",
+                 pam_socket = \"{p}\"\n\
+                 [metrics]\nlisten = \"\"\nmonitor_interval_ms = 1000\n",
                 d = dir.display(),
                 p = pam_socket(&format!("dms-test-{tag}-{}", std::process::id())).display()
             ),
@@ -234,6 +235,11 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("dmsd did not come up; log:\n{}", self.log());
+    }
+
+    /// A loopback port for this daemon's HTTP endpoint (pass `--metrics-listen` with it).
+    pub fn metrics_port(&self) -> u16 {
+        19400 + self.net as u16
     }
 
     /// The session socket pam_dms.so talks to.
@@ -353,6 +359,28 @@ impl Drop for Daemon {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(self.pam_sock());
     }
+}
+
+/// One HTTP GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{accept}\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
 }
 
 /// A daemon's session socket: under /run, since a session's process calls it again from

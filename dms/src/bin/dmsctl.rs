@@ -8,6 +8,8 @@ use dms::client::ManagerProxy;
 use dms::domain::Domain;
 use dms::service::{DomainView, ErrorKind, Status};
 use dms::session::{AccountView, Session};
+use dms::usage::StatusReport;
+use dms_accounting::records::{summarize, GroupBy, UsageFilter, UsageRecord};
 use dms_policies::PolicySet;
 
 /// dmsctl - control the Domain Management Service.
@@ -39,6 +41,37 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// What `dmsctl monitor` prints.
+enum Event {
+    State(dms::client::StateChanged),
+    Limit(dms::client::LimitEvent),
+}
+
+#[derive(Debug, clap::Args)]
+struct UsageArgs {
+    /// Only this VO.
+    #[arg(long)]
+    vo: Option<String>,
+    /// Only this local account.
+    #[arg(long)]
+    account: Option<String>,
+    /// Only this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Only this batch job.
+    #[arg(long)]
+    job: Option<String>,
+    /// Only records that ended at or after this Unix time.
+    #[arg(long)]
+    since: Option<u64>,
+    /// Only records that ended at or before this Unix time.
+    #[arg(long)]
+    until: Option<u64>,
+    /// Print sums grouped by vo, account or domain instead of the records.
+    #[arg(long, value_parser = ["vo", "account", "domain", "all"])]
+    sum: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Create, inspect and control domains.
@@ -47,9 +80,19 @@ enum Cmd {
     /// Check or reload VO policy files.
     #[command(subcommand)]
     Policy(PolicyCmd),
-    /// Show node capacity, cgroup version, domain counts and the policies in force.
+    /// Show node capacity and commitments, the policies in force, and every domain you may
+    /// see with its state, owner, quotas and current usage.
+    ///
+    /// With --json prints the /status document (schema in docs/status.md), the same one
+    /// dmsd serves over HTTP at /status.
     Status,
-    /// Print domain state changes as they happen ("NAME OLD -> NEW"), until interrupted.
+    /// List and sum usage records (written when a domain or a per-job domain ends).
+    ///
+    /// Records are in <state_dir>/usage: usage.jsonl (JSON lines, rotated) and ur/*.xml (OGF
+    /// Usage Record 1.0, for APEL-style accounting). Admins see all records, others their own.
+    Usage(UsageArgs),
+    /// Print domain state changes ("NAME OLD -> NEW") and Domain Monitor limit events
+    /// ("NAME limit KIND xCOUNT (ACTION): DETAIL") as they happen, until interrupted.
     Monitor,
     /// Run a command inside a running domain (same as `domain exec`).
     ///
@@ -585,56 +628,190 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Cmd::Status => {
             let p = connect(&endpoint).await?;
-            let s = p.status().await?;
+            let s = p.node_status().await?;
             if cli.json {
                 print_json(&s);
-            } else {
-                let st: Status = decode(&s)?;
+                return Ok(0);
+            }
+            let st: StatusReport = decode(&s)?;
+            let policy: Status = decode(&p.status().await?)?;
+            let n = &st.node;
+            println!(
+                "{}  dmsd {}  cgroup {}  cpus {} (committed {:.2})  memory {} (committed {})",
+                n.hostname,
+                st.version,
+                n.cgroup_version,
+                n.cpus,
+                n.committed_cpu_cores,
+                dms_policies::units::format_size(n.memory_bytes),
+                dms_policies::units::format_size(n.committed_memory_bytes)
+            );
+            let counts: Vec<String> = st
+                .domains_by_state
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            println!(
+                "domains: {}  sessions: {}  leases: {}  VOs: {}",
+                if counts.is_empty() {
+                    "none".into()
+                } else {
+                    counts.join(", ")
+                },
+                n.sessions,
+                n.leases,
+                policy.vos.join(", ")
+            );
+            if !st.domains.is_empty() {
+                println!();
                 println!(
-                    "dmsd {}  cgroup {}  cpus {}  memory {}",
-                    st.version,
-                    st.cgroup_version,
-                    st.cpus,
-                    dms_policies::units::format_size(st.memory_bytes)
+                    "{:<28} {:<8} {:<12} {:<8} {:>6} {:>9} {:>10} {:>10} {:>5}",
+                    "DOMAIN",
+                    "STATE",
+                    "ACCOUNT",
+                    "VO",
+                    "CPUS",
+                    "CPU-SEC",
+                    "MEM",
+                    "MEM-MAX",
+                    "PROCS"
                 );
-                let counts: Vec<String> =
-                    st.domains.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                println!(
-                    "domains: {}",
-                    if counts.is_empty() {
-                        "none".into()
-                    } else {
-                        counts.join(", ")
+                for d in &st.domains {
+                    let u = d.usage.as_ref();
+                    println!(
+                        "{:<28} {:<8} {:<12} {:<8} {:>6} {:>9} {:>10} {:>10} {:>5}{}",
+                        d.name,
+                        d.state,
+                        d.account,
+                        d.vo,
+                        d.quotas.cpu_cores.map_or("-".into(), |c| format!("{c:.2}")),
+                        u.map_or("-".into(), |u| format!("{:.1}", u.cpu_seconds)),
+                        fmt_bytes(u.map(|u| u.memory_bytes)),
+                        fmt_bytes(d.quotas.memory_bytes),
+                        u.map_or("-".into(), |u| u.processes.to_string()),
+                        if d.stale { "  (stale)" } else { "" }
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Usage(a) => {
+            let p = connect(&endpoint).await?;
+            let filter = UsageFilter {
+                vo: a.vo,
+                account: a.account,
+                domain: a.domain,
+                job: a.job,
+                since: a.since,
+                until: a.until,
+            };
+            let filter_json = serde_json::to_string(&filter)
+                .map_err(|e| fail(1, format!("encoding the filter: {e}")))?;
+            let s = p.usage_records(&filter_json).await?;
+            let records: Vec<UsageRecord> = decode(&s)?;
+            if let Some(by) = a.sum {
+                let group = match by.as_str() {
+                    "vo" => GroupBy::Vo,
+                    "account" => GroupBy::Account,
+                    "domain" => GroupBy::Domain,
+                    _ => GroupBy::None,
+                };
+                let sums = summarize(&records, group);
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&sums).unwrap_or_default()
+                    );
+                } else {
+                    println!(
+                        "{:<28} {:>7} {:>12} {:>12} {:>12} {:>10}",
+                        by.to_uppercase(),
+                        "RECORDS",
+                        "WALL-SEC",
+                        "CPU-USER",
+                        "CPU-SYS",
+                        "MEM-MAX"
+                    );
+                    for x in sums {
+                        println!(
+                            "{:<28} {:>7} {:>12} {:>12.1} {:>12.1} {:>10}",
+                            if x.key.is_empty() { "(all)" } else { &x.key },
+                            x.records,
+                            x.wall_seconds,
+                            x.cpu_user_seconds,
+                            x.cpu_system_seconds,
+                            fmt_bytes(x.memory_max_bytes)
+                        );
                     }
+                }
+            } else if cli.json {
+                print_json(&s);
+            } else {
+                println!(
+                    "{:<28} {:<12} {:<8} {:>10} {:>8} {:>9} {:>10} {:<12}",
+                    "DOMAIN", "ACCOUNT", "VO", "END", "WALL-S", "CPU-S", "MEM-MAX", "CAUSE"
                 );
-                println!("VOs: {}", st.vos.join(", "));
+                for r in records {
+                    println!(
+                        "{:<28} {:<12} {:<8} {:>10} {:>8} {:>9.1} {:>10} {:<12}",
+                        r.domain,
+                        r.account,
+                        r.vo,
+                        r.end,
+                        r.wall_seconds,
+                        r.cpu_seconds,
+                        fmt_bytes(r.memory_max_bytes),
+                        r.exit_cause
+                    );
+                }
             }
             Ok(0)
         }
         Cmd::Monitor => {
             use futures_util::StreamExt;
             let p = connect(&endpoint).await?;
-            let mut stream = p.receive_state_changed().await?;
+            let states = p.receive_state_changed().await?.map(Event::State);
+            let limits = p.receive_limit_event().await?.map(Event::Limit);
+            let mut stream = futures_util::stream::select(states, limits);
             // Tell a script reading our output that the subscription is in place.
             if cli.json {
                 println!("{}", serde_json::json!({"monitoring": true}));
             } else {
-                println!("monitoring domain state changes");
+                println!("monitoring domain state changes and limit events");
             }
-            while let Some(sig) = stream.next().await {
-                let a = sig.args()?;
-                if cli.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"domain": a.name, "old": a.old, "new": a.new})
-                    );
-                } else {
-                    println!(
-                        "{} {} -> {}",
-                        a.name,
-                        if a.old.is_empty() { "-" } else { &a.old },
-                        a.new
-                    );
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Event::State(sig) => {
+                        let a = sig.args()?;
+                        if cli.json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"domain": a.name, "old": a.old, "new": a.new})
+                            );
+                        } else {
+                            println!(
+                                "{} {} -> {}",
+                                a.name,
+                                if a.old.is_empty() { "-" } else { &a.old },
+                                a.new
+                            );
+                        }
+                    }
+                    Event::Limit(sig) => {
+                        let a = sig.args()?;
+                        if cli.json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"domain": a.domain, "limit_event": a.kind,
+                                    "count": a.count, "action": a.action, "detail": a.detail})
+                            );
+                        } else {
+                            println!(
+                                "{} limit {} x{} ({}): {}",
+                                a.domain, a.kind, a.count, a.action, a.detail
+                            );
+                        }
+                    }
                 }
                 use std::io::Write;
                 let _ = std::io::stdout().flush();

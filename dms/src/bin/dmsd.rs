@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use dms::cgroup::{Cgroups, Version};
 use dms::config::{Config, SystemBus, DEFAULT_CONFIG};
-use dms::dbus::{emit_state_changed, Api, PeerAuth, BUS_NAME, OBJECT_PATH};
+use dms::dbus::{emit_signal, Api, PeerAuth, BUS_NAME, OBJECT_PATH};
 use dms::domain::{Backend, ContainerBackend};
 use dms::net::Network;
-use dms::service::{Caller, Service, ServiceOptions, StateChange};
+use dms::service::{Caller, Service, ServiceOptions, Signal};
 use dms::spawn::Spawner;
 use dms::store::Store;
 use tokio::net::UnixListener;
@@ -43,6 +43,9 @@ struct Args {
     /// Override `cgroup_subtree`.
     #[arg(long)]
     cgroup_subtree: Option<String>,
+    /// Override `metrics.listen` (ADDRESS:PORT, or "" for no HTTP endpoint).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Override `system_bus` (auto, yes, no).
     #[arg(long)]
     system_bus: Option<String>,
@@ -83,6 +86,10 @@ fn real_main() -> Result<()> {
     if let Some(v) = args.cgroup_subtree {
         dms_policies::validate_name("cgroup_subtree", &v)?;
         cfg.cgroup_subtree = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        cfg.metrics.listen = v;
+        cfg.metrics_addr()?;
     }
     if let Some(v) = args.system_bus {
         cfg.system_bus = match v.as_str() {
@@ -142,7 +149,7 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     if admin_gid.is_none() {
         tracing::warn!(group = %cfg.admin_group, "admin group does not exist; only root is admin");
     }
-    let (events, _) = broadcast::channel::<StateChange>(1024);
+    let (events, _) = broadcast::channel::<Signal>(1024);
     let tx = events.clone();
     let backend_handle: Arc<dyn Backend> = backend.clone();
     let backend_for_shutdown = Arc::clone(&backend);
@@ -155,6 +162,13 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
             lock_timeout: std::time::Duration::from_millis(cfg.lock_timeout_ms),
             cgroup_version: version.into(),
             accounts: cfg.accounts.clone(),
+            usage_dir: Some(cfg.usage_dir()),
+            usage_rotate: dms_accounting::records::RotateLimits {
+                max_bytes: cfg.usage.max_bytes,
+                keep: cfg.usage.keep,
+                max_xml_files: cfg.usage.max_xml_files,
+            },
+            collect_budget: std::time::Duration::from_millis(cfg.metrics.collect_budget_ms),
         },
         Box::new(move |c| {
             let _ = tx.send(c);
@@ -208,6 +222,19 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     tracing::info!(socket = %cfg.accounts.pam_socket.display(), "serving PAM sessions");
     spawn_pam_server(Arc::clone(&svc), pam_listener);
     spawn_ticker(Arc::clone(&svc));
+    dms::monitor::spawn(
+        &svc,
+        std::time::Duration::from_millis(cfg.metrics.monitor_interval_ms),
+    )
+    .context("starting the Domain Monitor")?;
+    if let Some(addr) = cfg.metrics_addr()? {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics.listen = {addr}: cannot listen"))?;
+        tracing::info!(%addr, "serving /metrics, /status and /healthz");
+        let exporter = Arc::new(dms::metrics::Exporter::new(&svc));
+        tokio::spawn(dms::http::serve(listener, Arc::clone(&svc), exporter));
+    }
 
     spawn_policy_watch(Arc::clone(&svc), cfg.policy_dir.clone());
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -247,7 +274,7 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
                     loop {
                         tokio::select! {
                             ev = rx.recv() => match ev {
-                                Ok(ev) => { if emit_state_changed(&conn, &ev).await.is_err() { break; } }
+                                Ok(ev) => { if emit_signal(&conn, &ev).await.is_err() { break; } }
                                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                                 Err(_) => break,
                             },
@@ -364,7 +391,7 @@ fn spawn_ticker(svc: Arc<Service>) {
 
 async fn serve_bus(
     svc: &Arc<Service>,
-    events: &broadcast::Sender<StateChange>,
+    events: &broadcast::Sender<Signal>,
 ) -> Result<zbus::Connection> {
     let conn = zbus::connection::Builder::system()
         .serve_at(OBJECT_PATH, Api::new(Arc::clone(svc), PeerAuth::Bus))
@@ -379,7 +406,7 @@ async fn serve_bus(
         loop {
             match rx.recv().await {
                 Ok(ev) => {
-                    let _ = emit_state_changed(&c, &ev).await;
+                    let _ = emit_signal(&c, &ev).await;
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => break,

@@ -292,6 +292,29 @@ impl Cgroups {
         }
     }
 
+    /// What the Domain Monitor can wait on for this domain: the v1 OOM notifier, and the
+    /// event files the kernel marks modified when a limit is hit.
+    pub fn event_sources(&self, name: &str) -> Vec<crate::domain::EventSource> {
+        use crate::domain::EventSource;
+        let mut out = Vec::new();
+        match self.version {
+            Version::V1 => {
+                if let Some(m) = self.dir(Controller::Memory, name) {
+                    out.push(EventSource::OomControl(m));
+                }
+                if let Some(p) = self.dir(Controller::Pids, name) {
+                    out.push(EventSource::Modified(p.join("pids.events")));
+                }
+            }
+            Version::V2 => {
+                let d = self.base.join(name);
+                out.push(EventSource::Modified(d.join("memory.events")));
+                out.push(EventSource::Modified(d.join("pids.events")));
+            }
+        }
+        out
+    }
+
     /// The `cgroup.procs` files a process must be written to in order to join the domain.
     pub fn procs_files(&self, name: &str) -> Vec<PathBuf> {
         self.all_dirs_of(Some(name))
