@@ -127,7 +127,77 @@ fn fork_loop_stops_at_pids_max() {
     let v = d.json(&["domain", "show", "dmstest.nobody"]);
     let n = v["usage"]["pids_current"].as_u64().unwrap();
     assert!(n <= 32, "{n} tasks in a domain with pids = 32");
+    // The Domain Monitor noticed (inotify on pids.events, on v1 and v2 alike).
+    wait_until("a pids_limit event", Duration::from_secs(10), || {
+        let st = d.json(&["status"]);
+        st["domains"][0]["limit_events"]["pids_limit"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
     d.ok(&["domain", "destroy", "dmstest.nobody"]);
+}
+
+#[test]
+fn usage_readers_report_every_source_the_kernel_has() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("readers");
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    // Some CPU, anonymous memory, page cache and a file write, then stay alive.
+    d.ok(&[
+        "domain",
+        "run",
+        "dmstest.nobody",
+        "--no-wait",
+        "--",
+        "sh",
+        "-c",
+        "x=$(head -c 4000000 /dev/zero | tr '\\0' a); head -c 8000000 /dev/zero > /tmp/f; sync; sleep 60",
+    ]);
+    wait_until("usage of the work", Duration::from_secs(20), || {
+        let u = &d.json(&["domain", "show", "dmstest.nobody"])["usage"];
+        u["cpu_usage_ns"].as_u64().unwrap_or(0) > 0
+            && u["memory_cache_bytes"].as_u64().unwrap_or(0) > 1_000_000
+    });
+    let u = d.json(&["domain", "show", "dmstest.nobody"])["usage"].clone();
+    eprintln!("usage: {u}");
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    assert!(u["memory_usage_bytes"].as_u64().unwrap() > 1_000_000, "{u}");
+    assert!(u["memory_rss_bytes"].is_u64(), "{u}");
+    assert!(
+        u["memory_max_usage_bytes"].as_u64().unwrap() >= u["memory_usage_bytes"].as_u64().unwrap()
+            || v2,
+        "{u}"
+    );
+    assert!(u["pids_current"].as_u64().unwrap() >= 1, "{u}");
+    assert!(
+        u["cpu_periods"].is_u64() && u["cpu_throttled_periods"].is_u64(),
+        "{u}"
+    );
+    assert!(
+        u["oom_kills"].is_u64() && u["pids_limit_hits"].is_u64(),
+        "{u}"
+    );
+    assert!(
+        u["io_read_bytes"].is_u64() && u["io_write_ops"].is_u64(),
+        "{u}"
+    );
+    // PSI exists only on v2, where the kernel has it.
+    let psi = v2 && Path::new("/proc/pressure/cpu").exists();
+    assert_eq!(u["psi_cpu_some_us"].is_u64(), psi, "{u}");
+    // A domain without a network has no link counters.
+    assert!(u["network"].is_null(), "{u}");
+    // The same numbers through /status.
+    let st = d.json(&["status"]);
+    let dom = &st["domains"][0];
+    assert_eq!(dom["name"], "dmstest.nobody");
+    assert!(dom["usage"]["memory_bytes"].as_u64().unwrap() > 1_000_000);
+    d.ok(&["domain", "destroy", "dmstest.nobody"]);
+    // Its usage record is written.
+    let recs = d.json(&["usage"]);
+    assert_eq!(recs[0]["domain"], "dmstest.nobody");
 }
 
 #[test]
