@@ -514,3 +514,240 @@ impl Service {
             .collect())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! Collection faults that cannot be produced for real as root (an unreadable stat file, a
+    //! backend that hangs), through a backend that fakes only its stats.
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use dms_accounting::{Usage, UsageError};
+    use dms_policies::BackendKind;
+    use parking_lot::Mutex;
+
+    use crate::domain::{
+        Backend, BackendError, Domain, EventSource, ExecSpec, InitExitHandler, JoinTarget,
+        LiveDomain, Runtime,
+    };
+    use crate::service::{Caller, EnsureRequest, Service, ServiceOptions};
+    use crate::spawn::Child;
+
+    /// How the fake answers `stats` for a domain.
+    #[derive(Debug, Clone, Copy)]
+    enum Reads {
+        Ok(u64),
+        Unreadable,
+        Slow(Duration),
+    }
+
+    #[derive(Debug, Default)]
+    struct FakeBackend {
+        reads: Mutex<HashMap<String, Reads>>,
+    }
+
+    fn unsupported<T>() -> Result<T, BackendError> {
+        Err(BackendError::Unsupported("fake".into()))
+    }
+
+    impl Backend for FakeBackend {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Container
+        }
+        fn create(&self, _: &mut Domain) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn adopt(&self, _: &Domain) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn update(&self, _: &Domain) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn destroy(&self, _: &str) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn freeze(&self, _: &str) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn thaw(&self, _: &str) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn attach(&self, _: &str, _: i32) -> Result<(), BackendError> {
+            unsupported()
+        }
+        fn exec(&self, _: &Domain, _: &ExecSpec, _: &[i32]) -> Result<Child, BackendError> {
+            unsupported()
+        }
+        fn join_target(&self, _: &Domain) -> Result<JoinTarget, BackendError> {
+            unsupported()
+        }
+        fn on_init_exit(&self, _: InitExitHandler) {}
+        fn stats(&self, name: &str, _: &Runtime) -> Result<Usage, BackendError> {
+            let how = self.reads.lock().get(name).copied().unwrap_or(Reads::Ok(1));
+            match how {
+                Reads::Ok(mem) => Ok(Usage {
+                    memory_usage_bytes: mem,
+                    ..Usage::default()
+                }),
+                Reads::Unreadable => Err(UsageError::Io {
+                    op: "read",
+                    path: format!("/fake/{name}/memory.stat").into(),
+                    source: std::io::Error::from_raw_os_error(libc::EIO),
+                }
+                .into()),
+                Reads::Slow(d) => {
+                    std::thread::sleep(d);
+                    Ok(Usage::default())
+                }
+            }
+        }
+        fn event_sources(&self, _: &str) -> Vec<EventSource> {
+            Vec::new()
+        }
+        fn members(&self, _: &str) -> Result<Vec<i32>, BackendError> {
+            Ok(Vec::new())
+        }
+        fn list(&self) -> Result<Vec<LiveDomain>, BackendError> {
+            Ok(Vec::new())
+        }
+        fn sweep(&self) -> Result<Vec<String>, BackendError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn service(dir: &std::path::Path, budget: Duration) -> (Arc<Service>, Arc<FakeBackend>) {
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(
+            policies.join("t.toml"),
+            "[vo.t]\ngranularity = \"job\"\nnetwork = { mode = \"none\" }\nmemory = { limit = \"64M\" }\n",
+        )
+        .unwrap();
+        let backend = Arc::new(FakeBackend::default());
+        let svc = Service::new(
+            backend.clone(),
+            crate::store::Store::open(dir).unwrap(),
+            ServiceOptions {
+                policy_dir: policies,
+                admin_gid: None,
+                lock_timeout: Duration::from_secs(1),
+                cgroup_version: "v1".into(),
+                accounts: crate::config::Config::load(None).unwrap().accounts,
+                usage_dir: Some(dir.join("usage")),
+                usage_rotate: Default::default(),
+                collect_budget: budget,
+            },
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        (Arc::new(svc), backend)
+    }
+
+    fn root() -> Caller {
+        Caller {
+            uid: 0,
+            gids: vec![0],
+        }
+    }
+
+    fn make(svc: &Service, job: &str) -> String {
+        let req = EnsureRequest {
+            user: "root".into(),
+            vo: "t".into(),
+            fqan: None,
+            job: Some(job.into()),
+        };
+        svc.ensure(&root(), &req).unwrap().name
+    }
+
+    #[test]
+    fn unreadable_domain_shows_its_last_values_marked_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, fake) = service(dir.path(), Duration::from_secs(5));
+        let a = make(&svc, "1");
+        let b = make(&svc, "2");
+        fake.reads.lock().insert(a.clone(), Reads::Ok(4096));
+        let c = svc.collect();
+        assert_eq!(c.stale, 0);
+        fake.reads.lock().insert(a.clone(), Reads::Unreadable);
+        let c = svc.collect();
+        assert_eq!(c.stale, 1);
+        let sa = c.domains.iter().find(|d| d.name == a).unwrap();
+        assert!(sa.stale);
+        assert_eq!(sa.usage.as_ref().unwrap().memory_usage_bytes, 4096);
+        let sb = c.domains.iter().find(|d| d.name == b).unwrap();
+        assert!(!sb.stale);
+        // The exposition says so and still parses as one document.
+        let exp = crate::metrics::Exporter::new(&svc).render(false);
+        assert!(
+            exp.contains(&format!("dms_domain_stale{{domain=\"{a}\"}} 1")),
+            "{exp}"
+        );
+        assert!(exp.contains(&format!(
+            "dms_domain_memory_usage_bytes{{domain=\"{a}\"}} 4096"
+        )));
+    }
+
+    #[test]
+    fn a_slow_backend_cannot_hold_a_scrape_or_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, fake) = service(dir.path(), Duration::from_millis(300));
+        let names: Vec<String> = (0..6).map(|i| make(&svc, &i.to_string())).collect();
+        for n in &names {
+            fake.reads
+                .lock()
+                .insert(n.clone(), Reads::Slow(Duration::from_millis(200)));
+        }
+        let s = Arc::clone(&svc);
+        let scrape = std::thread::spawn(move || {
+            let t = Instant::now();
+            let c = s.collect();
+            (t.elapsed(), c)
+        });
+        // API calls are served while the scrape reads.
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        assert_eq!(svc.list(&root()).len(), 6);
+        let extra = make(&svc, "late");
+        assert!(
+            t.elapsed() < Duration::from_millis(150),
+            "API waited {:?}",
+            t.elapsed()
+        );
+        let (took, c) = scrape.join().unwrap();
+        // Stops after the budget (plus the read in progress), the rest shown stale.
+        assert!(
+            took < Duration::from_millis(700),
+            "collection took {took:?}"
+        );
+        assert!(c.stale >= 3, "{} stale of {}", c.stale, c.domains.len());
+        assert!(c.domains.len() >= 6);
+        svc.destroy(&root(), &extra).unwrap();
+    }
+
+    #[test]
+    fn a_destroyed_domain_leaves_the_collection_and_gets_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, fake) = service(dir.path(), Duration::from_secs(5));
+        let a = make(&svc, "1");
+        fake.reads.lock().insert(a.clone(), Reads::Ok(1 << 20));
+        assert_eq!(svc.collect().domains.len(), 1);
+        svc.destroy(&root(), &a).unwrap();
+        assert!(svc.collect().domains.is_empty());
+        let recs = svc.usage_records(&root(), &Default::default()).unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].domain, a);
+        assert_eq!(recs[0].exit_cause, "destroyed");
+        // Another user sees none of root's records.
+        let other = Caller {
+            uid: 4242,
+            gids: vec![4242],
+        };
+        assert!(svc
+            .usage_records(&other, &Default::default())
+            .unwrap()
+            .is_empty());
+    }
+}
