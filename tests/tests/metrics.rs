@@ -370,14 +370,16 @@ fn prometheus_sees_the_cpu_limit_and_oom_kills() {
 }
 
 #[test]
-fn monitor_action_freezes_a_domain_on_oom_and_signals_it() {
+fn monitor_actions_freeze_or_kill_a_domain_on_oom_and_signal_it() {
     if !can_monitor() {
         return;
     }
     let d = Daemon::start_extra(
         "monfreeze",
         "[vo.dmsmon]\nnetwork = { mode = \"none\" }\nmemory = { limit = \"32M\" }\n\
-         monitor = { oom_kill = \"freeze\" }\n",
+         monitor = { oom_kill = \"freeze\" }\n\
+         [vo.dmskill]\nnetwork = { mode = \"none\" }\nmemory = { limit = \"32M\" }\n\
+         monitor = { oom_kill = \"kill\" }\n",
     );
     // Subscribe to signals before the event.
     let mut mon = Command::new(bin("dmsctl"))
@@ -436,6 +438,26 @@ fn monitor_action_freezes_a_domain_on_oom_and_signals_it() {
             .any(|l| l.contains("\"oom_kill\"") && l.contains("\"freeze\"")),
         "no LimitEvent signal: {seen:?}"
     );
+
+    // "kill": the domain is destroyed, and its usage record says why.
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmskill"]);
+    let _ = d.ctl(&[
+        "domain",
+        "run",
+        "dmskill.nobody",
+        "--no-wait",
+        "--",
+        "sh",
+        "-c",
+        "x=$(head -c 100000000 /dev/zero | tr '\\0' a)",
+    ]);
+    wait_until(
+        "domain destroyed by the monitor",
+        Duration::from_secs(20),
+        || !d.ok(&["domain", "list"]).contains("dmskill.nobody"),
+    );
+    let recs = d.json(&["usage", "--domain", "dmskill.nobody"]);
+    assert_eq!(recs[0]["exit_cause"], "oom-killed", "{recs}");
 }
 
 #[test]
