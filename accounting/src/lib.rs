@@ -335,6 +335,57 @@ impl UsageReader {
         })
     }
 
+    /// Reads only the counters limit events are derived from (CFS periods and throttling,
+    /// memory limit hits, OOM kills, pids limit hits), skipping memory.stat and the I/O files:
+    /// what the Domain Monitor polls. Other fields stay at their defaults.
+    pub fn read_counters(&mut self) -> Result<Usage, UsageError> {
+        let buf = &mut self.buf;
+        let mut u = Usage::default();
+        match &self.files {
+            Files::V1 {
+                cpu_stat,
+                mem_failcnt,
+                mem_oom_control,
+                pids_events,
+                ..
+            } => {
+                if let Some(f) = cpu_stat {
+                    let s = f.read(buf)?;
+                    u.cpu_periods = flat_key(s, "nr_periods");
+                    u.cpu_throttled_periods = flat_key(s, "nr_throttled");
+                }
+                if let Some(f) = mem_failcnt {
+                    u.memory_limit_hits = parse_single(f.read(buf)?);
+                }
+                if let Some(f) = mem_oom_control {
+                    u.oom_kills = flat_key(f.read(buf)?, "oom_kill");
+                }
+                if let Some(f) = pids_events {
+                    u.pids_limit_hits = flat_key(f.read(buf)?, "max");
+                }
+            }
+            Files::V2 {
+                cpu_stat,
+                mem_events,
+                pids_events,
+                ..
+            } => {
+                let s = cpu_stat.read(buf)?;
+                u.cpu_periods = flat_key(s, "nr_periods");
+                u.cpu_throttled_periods = flat_key(s, "nr_throttled");
+                if let Some(f) = mem_events {
+                    let s = f.read(buf)?;
+                    u.memory_limit_hits = flat_key(s, "max");
+                    u.oom_kills = flat_key(s, "oom_kill");
+                }
+                if let Some(f) = pids_events {
+                    u.pids_limit_hits = flat_key(f.read(buf)?, "max");
+                }
+            }
+        }
+        Ok(u)
+    }
+
     /// Reads a fresh snapshot.
     pub fn read(&mut self) -> Result<Usage, UsageError> {
         let buf = &mut self.buf;
@@ -639,6 +690,25 @@ mod tests {
         };
         let mut r = UsageReader::open_v1(&dirs).unwrap();
         let u = r.read().unwrap();
+        // The monitor's cheap read agrees on the counters it reads.
+        let c = r.read_counters().unwrap();
+        assert_eq!(
+            (
+                c.cpu_periods,
+                c.cpu_throttled_periods,
+                c.memory_limit_hits,
+                c.oom_kills,
+                c.pids_limit_hits
+            ),
+            (
+                u.cpu_periods,
+                u.cpu_throttled_periods,
+                u.memory_limit_hits,
+                u.oom_kills,
+                u.pids_limit_hits
+            )
+        );
+        assert_eq!(c.memory_usage_bytes, 0);
         assert_eq!(u.cpu_usage_ns, 5_000_000_000);
         let tick = 1_000_000_000 / clock_ticks();
         assert_eq!(u.cpu_user_ns, Some(300 * tick));
@@ -741,6 +811,25 @@ mod tests {
         );
         let mut r = UsageReader::open_v2(d).unwrap();
         let u = r.read().unwrap();
+        // The monitor's cheap read agrees on the counters it reads.
+        let c = r.read_counters().unwrap();
+        assert_eq!(
+            (
+                c.cpu_periods,
+                c.cpu_throttled_periods,
+                c.memory_limit_hits,
+                c.oom_kills,
+                c.pids_limit_hits
+            ),
+            (
+                u.cpu_periods,
+                u.cpu_throttled_periods,
+                u.memory_limit_hits,
+                u.oom_kills,
+                u.pids_limit_hits
+            )
+        );
+        assert_eq!(c.memory_usage_bytes, 0);
         assert_eq!(u.cpu_usage_ns, 2_500_000_000);
         assert_eq!(u.cpu_user_ns, Some(2_000_000_000));
         assert_eq!(u.cpu_periods, Some(50));

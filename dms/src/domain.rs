@@ -221,6 +221,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn on_init_exit(&self, handler: InitExitHandler);
     /// Current usage; `runtime` names the links whose counters belong to the domain.
     fn stats(&self, name: &str, runtime: &Runtime) -> Result<Usage, BackendError>;
+    /// The counters limit events come from (CFS throttling, memory limit hits, OOM kills, pids
+    /// limit hits, link drops); cheaper than [`Backend::stats`] where the backend can tell.
+    fn limit_counters(&self, name: &str, runtime: &Runtime) -> Result<Usage, BackendError> {
+        self.stats(name, runtime)
+    }
     /// Files whose change signals a limit event (for the Domain Monitor).
     fn event_sources(&self, name: &str) -> Vec<EventSource>;
     /// Pids in the domain.
@@ -293,6 +298,61 @@ impl ContainerBackend {
     /// The cgroup layer (for status output).
     pub fn cgroups(&self) -> &Cgroups {
         &self.cgroups
+    }
+
+    /// Reads a domain's kept-open files (opened on first use): everything, or with
+    /// `counters_only` just what the Domain Monitor needs.
+    fn read_usage(
+        &self,
+        name: &str,
+        runtime: &Runtime,
+        counters_only: bool,
+    ) -> Result<Usage, BackendError> {
+        let mut readers = self.readers.lock();
+        let host_if = runtime.net.as_ref().map(|n| n.host_if.as_str());
+        let relink = readers
+            .get(name)
+            .is_some_and(|r| r.host_if.as_deref() != host_if);
+        if relink || !readers.contains_key(name) {
+            let cgroup = self.cgroups.usage_reader(name)?;
+            let net = match host_if {
+                Some(link) => Some(dms_accounting::NetReader::open(
+                    Path::new(SYS_CLASS_NET),
+                    link,
+                    dms_accounting::LinkSide::HostPeer,
+                )?),
+                None => None,
+            };
+            readers.insert(
+                name.to_string(),
+                DomainReaders {
+                    cgroup,
+                    net,
+                    host_if: host_if.map(String::from),
+                },
+            );
+        }
+        let Some(r) = readers.get_mut(name) else {
+            return Err(BackendError::Unsupported(format!(
+                "no usage reader for {name:?}"
+            )));
+        };
+        let read = if counters_only {
+            r.cgroup.read_counters()
+        } else {
+            r.cgroup.read()
+        };
+        let result = read.and_then(|mut u| {
+            if let Some(net) = &mut r.net {
+                u.network = Some(net.read()?);
+            }
+            Ok(u)
+        });
+        if result.is_err() {
+            // A vanished or broken group: forget the open files, report the error.
+            readers.remove(name);
+        }
+        Ok(result?)
     }
 
     fn init_of(domain: &Domain) -> Result<InitHandle, BackendError> {
@@ -428,46 +488,11 @@ impl Backend for ContainerBackend {
     }
 
     fn stats(&self, name: &str, runtime: &Runtime) -> Result<Usage, BackendError> {
-        let mut readers = self.readers.lock();
-        let host_if = runtime.net.as_ref().map(|n| n.host_if.as_str());
-        let relink = readers
-            .get(name)
-            .is_some_and(|r| r.host_if.as_deref() != host_if);
-        if relink || !readers.contains_key(name) {
-            let cgroup = self.cgroups.usage_reader(name)?;
-            let net = match host_if {
-                Some(link) => Some(dms_accounting::NetReader::open(
-                    Path::new(SYS_CLASS_NET),
-                    link,
-                    dms_accounting::LinkSide::HostPeer,
-                )?),
-                None => None,
-            };
-            readers.insert(
-                name.to_string(),
-                DomainReaders {
-                    cgroup,
-                    net,
-                    host_if: host_if.map(String::from),
-                },
-            );
-        }
-        let Some(r) = readers.get_mut(name) else {
-            return Err(BackendError::Unsupported(format!(
-                "no usage reader for {name:?}"
-            )));
-        };
-        let result = r.cgroup.read().and_then(|mut u| {
-            if let Some(net) = &mut r.net {
-                u.network = Some(net.read()?);
-            }
-            Ok(u)
-        });
-        if result.is_err() {
-            // A vanished or broken group: forget the open files, report the error.
-            readers.remove(name);
-        }
-        Ok(result?)
+        self.read_usage(name, runtime, false)
+    }
+
+    fn limit_counters(&self, name: &str, runtime: &Runtime) -> Result<Usage, BackendError> {
+        self.read_usage(name, runtime, true)
     }
 
     fn event_sources(&self, name: &str) -> Vec<EventSource> {

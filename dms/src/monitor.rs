@@ -286,22 +286,16 @@ fn check(s: &Service, name: &str, watches: &mut HashMap<String, Watch>) {
             kind,
             count,
             action,
-            detail: detail(kind, count, &u),
+            detail: detail(kind, count),
         });
     }
 }
 
-fn detail(kind: LimitKind, count: u64, u: &Usage) -> String {
+fn detail(kind: LimitKind, count: u64) -> String {
     match kind {
         LimitKind::OomKill => format!("{count} process(es) killed by the OOM killer"),
-        LimitKind::MemoryLimit => format!(
-            "memory limit hit {count} time(s); usage {} bytes",
-            u.memory_usage_bytes
-        ),
-        LimitKind::PidsLimit => format!(
-            "{count} fork(s) refused by the pids limit; {} tasks",
-            u.pids_current
-        ),
+        LimitKind::MemoryLimit => format!("memory usage hit the limit {count} time(s)"),
+        LimitKind::PidsLimit => format!("{count} fork(s) refused by the pids limit"),
         LimitKind::CpuThrottled => "CPU throttled above the policy's ratio".to_string(),
         LimitKind::NetworkDrops => format!("{count} packet(s) dropped"),
     }

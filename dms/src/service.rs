@@ -406,7 +406,7 @@ impl Service {
         if !matches!(state, DomainState::Running | DomainState::Frozen) {
             return None;
         }
-        let u = self.backend.stats(name, &runtime).ok()?;
+        let u = self.backend.limit_counters(name, &runtime).ok()?;
         Some((u, (state, policy)))
     }
 
