@@ -79,8 +79,9 @@ for accept in text openmetrics; do
 done
 curl -s -o "$W/scrape.txt" "127.0.0.1:$port/metrics"
 size=$(stat -c %s "$W/scrape.txt")
-one=$(grep -c 'domain="dmsbench.nobody.j1"' "$W/scrape.txt" || true)
-one_bytes=$(grep 'domain="dmsbench.nobody.j1"' "$W/scrape.txt" | wc -c)
+first=dmsbench.nobody.jobj1
+one=$(grep -c "domain=\"$first\"" "$W/scrape.txt" || true)
+one_bytes=$({ grep "domain=\"$first\"" "$W/scrape.txt" || true; } | wc -c)
 
 # The same files, read by the floor.
 for f in /proc/"$pid"/fd/*; do readlink "$f"; done | grep "^/sys/fs/cgroup/.*/$sub/" >"$W/files" || true
