@@ -6,6 +6,9 @@
 //! local account (`jdoe`; in a comma-separated list the first is used) or a pool (`.atlas`: the
 //! next free account of pool `atlas`); in a group-mapfile it is a local group. `#` starts a
 //! comment line. First match wins: the primary FQAN is tried first, then the DN.
+//!
+//! dmsd also builds a [`MapFile`] and a [`GroupMapFile`] from the `map` and `group_map` rules of
+//! the VO policy files ([`MapFile::from_rules`]), so those match exactly like mapfile lines.
 
 use std::path::{Path, PathBuf};
 
@@ -104,6 +107,15 @@ struct Line<T> {
     target: T,
 }
 
+impl<T> Line<T> {
+    fn all(rules: impl IntoIterator<Item = (Pattern, T)>) -> Vec<Line<T>> {
+        rules
+            .into_iter()
+            .map(|(pattern, target)| Line { pattern, target })
+            .collect()
+    }
+}
+
 /// A parsed grid-mapfile.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MapFile {
@@ -200,6 +212,14 @@ impl MapFile {
         }
     }
 
+    /// A map of rules from elsewhere (the `map` rules of policy files), already validated, in
+    /// the order they are tried; it matches exactly like a parsed grid-mapfile.
+    pub fn from_rules(rules: impl IntoIterator<Item = (Pattern, Target)>) -> MapFile {
+        MapFile {
+            lines: Line::all(rules),
+        }
+    }
+
     /// Number of mappings.
     pub fn len(&self) -> usize {
         self.lines.len()
@@ -213,15 +233,20 @@ impl MapFile {
     /// The target for an identity: the first line matching the primary FQAN, else the first
     /// line matching the DN.
     pub fn lookup(&self, dn: &str, primary: Option<&Fqan>) -> Option<&Target> {
-        if let Some(f) = primary {
-            if let Some(l) = self.lines.iter().find(|l| l.pattern.matches_fqan(f)) {
-                return Some(&l.target);
-            }
-        }
-        self.lines
-            .iter()
-            .find(|l| matches!(&l.pattern, Pattern::Dn(d) if d == dn))
-            .map(|l| &l.target)
+        self.find(dn, primary).map(|(_, target)| target)
+    }
+
+    /// Like [`MapFile::lookup`], with the 0-based index of the mapping used (counting mappings
+    /// only, not comments or blank lines), to say which rule applied.
+    pub fn find(&self, dn: &str, primary: Option<&Fqan>) -> Option<(usize, &Target)> {
+        let found = primary
+            .and_then(|f| self.lines.iter().position(|l| l.pattern.matches_fqan(f)))
+            .or_else(|| {
+                self.lines
+                    .iter()
+                    .position(|l| matches!(&l.pattern, Pattern::Dn(d) if d == dn))
+            })?;
+        Some((found, &self.lines[found].target))
     }
 
     /// Every DN statically mapped to `account` (for the identity of a local login).
@@ -254,6 +279,14 @@ impl GroupMapFile {
             });
         }
         Ok(GroupMapFile { lines })
+    }
+
+    /// A group map of rules from elsewhere (the `group_map` rules of policy files), already
+    /// validated (FQAN patterns only), in the order they are tried.
+    pub fn from_rules(rules: impl IntoIterator<Item = (Pattern, String)>) -> GroupMapFile {
+        GroupMapFile {
+            lines: Line::all(rules),
+        }
     }
 
     /// Reads a group-mapfile; a missing file is an empty one.
@@ -322,6 +355,15 @@ mod tests {
             Some(&Target::Account("first".into()))
         );
         assert_eq!(m.lookup("/CN=nobody", Some(&f("/cms"))), None);
+        assert_eq!(
+            m.find(jane, Some(&f("/atlas/Role=production"))),
+            Some((2, &Target::Pool("atlasprd".into())))
+        );
+        assert_eq!(
+            m.find(jane, Some(&f("/cms"))),
+            Some((0, &Target::Account("jdoe".into())))
+        );
+        assert_eq!(m.find("/CN=nobody", None), None);
         assert_eq!(m.dns_of("jdoe").collect::<Vec<_>>(), vec![jane]);
     }
 
@@ -362,6 +404,26 @@ mod tests {
         assert_eq!(g.groups(&fq), vec!["atlasprd", "atlas"]);
         let e = GroupMapFile::parse(Path::new("g"), "\"/DC=x/CN=y\" g\n").unwrap_err();
         assert!(e.to_string().contains("maps FQANs, not DNs"), "{e}");
+    }
+
+    #[test]
+    fn from_rules_matches_like_a_parsed_file() {
+        let parsed = MapFile::parse(Path::new("gm"), GRID).unwrap();
+        let built = MapFile::from_rules(
+            parsed
+                .lines
+                .iter()
+                .map(|l| (l.pattern.clone(), l.target.clone())),
+        );
+        assert_eq!(built, parsed);
+        let g = GroupMapFile::from_rules([
+            (
+                Pattern::FqanPrefix(vec!["atlas".into()]),
+                "atlas".to_string(),
+            ),
+            (Pattern::Fqan(f("/cms")), "cms".to_string()),
+        ]);
+        assert_eq!(g.groups(&[f("/cms"), f("/atlas/x")]), vec!["cms", "atlas"]);
     }
 
     #[test]

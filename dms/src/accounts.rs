@@ -1,5 +1,18 @@
 //! The Account Mapping Service: grid identities to local accounts, with leased pool accounts
 //! kept in the state database and published for `libnss_dms.so.2`.
+//!
+//! Two sources of rules: the grid-mapfile and group-mapfile of `[accounts]`, and the `map` and
+//! `group_map` rules of the VO policy files ([`PolicyMaps`]). An identity (DN, FQANs with the
+//! primary first) gets the target of the first of:
+//! 1. the first grid-mapfile line matching the primary FQAN,
+//! 2. the first grid-mapfile line matching the DN,
+//! 3. the first policy `map` rule matching the primary FQAN,
+//! 4. the first policy `map` rule matching the DN,
+//!
+//! where policy rules are in the order written (policy files in name order, rules by position
+//! in their file). Its secondary groups are the group-mapfile's (per FQAN, in FQAN order, the
+//! first matching line) followed by those the policy `group_map` rules add (the same way),
+//! without duplicates.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -7,8 +20,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use dms_accounts::nssfile::{self, GroupEntry, PasswdEntry};
-use dms_accounts::{validate_dn, validate_pools, GroupMapFile, MapFile, PoolConfig, Target};
-use dms_policies::{validate_name, Fqan};
+use dms_accounts::{
+    validate_dn, validate_pools, GroupMapFile, MapFile, Pattern, PoolConfig, Target,
+};
+use dms_policies::{validate_name, Fqan, MapPattern, MapTarget, Origin, PolicyErrors, PolicySet};
 
 /// Most FQANs one identity may carry.
 pub const MAX_FQANS: usize = 64;
@@ -100,7 +115,7 @@ impl AccountsConfig {
 pub struct Lease {
     /// Local account name.
     pub account: String,
-    /// The pool, or None for a static grid-mapfile account.
+    /// The pool, or None for a static account (of the grid-mapfile or a policy `map` rule).
     pub pool: Option<String>,
     /// uid.
     pub uid: u32,
@@ -110,7 +125,7 @@ pub struct Lease {
     pub dn: String,
     /// FQANs, primary first (canonical form).
     pub fqans: Vec<String>,
-    /// Secondary local groups, from the group-mapfile.
+    /// Secondary local groups, from the group-mapfile and the policies' `group_map` rules.
     pub groups: Vec<String>,
     /// Unix seconds when leased (or first mapped).
     pub leased_at: u64,
@@ -138,13 +153,87 @@ pub enum MapError {
     Failed(String),
 }
 
-/// Leases, mapfiles and pools.
+/// The `map` and `group_map` rules of the policy files in force, as mapfiles, tried after the
+/// grid-mapfile and group-mapfile.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyMaps {
+    map: MapFile,
+    /// Where each `map` rule was written, by its index in `map`.
+    origins: Vec<Origin>,
+    groups: GroupMapFile,
+}
+
+fn pattern(p: &MapPattern) -> Pattern {
+    match p {
+        MapPattern::Dn(dn) => Pattern::Dn(dn.clone()),
+        MapPattern::Fqan(f) => Pattern::Fqan(f.clone()),
+        MapPattern::FqanPrefix(path) => Pattern::FqanPrefix(path.clone()),
+    }
+}
+
+impl PolicyMaps {
+    /// Takes the rules of a loaded policy set. Every pool a `map` rule names must be one of
+    /// `pools` (`[accounts.pools]`); each one missing is an error at the rule's `pool` key.
+    pub fn new(
+        set: &PolicySet,
+        pools: &BTreeMap<String, PoolConfig>,
+    ) -> Result<PolicyMaps, PolicyErrors> {
+        let mut errors = Vec::new();
+        let mut rules = Vec::new();
+        let mut origins = Vec::new();
+        for rule in set.mappings() {
+            let target = match &rule.target {
+                MapTarget::Account(a) => Target::Account(a.clone()),
+                MapTarget::Pool(p) if pools.contains_key(p) => Target::Pool(p.clone()),
+                MapTarget::Pool(p) => {
+                    let known = if pools.is_empty() {
+                        "no pools are configured".to_string()
+                    } else {
+                        let names: Vec<&str> = pools.keys().map(String::as_str).collect();
+                        format!("configured: {}", names.join(", "))
+                    };
+                    errors.push(rule.target_origin.error(format!(
+                        "no pool {p:?} in dmsd's configuration; add [accounts.pools.{p}] or name a configured pool ({known})"
+                    )));
+                    continue;
+                }
+            };
+            rules.push((pattern(&rule.pattern), target));
+            origins.push(rule.origin.clone());
+        }
+        if !errors.is_empty() {
+            return Err(PolicyErrors(errors));
+        }
+        let groups = set
+            .group_mappings()
+            .iter()
+            .map(|g| (pattern(&g.pattern), g.group.clone()));
+        Ok(PolicyMaps {
+            map: MapFile::from_rules(rules),
+            origins,
+            groups: GroupMapFile::from_rules(groups),
+        })
+    }
+
+    /// Number of `map` rules.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when the policies map nothing.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Leases, mapfiles, policy mapping rules and pools.
 #[derive(Debug)]
 pub struct AccountBook {
     trust: Option<std::sync::Arc<dms_proxy::TrustStore>>,
     cfg: AccountsConfig,
     gridmap: MapFile,
     groupmap: GroupMapFile,
+    policy: PolicyMaps,
     leases: BTreeMap<String, Lease>,
 }
 
@@ -167,7 +256,8 @@ pub fn parse_identity(dn: &str, fqans: &[String]) -> Result<Vec<Fqan>, MapError>
 }
 
 impl AccountBook {
-    /// Reads the mapfiles; `leases` come from the store.
+    /// Reads the mapfiles; `leases` come from the store. No policy rules until
+    /// [`AccountBook::set_policies`].
     pub fn new(cfg: AccountsConfig, leases: Vec<Lease>) -> Result<AccountBook, String> {
         let gridmap = MapFile::load(&cfg.grid_mapfile).map_err(|e| e.to_string())?;
         let groupmap = GroupMapFile::load(&cfg.group_mapfile).map_err(|e| e.to_string())?;
@@ -176,8 +266,22 @@ impl AccountBook {
             cfg,
             gridmap,
             groupmap,
+            policy: PolicyMaps::default(),
             leases: leases.into_iter().map(|l| (l.account.clone(), l)).collect(),
         })
+    }
+
+    /// Puts the `map` and `group_map` rules of a policy set in force (at start and on every
+    /// policy reload). On error (a rule names a pool missing from `[accounts.pools]`) the
+    /// previous rules stay, and the caller keeps the previous policies.
+    pub fn set_policies(&mut self, set: &PolicySet) -> Result<(), PolicyErrors> {
+        self.policy = PolicyMaps::new(set, &self.cfg.pools)?;
+        Ok(())
+    }
+
+    /// The policy rules in force.
+    pub fn policy_maps(&self) -> &PolicyMaps {
+        &self.policy
     }
 
     /// Re-reads the mapfiles; on error the old ones stay.
@@ -253,24 +357,40 @@ impl AccountBook {
     ) -> Result<(Lease, Option<Lease>), MapError> {
         let parsed = parse_identity(dn, fqans)?;
         let canonical: Vec<String> = parsed.iter().map(|f| f.to_string()).collect();
-        let target = self
-            .gridmap
-            .lookup(dn, parsed.first())
-            .cloned()
-            .ok_or_else(|| {
-                MapError::NotFound(format!(
-                    "no mapping for dn {dn:?}{} in {}",
-                    match canonical.first() {
-                        Some(f) => format!(" or fqan {f:?}"),
-                        None => String::new(),
-                    },
-                    self.cfg.grid_mapfile.display()
-                ))
-            })?;
-        let groups = self.groupmap.groups(&parsed);
+        let primary = parsed.first();
+        // The grid-mapfile (FQAN, then DN), then the policy rules (FQAN, then DN).
+        let (target, via) = if let Some(t) = self.gridmap.lookup(dn, primary) {
+            let via = format!("the grid-mapfile {}", self.cfg.grid_mapfile.display());
+            (t.clone(), via)
+        } else if let Some((i, t)) = self.policy.map.find(dn, primary) {
+            let via = match self.policy.origins.get(i) {
+                Some(o) => format!("policy rule {o}"),
+                None => "a policy rule".to_string(),
+            };
+            (t.clone(), via)
+        } else {
+            return Err(MapError::NotFound(format!(
+                "no mapping for dn {dn:?}{} in {} or the policy files' map rules",
+                match canonical.first() {
+                    Some(f) => format!(" or fqan {f:?}"),
+                    None => String::new(),
+                },
+                self.cfg.grid_mapfile.display()
+            )));
+        };
+        tracing::debug!(dn, fqan = ?canonical.first(), target = ?target, via = %via, "identity mapped");
+        let mut groups = self.groupmap.groups(&parsed);
+        for g in self.policy.groups.groups(&parsed) {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
         let lease = match target {
             Target::Account(account) => {
-                let (uid, gid) = static_user(&account)?;
+                let (uid, gid) = static_user(&account).map_err(|e| match e {
+                    MapError::NotFound(m) => MapError::NotFound(format!("{m} (mapped by {via})")),
+                    other => other,
+                })?;
                 let leased_at = self.leases.get(&account).map_or(now, |l| l.leased_at);
                 Lease {
                     account,
@@ -287,8 +407,7 @@ impl AccountBook {
             Target::Pool(pool_name) => {
                 let pool = self.pool(&pool_name).ok_or_else(|| {
                     MapError::Failed(format!(
-                        "{} maps to pool .{pool_name} but dmsd's configuration has no [accounts.pools.{pool_name}]",
-                        self.cfg.grid_mapfile.display()
+                        "{via} maps to pool .{pool_name} but dmsd's configuration has no [accounts.pools.{pool_name}]"
                     ))
                 })?;
                 let held = self
@@ -421,7 +540,7 @@ impl AccountBook {
                 None => match host_gid(g) {
                     Some(gid) => gid,
                     None => {
-                        tracing::warn!(group = g, "group-mapfile names a group that exists nowhere; membership not published");
+                        tracing::warn!(group = g, "the group-mapfile or a policy group_map rule names a group that exists nowhere; membership not published");
                         continue;
                     }
                 },
@@ -598,6 +717,230 @@ gid = 30000
             group,
             "atlas:*:20000:\natlasprd:*:21000:atlas001\ncms:*:30000:\n"
         );
+    }
+
+    /// Policy rules beside [`GRID`]: pools `atlas` and `cms` exist, `atlasprd` is a group.
+    const POLICY: &str = r#"[vo.atlas]
+map = [
+  { fqan = "/atlas/Role=production", pool = "cms" },
+  { fqan = "/atlas/Role=pilot", pool = "cms" },
+  { dn = "/DC=org/CN=Policy", account = "root" },
+  { dn = "/DC=org/CN=Gone", account = "gone" },
+]
+group_map = [
+  { fqan = "/atlas/Role=pilot", group = "pilots" },
+  { fqan = "/atlas/Role=production", group = "prod2" },
+]
+[vo.lhcb]
+map = [ { fqan = "/lhcb/*", pool = "atlas" } ]
+"#;
+
+    fn policies(text: &str) -> PolicySet {
+        PolicySet::parse_str(Path::new("p.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn book_with_policies(d: &Path) -> AccountBook {
+        let mut b = book(d);
+        b.set_policies(&policies(POLICY)).unwrap();
+        assert_eq!(b.policy_maps().len(), 5);
+        b
+    }
+
+    fn account(
+        b: &mut AccountBook,
+        dn: &str,
+        fqans: &[&str],
+    ) -> Result<(String, Vec<String>), MapError> {
+        let fqans: Vec<String> = fqans.iter().map(|f| f.to_string()).collect();
+        let (l, _) = b.map(dn, &fqans, 1, root_user)?;
+        Ok((l.account, l.groups))
+    }
+
+    #[test]
+    fn policy_rules_map_what_the_grid_mapfile_does_not() {
+        let d = tempfile::tempdir().unwrap();
+        // Without policy rules, neither identity maps.
+        let mut plain = book(d.path());
+        let e = account(&mut plain, "/DC=org/CN=P", &["/atlas/Role=pilot"]).unwrap_err();
+        assert!(
+            matches!(&e, MapError::NotFound(m) if m.contains("or the policy files' map rules")),
+            "{e:?}"
+        );
+        assert!(account(&mut plain, "/DC=org/CN=Policy", &[]).is_err());
+
+        let mut b = book_with_policies(d.path());
+        // A pool by FQAN, with the policy's group.
+        assert_eq!(
+            account(&mut b, "/DC=org/CN=P", &["/atlas/Role=pilot"]).unwrap(),
+            ("cms001".into(), vec!["pilots".into()])
+        );
+        // A static account by DN.
+        assert_eq!(
+            account(&mut b, "/DC=org/CN=Policy", &[]).unwrap(),
+            ("root".into(), vec![])
+        );
+        // A /lhcb/* prefix rule.
+        assert_eq!(
+            account(&mut b, "/DC=org/CN=L", &["/lhcb/x/Role=y"])
+                .unwrap()
+                .0,
+            "atlas001"
+        );
+        // Group rules add to the group-mapfile's: its atlasprd first, then the
+        // policy's, per FQAN, without duplicates.
+        assert_eq!(
+            account(
+                &mut b,
+                "/DC=org/CN=G",
+                &[
+                    "/atlas/Role=production",
+                    "/atlas/Role=pilot",
+                    "/atlas/Role=pilot"
+                ]
+            )
+            .unwrap()
+            .1,
+            vec!["atlasprd", "prod2", "pilots"]
+        );
+        // A static account that does not exist names the rule that mapped it.
+        let e = account(&mut b, "/DC=org/CN=Gone", &[]).unwrap_err();
+        assert!(
+            matches!(&e, MapError::NotFound(m) if m == "gone (mapped by policy rule p.toml:6:3: vo.atlas.map[3])"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_grid_mapfile_wins_when_both_match() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = book_with_policies(d.path());
+        // Both map /atlas/Role=production: the grid-mapfile's .atlas, not the policy's cms.
+        assert_eq!(
+            account(&mut b, "/DC=org/CN=A", &["/atlas/Role=production"])
+                .unwrap()
+                .0,
+            "atlas001"
+        );
+        // Even the grid-mapfile's DN line comes before a policy FQAN rule.
+        assert_eq!(
+            account(&mut b, "/DC=org/CN=Static", &["/atlas/Role=pilot"])
+                .unwrap()
+                .0,
+            "root"
+        );
+        // Where the grid-mapfile has nothing for the FQAN or the DN, the policy applies.
+        assert_eq!(
+            account(&mut b, "/DC=org/CN=B", &["/atlas/Role=pilot"])
+                .unwrap()
+                .0,
+            "cms001"
+        );
+    }
+
+    #[test]
+    fn policy_rules_try_the_primary_fqan_before_the_dn() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = book_with_policies(d.path());
+        let dn = "/DC=org/CN=Policy";
+        // The DN has a static rule, but the primary FQAN matches a pool rule.
+        assert_eq!(account(&mut b, dn, &["/lhcb"]).unwrap().0, "atlas001");
+        // A primary FQAN no rule matches falls back to the DN.
+        assert_eq!(account(&mut b, dn, &["/dteam"]).unwrap().0, "root");
+        // Only the primary FQAN is tried, not the others.
+        assert_eq!(account(&mut b, dn, &["/dteam", "/lhcb"]).unwrap().0, "root");
+        assert!(account(&mut b, "/DC=org/CN=X", &["/dteam", "/lhcb"]).is_err());
+    }
+
+    #[test]
+    fn a_rule_naming_a_missing_pool_is_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = book_with_policies(d.path());
+        let bad = "[vo.atlas]\nmap = [\n  { fqan = \"/atlas/*\", pool = \"atlasx\" },\n  \
+                   { dn = \"/CN=x\", pool = \"cms\" },\n  { dn = \"/CN=y\", pool = \"nope\" },\n]\n";
+        let e = b.set_policies(&policies(bad)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "p.toml:3:31: vo.atlas.map[0].pool = \"atlasx\": no pool \"atlasx\" in dmsd's configuration; add [accounts.pools.atlasx] or name a configured pool (configured: atlas, cms)\n\
+             p.toml:5:26: vo.atlas.map[2].pool = \"nope\": no pool \"nope\" in dmsd's configuration; add [accounts.pools.nope] or name a configured pool (configured: atlas, cms)"
+        );
+        // The previous rules stay in force.
+        assert_eq!(b.policy_maps().len(), 5);
+        assert_eq!(
+            account(&mut b, "/DC=org/CN=P", &["/atlas/Role=pilot"])
+                .unwrap()
+                .0,
+            "cms001"
+        );
+        // Static accounts are not checked at load: they are resolved when mapped.
+        b.set_policies(&policies(
+            "[vo.atlas]\nmap = [ { dn = \"/CN=x\", account = \"nobody-here\" } ]\n",
+        ))
+        .unwrap();
+        assert_eq!(b.policy_maps().len(), 1);
+    }
+
+    #[test]
+    fn dmsd_refuses_policies_naming_a_missing_pool() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::service::StartError;
+        use crate::usage::tests::{start, FakeBackend};
+
+        let d = tempfile::tempdir().unwrap();
+        let fake = || Arc::new(FakeBackend::default());
+        let good = "[vo.atlas]\nmemory = { limit = \"64M\" }\nmap = [ { fqan = \"/atlas/*\", pool = \"atlas\" } ]\n";
+        let bad = "[vo.atlas]\nmemory = { limit = \"128M\" }\nmap = [ { fqan = \"/atlas/*\", pool = \"atlass\" } ]\n";
+        // At start: the daemon does not start, and says why.
+        let state = d.path().join("s1");
+        let e = start(
+            &state,
+            fake(),
+            Duration::from_secs(1),
+            bad,
+            config(d.path()),
+        )
+        .unwrap_err();
+        assert!(matches!(&e, StartError::Policies { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("t.toml:3:37: vo.atlas.map[0].pool = \"atlass\": no pool \"atlass\""),
+            "{e}"
+        );
+        // On reload: an error, and the previous policies and rules stay in force.
+        let state = d.path().join("s2");
+        let svc = start(
+            &state,
+            fake(),
+            Duration::from_secs(1),
+            good,
+            config(d.path()),
+        )
+        .unwrap();
+        std::fs::write(state.join("policies/t.toml"), bad).unwrap();
+        let e = svc.reload_policies().unwrap_err();
+        assert!(
+            e.message
+                .starts_with("policy reload failed; the previous policies stay in force:\n")
+                && e.message
+                    .contains("no pool \"atlass\" in dmsd's configuration"),
+            "{}",
+            e.message
+        );
+        let memory = |svc: &crate::service::Service| {
+            let set = svc.policies.read().0.clone();
+            set.resolve("atlas", None)
+                .unwrap()
+                .quotas
+                .memory
+                .limit_bytes
+        };
+        assert_eq!(memory(&svc), Some(64 << 20));
+        assert_eq!(svc.accounts.lock().policy_maps().len(), 1);
+        // Fixed, the reload goes through.
+        std::fs::write(state.join("policies/t.toml"), bad.replace("atlass", "cms")).unwrap();
+        svc.reload_policies().unwrap();
+        assert_eq!(memory(&svc), Some(128 << 20));
     }
 
     #[test]

@@ -71,6 +71,7 @@ max_xml_files = 100000
 # Grid identities to local accounts, and PAM sessions.
 [accounts]
 # "DN" account, "DN" .pool, "/vo/group/Role=r" .pool, "/vo/*" .pool (a missing file is empty).
+# The policy files' map rules are tried after it, and their group_map rules add groups.
 grid_mapfile = "/etc/grid-security/grid-mapfile"
 # "/vo/group/Role=r" localgroup: secondary groups from the FQANs.
 group_mapfile = "/etc/grid-security/groupmapfile"

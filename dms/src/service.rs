@@ -329,8 +329,15 @@ impl Service {
         let leases = store
             .all_records(Table::Leases)
             .map_err(|e| StartError::Accounts(e.to_string()))?;
-        let accounts = crate::accounts::AccountBook::new(opts.accounts, leases)
+        let mut accounts = crate::accounts::AccountBook::new(opts.accounts, leases)
             .map_err(StartError::Accounts)?;
+        // The policies' map rules need the configured pools.
+        accounts
+            .set_policies(&set)
+            .map_err(|errors| StartError::Policies {
+                dir: opts.policy_dir.clone(),
+                errors,
+            })?;
         let sessions = crate::session::SessionBook::load(&store)
             .map_err(|e| StartError::Accounts(e.to_string()))?;
         let jobs = store
@@ -953,15 +960,20 @@ impl Service {
                 format!("mapfile reload failed; the previous mapfiles stay in force: {e}"),
             ));
         }
-        let set = match PolicySet::load_dir(&self.policy_dir) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                tracing::error!(dir = %self.policy_dir.display(), errors = %e, "policy reload failed; previous policies stay in force");
-                return Err(err(
-                    ErrorKind::InvalidArgument,
-                    format!("policy reload failed; the previous policies stay in force:\n{e}"),
-                ));
-            }
+        let failed = |e: PolicyErrors| {
+            tracing::error!(dir = %self.policy_dir.display(), errors = %e, "policy reload failed; previous policies stay in force");
+            err(
+                ErrorKind::InvalidArgument,
+                format!("policy reload failed; the previous policies stay in force:\n{e}"),
+            )
+        };
+        let set = Arc::new(PolicySet::load_dir(&self.policy_dir).map_err(failed)?);
+        // The map rules go first: a rule naming a pool dmsd does not have fails the whole
+        // reload, and neither the old rules nor the old policies are replaced.
+        let map_rules = {
+            let mut book = self.accounts.lock();
+            book.set_policies(&set).map_err(failed)?;
+            book.policy_maps().len()
         };
         *self.policies.write() = (Arc::clone(&set), now());
         let mut notes = Vec::new();
@@ -1006,7 +1018,7 @@ impl Service {
                 }
             }
         }
-        tracing::info!(vos = ?set.vo_names(), updates = ?notes, "policies reloaded");
+        tracing::info!(vos = ?set.vo_names(), map_rules, updates = ?notes, "policies reloaded");
         Ok(notes)
     }
 

@@ -238,7 +238,7 @@ fn static_user(name: &str) -> Result<(u32, u32), MapError> {
     match lookup_user(name) {
         Ok(o) => Ok((o.uid, o.gid)),
         Err(e) if e.kind == ErrorKind::NotFound => Err(MapError::NotFound(format!(
-            "the grid-mapfile maps to account {name:?}, which does not exist on this node"
+            "account {name:?} does not exist on this node"
         ))),
         Err(e) => Err(MapError::Failed(e.message)),
     }

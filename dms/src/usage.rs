@@ -517,9 +517,10 @@ impl Service {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     //! Collection faults that cannot be produced for real as root (an unreadable stat file, a
-    //! backend that hangs), through a backend that fakes only its stats.
+    //! backend that hangs), through a backend that fakes only its stats. The fake and
+    //! [`start`] also serve other modules' service tests.
     use std::collections::HashMap;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -532,7 +533,7 @@ mod tests {
         Backend, BackendError, Domain, EventSource, ExecSpec, InitExitHandler, JoinTarget,
         LiveDomain, Runtime,
     };
-    use crate::service::{Caller, EnsureRequest, Service, ServiceOptions};
+    use crate::service::{Caller, EnsureRequest, Service, ServiceOptions, StartError};
     use crate::spawn::Child;
 
     /// How the fake answers `stats` for a domain.
@@ -544,7 +545,7 @@ mod tests {
     }
 
     #[derive(Debug, Default)]
-    struct FakeBackend {
+    pub(crate) struct FakeBackend {
         reads: Mutex<HashMap<String, Reads>>,
     }
 
@@ -617,29 +618,43 @@ mod tests {
         }
     }
 
-    fn service(dir: &std::path::Path, budget: Duration) -> (Arc<Service>, Arc<FakeBackend>) {
+    /// A service over the fake backend, with state in `dir` and one policy file,
+    /// `dir/policies/t.toml`, holding `policy`.
+    pub(crate) fn start(
+        dir: &std::path::Path,
+        backend: Arc<FakeBackend>,
+        budget: Duration,
+        policy: &str,
+        accounts: crate::accounts::AccountsConfig,
+    ) -> Result<Service, StartError> {
         let policies = dir.join("policies");
         std::fs::create_dir_all(&policies).unwrap();
-        std::fs::write(
-            policies.join("t.toml"),
-            "[vo.t]\ngranularity = \"job\"\nnetwork = { mode = \"none\" }\nmemory = { limit = \"64M\" }\n",
-        )
-        .unwrap();
-        let backend = Arc::new(FakeBackend::default());
-        let svc = Service::new(
-            backend.clone(),
+        std::fs::write(policies.join("t.toml"), policy).unwrap();
+        Service::new(
+            backend,
             crate::store::Store::open(dir).unwrap(),
             ServiceOptions {
                 policy_dir: policies,
                 admin_gid: None,
                 lock_timeout: Duration::from_secs(1),
                 cgroup_version: "v1".into(),
-                accounts: crate::config::Config::load(None).unwrap().accounts,
+                accounts,
                 usage_dir: Some(dir.join("usage")),
                 usage_rotate: Default::default(),
                 collect_budget: budget,
             },
             Box::new(|_| {}),
+        )
+    }
+
+    fn service(dir: &std::path::Path, budget: Duration) -> (Arc<Service>, Arc<FakeBackend>) {
+        let backend = Arc::new(FakeBackend::default());
+        let svc = start(
+            dir,
+            backend.clone(),
+            budget,
+            "[vo.t]\ngranularity = \"job\"\nnetwork = { mode = \"none\" }\nmemory = { limit = \"64M\" }\n",
+            crate::config::Config::load(None).unwrap().accounts,
         )
         .unwrap();
         (Arc::new(svc), backend)

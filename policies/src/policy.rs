@@ -8,13 +8,15 @@ use std::str::FromStr;
 use serde_spanned::Spanned;
 
 use crate::error::{PolicyError, PolicyErrors, ResolveError};
-use crate::identity::{validate_name, Fqan};
+use crate::identity::{looks_like_dn, validate_dn, validate_name, Fqan};
+use crate::mapping::{GroupMapRule, MapPattern, MapRule, MapTarget, Origin};
 use crate::model::{
     BackendKind, CpuSet, Granularity, IdleAction, IoThrottle, LimitAction, LimitKind, NetworkMode,
     Permission, PortForward, Priority, ResolvedRule, Shaper, UnknownVariant,
 };
 use crate::raw::{
-    Common, RawFile, RawIo, RawMonitor, RawNetwork, RawPaths, RawRule, RawVo, Scalar,
+    Common, Entries, RawFile, RawGroupMapEntry, RawIo, RawMapEntry, RawMonitor, RawNetwork,
+    RawPaths, RawRule, RawVo, Scalar,
 };
 use crate::units::{self, format_size, UnitError};
 
@@ -41,6 +43,10 @@ const OTHER_QDISCS: &[&str] = &[
 ];
 /// The key of `monitor = { ... }` that is not an action.
 const MONITOR_RATIO_KEY: &str = "cpu_throttled_ratio";
+/// The keys of a `map` entry.
+const MAP_KEYS: &[&str] = &["fqan", "dn", "pool", "account"];
+/// The keys of a `group_map` entry.
+const GROUP_MAP_KEYS: &[&str] = &["fqan", "group"];
 /// Longest value quoted "as written" in an error.
 const MAX_WRITTEN: usize = 80;
 
@@ -161,6 +167,10 @@ struct VoPolicy {
     column: usize,
     defaults: Layer,
     rules: Vec<Rule>,
+    /// `map` entries, in the order written (moved to the set once the VO is accepted).
+    map: Vec<MapRule>,
+    /// `group_map` entries, in the order written (likewise).
+    group_map: Vec<GroupMapRule>,
 }
 
 impl VoPolicy {
@@ -367,6 +377,8 @@ impl Conflict {
 pub struct PolicySet {
     vos: BTreeMap<String, VoPolicy>,
     files: Vec<PathBuf>,
+    mappings: Vec<MapRule>,
+    group_mappings: Vec<GroupMapRule>,
 }
 
 impl PolicySet {
@@ -432,6 +444,22 @@ impl PolicySet {
         &self.files
     }
 
+    /// Every `map` rule of every VO, in the order written: files in load order
+    /// (name order for [`PolicySet::load_dir`]), then by position in the file.
+    /// Rules match like grid-mapfile lines: the first rule matching the primary
+    /// FQAN, else the first matching the DN. Load rejects a rule that an earlier
+    /// one makes unreachable (same DN or FQAN, or an FQAN below an earlier
+    /// `/vo/*`). Pools are not checked here: dmsd knows its pools.
+    pub fn mappings(&self) -> &[MapRule] {
+        &self.mappings
+    }
+
+    /// Every `group_map` rule of every VO, in the same order as
+    /// [`PolicySet::mappings`]; per FQAN, the first matching rule gives a group.
+    pub fn group_mappings(&self) -> &[GroupMapRule] {
+        &self.group_mappings
+    }
+
     /// The effective rule for a member of `vo` holding `fqan` (if any): the
     /// VO defaults overridden, field by field, by every matching group and
     /// role rule, most specific last.
@@ -468,7 +496,9 @@ impl PolicySet {
         self.files.push(file.to_owned());
         let mut cx = Cx::new(file, text);
         let vos = parse_file(&mut cx);
-        for vo in vos {
+        let mut maps = Vec::new();
+        let mut group_maps = Vec::new();
+        for mut vo in vos {
             if let Some(first) = self.vos.get(&vo.name) {
                 let msg = format!(
                     "VO {:?} is already defined in {}:{}:{}",
@@ -486,13 +516,79 @@ impl PolicySet {
                     message: msg,
                 });
             } else {
+                maps.append(&mut vo.map);
+                group_maps.append(&mut vo.group_map);
                 self.vos.insert(vo.name.clone(), vo);
             }
         }
+        add_rules(&mut self.mappings, maps, &mut cx.errors);
+        add_rules(&mut self.group_mappings, group_maps, &mut cx.errors);
         let mut found = cx.errors;
         found.sort_by_key(|e| (e.line, e.column));
         errors.extend(found);
     }
+}
+
+/// A `map` or `group_map` rule, for the checks both get.
+trait Mapping {
+    fn pattern(&self) -> &MapPattern;
+    fn origin(&self) -> &Origin;
+}
+
+impl Mapping for MapRule {
+    fn pattern(&self) -> &MapPattern {
+        &self.pattern
+    }
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+}
+
+impl Mapping for GroupMapRule {
+    fn pattern(&self) -> &MapPattern {
+        &self.pattern
+    }
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+}
+
+/// Appends one file's `rules` to `set` in the order written (VO tables are read
+/// in name order), each unless an earlier rule makes it unreachable, which is
+/// an error.
+fn add_rules<T: Mapping>(set: &mut Vec<T>, mut rules: Vec<T>, errors: &mut Vec<PolicyError>) {
+    rules.sort_by_key(|r| (r.origin().line, r.origin().column));
+    for rule in rules {
+        match unreachable(set, &rule) {
+            Some(msg) => errors.push(rule.origin().error(msg)),
+            None => set.push(rule),
+        }
+    }
+}
+
+/// Why `rule` would never apply after the `earlier` rules; None if it can.
+fn unreachable<T: Mapping>(earlier: &[T], rule: &T) -> Option<String> {
+    let (pattern, at) = (rule.pattern(), rule.origin());
+    let (first, origin) = earlier
+        .iter()
+        .map(|r| (r.pattern(), r.origin()))
+        .find(|(p, _)| pattern.shadowed_by(p))?;
+    let place = if origin.file == at.file {
+        format!("line {}", origin.line)
+    } else {
+        format!("{}:{}", origin.file.display(), origin.line)
+    };
+    Some(if first == pattern {
+        format!(
+            "duplicate rule for {pattern}: already mapped by {} ({place})",
+            origin.field
+        )
+    } else {
+        format!(
+            "never applies: {} ({place}) comes first and matches {first}, which includes {pattern}; put the more specific rule first",
+            origin.field
+        )
+    })
 }
 
 fn finish(set: PolicySet, errors: Vec<PolicyError>) -> Result<PolicySet, PolicyErrors> {
@@ -772,6 +868,18 @@ impl<'a> Cx<'a> {
         Some(s)
     }
 
+    /// Where `span` is, for messages given after loading.
+    fn origin(&self, span: &Range<usize>, field: String) -> Origin {
+        let (line, column) = self.position(span.start);
+        Origin {
+            file: self.file.to_owned(),
+            line,
+            column,
+            field,
+            value: self.written(span),
+        }
+    }
+
     fn site(v: &Spanned<Scalar>, field: String) -> Site {
         Site {
             span: v.span(),
@@ -830,6 +938,8 @@ fn parse_vo(cx: &mut Cx<'_>, name: &Spanned<String>, raw: &RawVo, field: &str) -
         column,
         defaults,
         rules: Vec::new(),
+        map: Vec::new(),
+        group_map: Vec::new(),
     };
     let base = vo.merge(None).0;
     let vo_ok = Conflict::find(&base).is_empty();
@@ -845,6 +955,23 @@ fn parse_vo(cx: &mut Cx<'_>, name: &Spanned<String>, raw: &RawVo, field: &str) -
             let rule_field = format!("{field}.{kind}[{i}]");
             if let Some(rule) = parse_rule(cx, &vo, kind == "role", rule, rule_field) {
                 vo.rules.push(rule);
+            }
+        }
+    }
+
+    if let Some(list) = &raw.map {
+        for (i, entry) in list.get_ref().iter().enumerate() {
+            let entry_field = format!("{field}.map[{i}]");
+            if let Some(rule) = parse_map_entry(cx, &vo.name, entry, entry_field) {
+                vo.map.push(rule);
+            }
+        }
+    }
+    if let Some(list) = &raw.group_map {
+        for (i, entry) in list.get_ref().iter().enumerate() {
+            let entry_field = format!("{field}.group_map[{i}]");
+            if let Some(rule) = parse_group_map_entry(cx, &vo.name, entry, entry_field) {
+                vo.group_map.push(rule);
             }
         }
     }
@@ -936,6 +1063,265 @@ fn parse_rule(
         span,
         field,
     })
+}
+
+/// The known keys of a `map` or `group_map` entry, by name; every other key is
+/// reported with the message `unknown` gives for it.
+fn entry_keys<'e>(
+    cx: &mut Cx<'_>,
+    field: &str,
+    entries: &'e Entries,
+    known: &[&str],
+    unknown: impl Fn(&str) -> String,
+) -> BTreeMap<&'e str, &'e Spanned<Scalar>> {
+    let mut out = BTreeMap::new();
+    for (name, v) in entries {
+        let name_str = name.get_ref().as_str();
+        if known.contains(&name_str) {
+            // TOML refuses a key written twice in one table.
+            out.insert(name_str, v);
+        } else {
+            let key_field = format!("{field}.{}", key(name_str));
+            let value = cx.written(&v.span());
+            cx.push(&name.span(), &key_field, value, unknown(name_str));
+        }
+    }
+    out
+}
+
+/// The one key given of two alternatives (`fqan`/`dn`, `pool`/`account`), or
+/// None after reporting that neither or both are; `what` says what the pair is for.
+fn one_of<'e>(
+    cx: &mut Cx<'_>,
+    keys: &BTreeMap<&str, &'e Spanned<Scalar>>,
+    entry: &Range<usize>,
+    field: &str,
+    names: [&'static str; 2],
+    what: &str,
+) -> Option<(&'static str, &'e Spanned<Scalar>)> {
+    let [a, b] = names;
+    match (keys.get(a), keys.get(b)) {
+        (Some(v), None) => Some((a, v)),
+        (None, Some(v)) => Some((b, v)),
+        (None, None) => {
+            cx.error_here(entry, field, format!("missing {a} or {b} ({what})"));
+            None
+        }
+        (Some(va), Some(vb)) => {
+            // Reported at the one written second.
+            let (name, v) = if vb.span().start > va.span().start {
+                (b, vb)
+            } else {
+                (a, va)
+            };
+            cx.error(
+                &v.span(),
+                &format!("{field}.{name}"),
+                format!("give either {a} or {b}, not both ({what})"),
+            );
+            None
+        }
+    }
+}
+
+/// Parses `{ fqan | dn = "...", pool | account = "..." }` of a VO's `map`.
+fn parse_map_entry(
+    cx: &mut Cx<'_>,
+    vo: &str,
+    raw: &Spanned<RawMapEntry>,
+    field: String,
+) -> Option<MapRule> {
+    let span = raw.span();
+    let keys = entry_keys(cx, &field, &raw.get_ref().0, MAP_KEYS, |_| {
+        format!("unknown key; expected {}", either_list(MAP_KEYS))
+    });
+    let matched = one_of(
+        cx,
+        &keys,
+        &span,
+        &field,
+        ["fqan", "dn"],
+        "what the rule matches",
+    );
+    let target = one_of(
+        cx,
+        &keys,
+        &span,
+        &field,
+        ["pool", "account"],
+        "where the rule maps to",
+    );
+    // Both halves are checked, so that every error is reported.
+    let pattern = matched.and_then(|(name, v)| {
+        let key_field = format!("{field}.{name}");
+        let text = cx.string(v, &key_field)?;
+        let parsed = if name == "dn" {
+            dn_pattern(&text)
+        } else {
+            fqan_pattern(vo, &text)
+        };
+        parsed
+            .map_err(|msg| cx.error(&v.span(), &key_field, msg))
+            .ok()
+    });
+    let target = target.and_then(|(name, v)| {
+        let key_field = format!("{field}.{name}");
+        let text = cx.string(v, &key_field)?;
+        let parsed = if name == "pool" {
+            pool_target(&text)
+        } else {
+            validate_name("account", &text)
+                .map(|()| MapTarget::Account(text))
+                .map_err(|e| e.reason())
+        };
+        match parsed {
+            Ok(t) => Some((t, cx.origin(&v.span(), key_field))),
+            Err(msg) => {
+                cx.error(&v.span(), &key_field, msg);
+                None
+            }
+        }
+    });
+    let (pattern, (target, target_origin)) = (pattern?, target?);
+    Some(MapRule {
+        vo: vo.to_owned(),
+        pattern,
+        target,
+        origin: cx.origin(&span, field),
+        target_origin,
+    })
+}
+
+/// Parses `{ fqan = "...", group = "..." }` of a VO's `group_map`.
+fn parse_group_map_entry(
+    cx: &mut Cx<'_>,
+    vo: &str,
+    raw: &Spanned<RawGroupMapEntry>,
+    field: String,
+) -> Option<GroupMapRule> {
+    let span = raw.span();
+    let keys = entry_keys(cx, &field, &raw.get_ref().0, GROUP_MAP_KEYS, |name| {
+        if name == "dn" {
+            "group_map maps FQANs to groups, not DNs (like the group-mapfile)".into()
+        } else {
+            format!("unknown key; expected {}", either_list(GROUP_MAP_KEYS))
+        }
+    });
+    let gave_dn = raw.get_ref().0.iter().any(|(k, _)| k.get_ref() == "dn");
+    let pattern = match keys.get("fqan") {
+        Some(v) => {
+            let key_field = format!("{field}.fqan");
+            cx.string(v, &key_field).and_then(|text| {
+                fqan_pattern(vo, &text)
+                    .map_err(|msg| cx.error(&v.span(), &key_field, msg))
+                    .ok()
+            })
+        }
+        None => {
+            // A dn instead of the fqan is reported once, above.
+            if !gave_dn {
+                cx.error_here(&span, &field, "missing fqan (what the rule matches)");
+            }
+            None
+        }
+    };
+    let group = match keys.get("group") {
+        Some(v) => {
+            let key_field = format!("{field}.group");
+            cx.string(v, &key_field)
+                .and_then(|text| match validate_name("group", &text) {
+                    Ok(()) => Some(text),
+                    Err(e) => {
+                        cx.error(&v.span(), &key_field, e.reason());
+                        None
+                    }
+                })
+        }
+        None => {
+            cx.error_here(&span, &field, "missing group (the local group to add)");
+            None
+        }
+    };
+    let (pattern, group) = (pattern?, group?);
+    Some(GroupMapRule {
+        vo: vo.to_owned(),
+        pattern,
+        group,
+        origin: cx.origin(&span, field),
+    })
+}
+
+/// A `dn` key: a certificate subject, checked like a grid-mapfile's.
+fn dn_pattern(text: &str) -> Result<MapPattern, String> {
+    match validate_dn(text) {
+        Ok(()) => Ok(MapPattern::Dn(text.to_owned())),
+        Err(e) => {
+            let body = text.strip_suffix("/*").unwrap_or(text);
+            if body.parse::<Fqan>().is_ok() {
+                Err(format!(
+                    "{}; this is an FQAN, write fqan = {text:?}",
+                    e.reason
+                ))
+            } else {
+                Err(e.reason)
+            }
+        }
+    }
+}
+
+/// An `fqan` key of a rule under `[vo.VO]`: an FQAN of that VO, or
+/// `/VO/group/*` for every group and role below, as in a grid-mapfile.
+fn fqan_pattern(vo: &str, text: &str) -> Result<MapPattern, String> {
+    let (body, wildcard) = match text.strip_suffix("/*") {
+        Some(body) => (body, true),
+        None => (text, false),
+    };
+    let fqan: Fqan = match body.parse() {
+        Ok(f) => f,
+        Err(e) => {
+            let e: crate::identity::FqanError = e;
+            let attribute = text.starts_with("/Role=") || text.starts_with("/Capability=");
+            if !attribute && looks_like_dn(text) && validate_dn(text).is_ok() {
+                return Err(format!(
+                    "this is a certificate DN, not an FQAN; write dn = {text:?}"
+                ));
+            }
+            return Err(e.reason);
+        }
+    };
+    if fqan.vo != vo {
+        return Err(format!(
+            "the FQAN belongs to VO {:?}, not {vo:?}; map it under [vo.{}]",
+            fqan.vo,
+            key(&fqan.vo)
+        ));
+    }
+    if !wildcard {
+        return Ok(MapPattern::Fqan(fqan));
+    }
+    if fqan.role.is_some() || fqan.capability.is_some() {
+        return Err(format!(
+            "a wildcard pattern may only follow groups (e.g. \"/{vo}/*\" or \"/{vo}/group/*\")"
+        ));
+    }
+    Ok(MapPattern::FqanPrefix(
+        fqan.group_path().into_iter().map(str::to_owned).collect(),
+    ))
+}
+
+/// A `pool` key: a pool name as `[accounts.pools.NAME]` of dmsd's
+/// configuration names it (whether it exists is dmsd's check).
+fn pool_target(text: &str) -> Result<MapTarget, String> {
+    if let Some(bare) = text.strip_prefix('.') {
+        if validate_name("pool", bare).is_ok() {
+            return Err(format!(
+                "a pool is named without the grid-mapfile's leading '.'; write pool = {bare:?}"
+            ));
+        }
+    }
+    validate_name("pool", text)
+        .map(|()| MapTarget::Pool(text.to_owned()))
+        .map_err(|e| e.reason())
 }
 
 /// Parses and range-checks the shared settings of a VO or rule section.

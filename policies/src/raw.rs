@@ -171,34 +171,63 @@ pub(crate) struct RawIdle {
     pub after: Field,
 }
 
-/// `monitor = { ... }`: kept as written, key by key, so that an unknown
-/// key is reported with its own field name and value (and does not stop
-/// the other checks) instead of failing the whole file.
-#[derive(Debug)]
-pub(crate) struct RawMonitor(pub Vec<(Spanned<String>, Spanned<Scalar>)>);
+/// The keys of an inline table, in the order written, each with its span.
+pub(crate) type Entries = Vec<(Spanned<String>, Spanned<Scalar>)>;
 
-impl<'de> Deserialize<'de> for RawMonitor {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(MonitorVisitor)
-    }
-}
+/// Reads a table key by key into [`Entries`]; `expecting` describes the table in type errors.
+struct EntriesVisitor(&'static str);
 
-struct MonitorVisitor;
-
-impl<'de> Visitor<'de> for MonitorVisitor {
-    type Value = RawMonitor;
+impl<'de> Visitor<'de> for EntriesVisitor {
+    type Value = Entries;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a table like { oom_kill = \"kill\", cpu_throttled_ratio = 0.5 }")
+        f.write_str(self.0)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMonitor, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
         let mut out = Vec::new();
         while let Some(entry) = map.next_entry::<Spanned<String>, Spanned<Scalar>>()? {
             out.push(entry);
         }
-        Ok(RawMonitor(out))
+        Ok(out)
     }
+}
+
+/// Declares a table kept as written, key by key, so that an unknown key is
+/// reported with its own field name and value (and does not stop the other
+/// checks) instead of failing the whole file.
+macro_rules! keyed_table {
+    ($(#[$m:meta])* $name:ident, $expecting:literal) => {
+        $(#[$m])*
+        #[derive(Debug)]
+        pub(crate) struct $name(pub Entries);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserializer
+                    .deserialize_map(EntriesVisitor($expecting))
+                    .map($name)
+            }
+        }
+    };
+}
+
+keyed_table! {
+    /// `monitor = { ... }`.
+    RawMonitor,
+    "a table like { oom_kill = \"kill\", cpu_throttled_ratio = 0.5 }"
+}
+
+keyed_table! {
+    /// One entry of `map = [ ... ]`.
+    RawMapEntry,
+    "a table like { fqan = \"/vo/Role=pilot\", pool = \"vopil\" } or { dn = \"/DC=org/CN=Jane Doe\", account = \"jdoe\" }"
+}
+
+keyed_table! {
+    /// One entry of `group_map = [ ... ]`.
+    RawGroupMapEntry,
+    "a table like { fqan = \"/vo/production\", group = \"voprd\" }"
 }
 
 /// `network = { ... }`.
@@ -313,6 +342,8 @@ section! {
     RawVo {
         group: Vec<Spanned<RawRule>>,
         role: Vec<Spanned<RawRule>>,
+        map: Option<Spanned<Vec<Spanned<RawMapEntry>>>>,
+        group_map: Option<Spanned<Vec<Spanned<RawGroupMapEntry>>>>,
     }
 }
 

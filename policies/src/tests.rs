@@ -158,6 +158,9 @@ fn examples_load_cleanly() {
     let set = PolicySet::load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(set.vo_names(), ["atlas", "cms", "dteam"]);
     assert_eq!(set.files().len(), 3);
+    // The map example stays commented out: dmsd's default configuration has no
+    // pools (see the_commented_map_example_parses).
+    assert!(set.mappings().is_empty() && set.group_mappings().is_empty());
 
     let atlas = set.resolve("atlas", None).unwrap();
     assert!(atlas.source.ends_with("atlas.toml"));
@@ -2086,4 +2089,567 @@ fn monitor_serializes_and_old_records_load() {
             ..MonitorPolicy::default()
         }
     );
+}
+
+// ------------------------------------------------------- identity mapping
+
+/// 1-based character column of `needle` in `line` (for error positions).
+fn col(line: &str, needle: &str) -> usize {
+    let at = line
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in {line:?}"));
+    line[..at].chars().count() + 1
+}
+
+/// One `map` entry on line 2 of an atlas table; returns the text and the line.
+fn map_entry(entry: &str) -> (String, String) {
+    let line = format!("map = [ {entry} ]");
+    (vo_with(&line), line)
+}
+
+const MAPPING: &str = r#"[vo.atlas]
+map = [
+  { fqan = "/atlas/Role=pilot", pool = "atlaspil" },
+  { fqan = "/atlas/Role=NULL/Capability=NULL", account = "atlasadm" },
+  { fqan = "/atlas/*", pool = "atlas" },
+  { dn = "/DC=org/DC=example/CN=Jane Doe", account = "jdoe" },
+]
+group_map = [ { fqan = "/atlas/production", group = "atlasprd" }, { fqan = "/atlas/higgs/*", group = "higgs" } ]
+"#;
+
+#[test]
+fn map_parses_in_the_order_written() {
+    let set = parse(MAPPING).unwrap();
+    let got: Vec<(String, String, String)> = set
+        .mappings()
+        .iter()
+        .map(|r| (r.vo.clone(), r.pattern.to_string(), r.target.to_string()))
+        .collect();
+    let want = [
+        ("atlas", "/atlas/Role=pilot", ".atlaspil"),
+        ("atlas", "/atlas", "atlasadm"),
+        ("atlas", "/atlas/*", ".atlas"),
+        ("atlas", "/DC=org/DC=example/CN=Jane Doe", "jdoe"),
+    ];
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    let m = &set.mappings()[0];
+    assert_eq!(m.pattern, MapPattern::Fqan(fqan("/atlas/Role=pilot")));
+    assert_eq!(m.target, MapTarget::Pool("atlaspil".into()));
+    assert_eq!(
+        (m.origin.line, m.origin.column, m.origin.field.as_str()),
+        (3, 3, "vo.atlas.map[0]")
+    );
+    assert_eq!(m.origin.file, Path::new("t.toml"));
+    assert_eq!(
+        m.origin.value,
+        "{ fqan = \"/atlas/Role=pilot\", pool = \"atlaspil\" }"
+    );
+    assert_eq!(m.origin.to_string(), "t.toml:3:3: vo.atlas.map[0]");
+    let t = &m.target_origin;
+    assert_eq!(
+        (t.line, t.column, t.field.as_str(), t.value.as_str()),
+        (3, 40, "vo.atlas.map[0].pool", "\"atlaspil\"")
+    );
+    assert_eq!(
+        t.error("no such pool").to_string(),
+        "t.toml:3:40: vo.atlas.map[0].pool = \"atlaspil\": no such pool"
+    );
+    assert_eq!(set.mappings()[1].pattern, MapPattern::Fqan(fqan("/atlas")));
+    assert_eq!(
+        set.mappings()[2].pattern,
+        MapPattern::FqanPrefix(vec!["atlas".into()])
+    );
+    assert_eq!(
+        set.mappings()[3].pattern,
+        MapPattern::Dn("/DC=org/DC=example/CN=Jane Doe".into())
+    );
+    assert_eq!(set.mappings()[3].target, MapTarget::Account("jdoe".into()));
+
+    let groups: Vec<(String, &str, usize)> = set
+        .group_mappings()
+        .iter()
+        .map(|g| (g.pattern.to_string(), g.group.as_str(), g.origin.line))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("/atlas/production".to_string(), "atlasprd", 8),
+            ("/atlas/higgs/*".to_string(), "higgs", 8),
+        ]
+    );
+    assert_eq!(
+        set.group_mappings()[1].origin.field,
+        "vo.atlas.group_map[1]"
+    );
+    // Mapping rules do not change what the policy resolves to.
+    let r = set.resolve("atlas", None).unwrap();
+    assert_eq!(r, ResolvedRule::defaults("atlas", "t.toml".into()));
+    // A set without rules has none.
+    assert!(parse("[vo.atlas]\nmap = []\n")
+        .unwrap()
+        .mappings()
+        .is_empty());
+}
+
+#[test]
+fn map_order_is_files_then_position() {
+    // VO tables are read in name order, but rules keep the order written.
+    let text = "[vo.cms]\nmap = [ { dn = \"/CN=b\", account = \"b\" } ]\n\
+                [vo.atlas]\nmap = [ { dn = \"/CN=a\", account = \"a\" } ]\n";
+    let set = parse(text).unwrap();
+    let vos: Vec<&str> = set.mappings().iter().map(|r| r.vo.as_str()).collect();
+    assert_eq!(vos, ["cms", "atlas"]);
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(
+        dir.path(),
+        "a.toml",
+        "[vo.zz]\nmap = [ { dn = \"/CN=z\", pool = \"zz\" } ]\n",
+    );
+    let b = write(dir.path(), "b.toml", text);
+    let set = PolicySet::load_dir(dir.path()).unwrap();
+    let got: Vec<(&Path, &str)> = set
+        .mappings()
+        .iter()
+        .map(|r| (r.origin.file.as_path(), r.vo.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (a.as_path(), "zz"),
+            (b.as_path(), "cms"),
+            (b.as_path(), "atlas")
+        ]
+    );
+}
+
+#[test]
+fn map_pattern_errors() {
+    let cases = [
+        (
+            r#"{ fqan = "/cms/Role=pilot", pool = "cmspil" }"#,
+            "fqan",
+            r#""/cms/Role=pilot""#,
+            "the FQAN belongs to VO \"cms\", not \"atlas\"; map it under [vo.cms]",
+        ),
+        (
+            r#"{ fqan = "/cms/*", pool = "cms" }"#,
+            "fqan",
+            r#""/cms/*""#,
+            "the FQAN belongs to VO \"cms\"",
+        ),
+        (
+            r#"{ fqan = "/atlas/Role=pilot/*", pool = "p" }"#,
+            "fqan",
+            r#""/atlas/Role=pilot/*""#,
+            "a wildcard pattern may only follow groups (e.g. \"/atlas/*\" or \"/atlas/group/*\")",
+        ),
+        (
+            r#"{ fqan = "/atlas//x", pool = "p" }"#,
+            "fqan",
+            r#""/atlas//x""#,
+            "empty component",
+        ),
+        (
+            r#"{ fqan = "/atlas/*/x", pool = "p" }"#,
+            "fqan",
+            r#""/atlas/*/x""#,
+            "character '*' is not allowed",
+        ),
+        (
+            r#"{ fqan = "atlas", pool = "p" }"#,
+            "fqan",
+            r#""atlas""#,
+            "must start with '/'",
+        ),
+        (
+            r#"{ fqan = "/DC=org/CN=Jane", account = "jdoe" }"#,
+            "fqan",
+            r#""/DC=org/CN=Jane""#,
+            "this is a certificate DN, not an FQAN; write dn = \"/DC=org/CN=Jane\"",
+        ),
+        (
+            r#"{ fqan = "/Role=x", pool = "p" }"#,
+            "fqan",
+            r#""/Role=x""#,
+            "the first component must be the VO, not a Role",
+        ),
+        (
+            r#"{ fqan = 7, pool = "p" }"#,
+            "fqan",
+            "7",
+            "expected a string, found an integer",
+        ),
+        (
+            r#"{ dn = "/atlas/Role=pilot", pool = "p" }"#,
+            "dn",
+            r#""/atlas/Role=pilot""#,
+            "the first component \"atlas\" is not KEY=value; this is an FQAN, write fqan = \"/atlas/Role=pilot\"",
+        ),
+        (
+            r#"{ dn = "CN=x", pool = "p" }"#,
+            "dn",
+            r#""CN=x""#,
+            "must start with '/'",
+        ),
+        (
+            r#"{ dn = "/CN=a\\b", pool = "p" }"#,
+            "dn",
+            r#""/CN=a\\b""#,
+            "character '\\\\' is not allowed",
+        ),
+        (
+            r#"{ dn = "/CN=a\tb", pool = "p" }"#,
+            "dn",
+            r#""/CN=a\tb""#,
+            "control character '\\t' is not allowed",
+        ),
+        (
+            r#"{ dn = "", pool = "p" }"#,
+            "dn",
+            r#""""#,
+            "must not be empty",
+        ),
+        (
+            r#"{ dn = ["/CN=x"], pool = "p" }"#,
+            "dn",
+            r#"["/CN=x"]"#,
+            "expected a string, found an array",
+        ),
+    ];
+    for (entry, key, value, msg) in cases {
+        let (text, line) = map_entry(entry);
+        let at = col(&line, &format!("{key} = ")) + key.len() + 3;
+        one(&text, 2, at, &format!("vo.atlas.map[0].{key}"), value, msg);
+    }
+    // The DN validator is the grid-mapfile's: it accepts what real DNs hold.
+    let (text, _) = map_entry(
+        r#"{ dn = "/C=DE/O=GermanGrid/OU=KIT/CN=host/node1.example.org", account = "h" }"#,
+    );
+    parse(&text).unwrap();
+    let long = format!(r#"{{ dn = "/CN={}", pool = "p" }}"#, "x".repeat(1100));
+    let errs = errors(&map_entry(&long).0);
+    assert!(
+        errs[0]
+            .message
+            .contains("too long (1104 bytes, at most 1024)"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn map_target_errors() {
+    let cases = [
+        (
+            r#"{ fqan = "/atlas", pool = ".atlas" }"#,
+            "pool",
+            r#"".atlas""#,
+            "a pool is named without the grid-mapfile's leading '.'; write pool = \"atlas\"",
+        ),
+        (
+            r#"{ fqan = "/atlas", pool = "at las" }"#,
+            "pool",
+            r#""at las""#,
+            "character ' ' is not allowed",
+        ),
+        (
+            r#"{ fqan = "/atlas", pool = "" }"#,
+            "pool",
+            r#""""#,
+            "must not be empty",
+        ),
+        (
+            r#"{ fqan = "/atlas", pool = "-x" }"#,
+            "pool",
+            r#""-x""#,
+            "must not start with '-'",
+        ),
+        (
+            r#"{ fqan = "/atlas", pool = "..." }"#,
+            "pool",
+            r#""...""#,
+            "must not start with '.'",
+        ),
+        (
+            r#"{ fqan = "/atlas", pool = 3 }"#,
+            "pool",
+            "3",
+            "expected a string, found an integer",
+        ),
+        (
+            r#"{ dn = "/CN=x", account = "../root" }"#,
+            "account",
+            r#""../root""#,
+            "character '/' is not allowed",
+        ),
+        (
+            r#"{ dn = "/CN=x", account = "x,y" }"#,
+            "account",
+            r#""x,y""#,
+            "character ',' is not allowed",
+        ),
+    ];
+    for (entry, key, value, msg) in cases {
+        let (text, line) = map_entry(entry);
+        let at = col(&line, &format!("{key} = ")) + key.len() + 3;
+        one(&text, 2, at, &format!("vo.atlas.map[0].{key}"), value, msg);
+    }
+    let long = format!(r#"{{ dn = "/CN=x", pool = "{}" }}"#, "p".repeat(65));
+    let errs = errors(&map_entry(&long).0);
+    assert!(
+        errs[0].message.contains("too long (65 bytes, at most 64)"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn map_entry_shape_errors() {
+    // Neither or both of a pair.
+    let (text, _) = map_entry(r#"{ pool = "p" }"#);
+    one(
+        &text,
+        2,
+        9,
+        "vo.atlas.map[0]",
+        "",
+        "missing fqan or dn (what the rule matches)",
+    );
+    let (text, _) = map_entry(r#"{ dn = "/CN=x" }"#);
+    one(
+        &text,
+        2,
+        9,
+        "vo.atlas.map[0]",
+        "",
+        "missing pool or account (where the rule maps to)",
+    );
+    let (text, line) = map_entry(r#"{ fqan = "/atlas", dn = "/CN=x", pool = "p" }"#);
+    one(
+        &text,
+        2,
+        col(&line, "\"/CN=x\""),
+        "vo.atlas.map[0].dn",
+        "\"/CN=x\"",
+        "give either fqan or dn, not both",
+    );
+    let (text, line) = map_entry(r#"{ dn = "/CN=x", account = "a", pool = "p" }"#);
+    one(
+        &text,
+        2,
+        col(&line, "\"p\""),
+        "vo.atlas.map[0].pool",
+        "\"p\"",
+        "give either pool or account, not both",
+    );
+    // Unknown keys name the field and value, and list the keys.
+    let (text, line) = map_entry(r#"{ dn = "/CN=x", acount = "a", pool = "p" }"#);
+    one(
+        &text,
+        2,
+        col(&line, "acount"),
+        "vo.atlas.map[0].acount",
+        "\"a\"",
+        "unknown key; expected \"fqan\", \"dn\", \"pool\" or \"account\"",
+    );
+    let (text, line) = map_entry(r#"{ dn = "/CN=x", pool = "p", "the group" = 1 }"#);
+    one(
+        &text,
+        2,
+        col(&line, "\"the group\""),
+        "vo.atlas.map[0].\"the group\"",
+        "1",
+        "unknown key",
+    );
+    // Every problem is reported, in order, with the entry's index.
+    let text = "[vo.atlas]\nmap = [\n  { dn = \"/CN=ok\", pool = \"ok\" },\n  \
+                { fqan = \"/cms\", account = \"a b\" },\n  { x = 1 },\n]\npids = 0\n";
+    let got: Vec<(usize, String)> = errors(text)
+        .iter()
+        .map(|e| (e.line, e.field.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (4, "vo.atlas.map[1].fqan".to_string()),
+            (4, "vo.atlas.map[1].account".to_string()),
+            (5, "vo.atlas.map[2]".to_string()),
+            (5, "vo.atlas.map[2]".to_string()),
+            (5, "vo.atlas.map[2].x".to_string()),
+            (7, "vo.atlas.pids".to_string()),
+        ]
+    );
+    // Not a table, not a list; map is a VO key, not a rule key.
+    let e = &errors(&vo_with("map = [ \"/atlas .atlas\" ]"))[0];
+    assert_eq!((e.line, e.column), (2, 9));
+    assert!(e.message.contains("a table like { fqan = "), "{e}");
+    let e = &errors(&vo_with("map = { fqan = \"/atlas\", pool = \"atlas\" }"))[0];
+    assert_eq!(e.line, 2);
+    assert!(e.message.contains("expected a sequence"), "{e}");
+    let e = &errors("[vo.atlas]\n[[vo.atlas.role]]\nfqan = \"/atlas/Role=x\"\nmap = []\n")[0];
+    assert_eq!(e.line, 4);
+    assert!(e.message.contains("unknown field `map`"), "{e}");
+}
+
+#[test]
+fn group_map_errors() {
+    let entry = |e: &str| {
+        let line = format!("group_map = [ {e} ]");
+        (vo_with(&line), line)
+    };
+    let (text, line) = entry(r#"{ fqan = "/cms/x", group = "g" }"#);
+    one(
+        &text,
+        2,
+        col(&line, "\"/cms/x\""),
+        "vo.atlas.group_map[0].fqan",
+        "\"/cms/x\"",
+        "the FQAN belongs to VO \"cms\", not \"atlas\"",
+    );
+    let (text, line) = entry(r#"{ dn = "/CN=x", group = "g" }"#);
+    one(
+        &text,
+        2,
+        col(&line, "dn"),
+        "vo.atlas.group_map[0].dn",
+        "\"/CN=x\"",
+        "group_map maps FQANs to groups, not DNs",
+    );
+    let (text, line) = entry(r#"{ fqan = "/atlas", group = "a:b" }"#);
+    one(
+        &text,
+        2,
+        col(&line, "\"a:b\""),
+        "vo.atlas.group_map[0].group",
+        "\"a:b\"",
+        "character ':' is not allowed",
+    );
+    let (text, line) = entry(r#"{ fqan = "/atlas", group = "g", pool = "p" }"#);
+    one(
+        &text,
+        2,
+        col(&line, "pool"),
+        "vo.atlas.group_map[0].pool",
+        "\"p\"",
+        "unknown key; expected \"fqan\" or \"group\"",
+    );
+    let (text, _) = entry(r#"{ fqan = "/atlas" }"#);
+    one(&text, 2, 15, "vo.atlas.group_map[0]", "", "missing group");
+    let (text, _) = entry(r#"{ group = "g" }"#);
+    one(&text, 2, 15, "vo.atlas.group_map[0]", "", "missing fqan");
+    let (text, line) = entry(r#"{ fqan = "/atlas/Role=x/*", group = "g" }"#);
+    one(
+        &text,
+        2,
+        col(&line, "\"/atlas/Role"),
+        "vo.atlas.group_map[0].fqan",
+        "\"/atlas/Role=x/*\"",
+        "a wildcard pattern may only follow groups",
+    );
+    let e = &errors(&vo_with("group_map = [ 3 ]"))[0];
+    assert!(
+        e.message
+            .contains("a table like { fqan = \"/vo/production\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn unreachable_map_rules_are_errors() {
+    // A specific rule after a wildcard that covers it never applies.
+    let text = "[vo.atlas]\nmap = [\n  { fqan = \"/atlas/*\", pool = \"atlas\" },\n  \
+                { fqan = \"/atlas/higgs/Role=pilot\", pool = \"atlaspil\" },\n]\n";
+    one(
+        text,
+        4,
+        3,
+        "vo.atlas.map[1]",
+        "{ fqan = \"/atlas/higgs/Role=pilot\", pool = \"atlaspil\" }",
+        "never applies: vo.atlas.map[0] (line 3) comes first and matches /atlas/*, which includes /atlas/higgs/Role=pilot; put the more specific rule first",
+    );
+    // The other order is the way to write it.
+    let text = "[vo.atlas]\nmap = [\n  { fqan = \"/atlas/higgs/Role=pilot\", pool = \"atlaspil\" },\n  \
+                { fqan = \"/atlas/higgs/*\", pool = \"higgs\" },\n  { fqan = \"/atlas/*\", pool = \"atlas\" },\n]\n";
+    assert_eq!(parse(text).unwrap().mappings().len(), 3);
+    // Duplicates, also when written differently.
+    let text = "[vo.atlas]\nmap = [\n  { fqan = \"/atlas/x\", pool = \"a\" },\n  \
+                { fqan = \"/atlas/x/Role=NULL\", account = \"b\" },\n]\n";
+    one(
+        text,
+        4,
+        3,
+        "vo.atlas.map[1]",
+        "{ fqan = \"/atlas/x/Role=NULL\", account = \"b\" }",
+        "duplicate rule for /atlas/x: already mapped by vo.atlas.map[0] (line 3)",
+    );
+    // The same DN under two VOs, in two files: the second file's rule is named.
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(
+        dir.path(),
+        "a.toml",
+        "[vo.atlas]\nmap = [ { dn = \"/CN=x\", account = \"x\" } ]\n",
+    );
+    let b = write(
+        dir.path(),
+        "b.toml",
+        "[vo.cms]\n\nmap = [ { dn = \"/CN=x\", account = \"y\" } ]\n",
+    );
+    let errs = PolicySet::load_dir(dir.path()).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{}", PolicyErrors(errs.clone()));
+    assert_eq!(errs[0].file, b);
+    assert_eq!(errs[0].line, 3);
+    assert_eq!(
+        errs[0].message,
+        format!(
+            "duplicate rule for /CN=x: already mapped by vo.atlas.map[0] ({}:2)",
+            a.display()
+        )
+    );
+    // group_map follows the same rule.
+    let text = "[vo.atlas]\ngroup_map = [ { fqan = \"/atlas/*\", group = \"a\" }, \
+                { fqan = \"/atlas/b\", group = \"b\" } ]\n";
+    let e = &errors(text)[0];
+    assert_eq!(e.field, "vo.atlas.group_map[1]");
+    assert!(
+        e.message
+            .starts_with("never applies: vo.atlas.group_map[0]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_commented_map_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/atlas.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| *l == "# map = [").unwrap();
+    let end = start
+        + lines[start..]
+            .iter()
+            .position(|l| l.starts_with("# group_map = "))
+            .unwrap();
+    let mut example = String::from("[vo.atlas]\n");
+    for line in &lines[start..=end] {
+        example.push_str(line.strip_prefix("# ").unwrap());
+        example.push('\n');
+    }
+    let set = parse(&example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+    let got: Vec<String> = set
+        .mappings()
+        .iter()
+        .map(|r| format!("{} {}", r.pattern, r.target))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "/atlas/Role=pilot .atlaspil",
+            "/atlas/* .atlas",
+            "/DC=org/DC=example/CN=Jane Doe jdoe"
+        ]
+    );
+    assert_eq!(set.group_mappings().len(), 1);
 }

@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use dms_policies::units::{format_rate, parse_rate, MAX_RATE_BITS};
-use dms_policies::{validate_name, Fqan, PolicySet, PortForward, Proto};
+use dms_policies::{
+    validate_dn, validate_name, Fqan, MapPattern, MapTarget, PolicySet, PortForward, Proto,
+};
 use proptest::prelude::*;
 
 /// A valid name: allowed first character, then allowed characters.
@@ -40,6 +42,9 @@ fn toml_value() -> impl Strategy<Value = String> {
         Just("\"0-1\"".to_owned()),
         Just("\"8:0\"".to_owned()),
         Just("\"/atlas/Role=prod\"".to_owned()),
+        Just("\"/atlas/*\"".to_owned()),
+        Just("\"/DC=org/CN=Jane Doe\"".to_owned()),
+        Just("\".atlas\"".to_owned()),
         Just("\"user\"".to_owned()),
         Just("\"libvirt\"".to_owned()),
         Just("\"freeze\"".to_owned()),
@@ -120,6 +125,11 @@ fn key() -> impl Strategy<Value = String> {
         "readonly",
         "userns",
         "pool",
+        "map",
+        "group_map",
+        "dn",
+        "account",
+        "group",
     ])
     .prop_map(str::to_owned)
 }
@@ -151,6 +161,7 @@ proptest! {
         let _ = PolicySet::parse_str(Path::new("f.toml"), &s);
         let _ = s.parse::<Fqan>();
         let _ = validate_name("name", &s);
+        let _ = validate_dn(&s);
     }
 
     #[test]
@@ -167,6 +178,16 @@ proptest! {
             Ok(set) => {
                 for vo in set.vo_names() {
                     set.resolve(vo, None).unwrap();
+                }
+                // Accepted mapping rules hold only what the mapfile parser accepts.
+                for r in set.mappings() {
+                    match &r.pattern {
+                        MapPattern::Dn(dn) => validate_dn(dn).unwrap(),
+                        MapPattern::Fqan(f) => prop_assert_eq!(&f.vo, &r.vo),
+                        MapPattern::FqanPrefix(p) => prop_assert_eq!(&p[0], &r.vo),
+                    }
+                    let (MapTarget::Pool(n) | MapTarget::Account(n)) = &r.target;
+                    validate_name("name", n).unwrap();
                 }
             }
             Err(errs) => {

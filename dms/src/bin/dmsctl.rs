@@ -106,9 +106,10 @@ enum Cmd {
     /// Map a grid identity to a local account (admins).
     ///
     /// Looks up the grid-mapfile: the first line matching the primary (first) FQAN, else the
-    /// DN. A static account is recorded; a pool (".atlas") leases the identity's account, the
-    /// same one every time while the lease lives (new identities get the lowest free one).
-    /// Secondary groups come from the group-mapfile. Prints the account.
+    /// DN; when it has neither, the `map` rules of the policy files the same way. A static
+    /// account is recorded; a pool (".atlas") leases the identity's account, the same one every
+    /// time while the lease lives (new identities get the lowest free one). Secondary groups
+    /// come from the group-mapfile, then the policies' `group_map`. Prints the account.
     Map {
         /// Certificate subject, e.g. "/DC=org/DC=example/CN=Jane Doe".
         #[arg(long)]
