@@ -155,23 +155,32 @@ impl KeptFile {
     }
 
     /// Reads the whole file from offset 0 into `buf`, returning the raw OS error.
-    fn read_raw(&self, buf: &mut Vec<u8>) -> io::Result<()> {
-        buf.clear();
-        buf.resize(buf.capacity().max(4096), 0);
+    /// Reads the whole file into `buf` (grown as needed, never cleared: zeroing 4 KiB per file
+    /// would cost more than the read) and returns its length. A read that does not fill the
+    /// buffer is the whole file: cgroupfs and sysfs hand out everything in one read, so most
+    /// files take a single pread.
+    fn read_raw(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        if buf.len() < 4096 {
+            buf.resize(4096, 0);
+        }
         let mut filled = 0;
-        let result = loop {
+        loop {
             if filled == buf.len() {
-                buf.resize(buf.len() * 2, 0);
+                let grown = buf.len() * 2;
+                buf.resize(grown, 0);
             }
             match self.file.read_at(&mut buf[filled..], filled as u64) {
-                Ok(0) => break Ok(()),
-                Ok(n) => filled += n,
+                Ok(0) => return Ok(filled),
+                Ok(n) => {
+                    filled += n;
+                    if filled < buf.len() {
+                        return Ok(filled);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+                Err(e) => return Err(e),
             }
-        };
-        buf.truncate(filled);
-        result
+        }
     }
 
     fn text<'a>(&self, buf: &'a [u8]) -> Result<&'a str, UsageError> {
@@ -183,10 +192,10 @@ impl KeptFile {
     }
 
     fn read<'a>(&self, buf: &'a mut Vec<u8>) -> Result<&'a str, UsageError> {
-        if let Err(e) = self.read_raw(buf) {
-            return Err(map_err("read", self.path.clone(), e));
+        match self.read_raw(buf) {
+            Ok(n) => self.text(&buf[..n]),
+            Err(e) => Err(map_err("read", self.path.clone(), e)),
         }
-        self.text(buf)
     }
 
     /// Opens a pressure (PSI) file: absent (kernel without PSI, or hidden by `cgroup.pressure`)
@@ -204,7 +213,7 @@ impl KeptFile {
     /// fd. A removed group is still reported, by the required `cpu.stat` read before this one.
     fn read_psi<'a>(&self, buf: &'a mut Vec<u8>) -> Result<Option<&'a str>, UsageError> {
         match self.read_raw(buf) {
-            Ok(()) => self.text(buf).map(Some),
+            Ok(n) => self.text(&buf[..n]).map(Some),
             Err(e) if psi_unavailable(&e) || e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(map_err("read", self.path.clone(), e)),
         }
@@ -431,13 +440,31 @@ impl UsageReader {
                 }
                 if let Some(f) = mem_stat {
                     let s = f.read(buf)?;
-                    // total_* include descendants; plain keys are this group alone.
-                    let key =
-                        |k: &str| flat_key(s, &format!("total_{k}")).or_else(|| flat_key(s, k));
-                    u.memory_inactive_file_bytes = key("inactive_file");
-                    u.memory_rss_bytes = key("rss");
-                    u.memory_cache_bytes = key("cache");
-                    u.memory_swap_bytes = key("swap");
+                    // total_* include descendants; plain keys are this group alone and count
+                    // only where no total_ key is given. One pass: this file is the longest.
+                    let (mut own, mut total) = ([None; 4], [None; 4]);
+                    for line in s.lines() {
+                        let Some((k, v)) = line.split_once(' ') else {
+                            continue;
+                        };
+                        let (slot, k) = match k.strip_prefix("total_") {
+                            Some(k) => (&mut total, k),
+                            None => (&mut own, k),
+                        };
+                        let i = match k {
+                            "inactive_file" => 0,
+                            "rss" => 1,
+                            "cache" => 2,
+                            "swap" => 3,
+                            _ => continue,
+                        };
+                        slot[i] = v.trim().parse().ok();
+                    }
+                    let pick = |i: usize| total[i].or(own[i]);
+                    u.memory_inactive_file_bytes = pick(0);
+                    u.memory_rss_bytes = pick(1);
+                    u.memory_cache_bytes = pick(2);
+                    u.memory_swap_bytes = pick(3);
                 }
                 if let Some(f) = mem_oom_control {
                     u.oom_kills = flat_key(f.read(buf)?, "oom_kill");

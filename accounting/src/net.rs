@@ -135,16 +135,16 @@ impl NetReader {
 }
 
 fn read_counter(f: &KeptFile, buf: &mut Vec<u8>) -> Result<u64, UsageError> {
-    match f.read_raw(buf) {
-        Ok(()) => {}
+    let n = match f.read_raw(buf) {
+        Ok(n) => n,
         // sysfs answers EINVAL while the device is being unregistered (not alive any more),
         // then ENODEV once the attribute is removed under the open fd.
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             return Err(UsageError::Vanished(f.path.clone()));
         }
         Err(e) => return Err(map_err("read", f.path.clone(), e)),
-    }
-    parse_single(f.text(buf)?).ok_or_else(|| UsageError::Io {
+    };
+    parse_single(f.text(&buf[..n])?).ok_or_else(|| UsageError::Io {
         op: "parse",
         path: f.path.clone(),
         source: io::Error::new(io::ErrorKind::InvalidData, "not a counter"),
