@@ -123,10 +123,16 @@ fn run(svc: &Weak<Service>, ino: &Inotify, interval: Duration) {
     let mut by_wd: HashMap<WatchDescriptor, String> = HashMap::new();
     let mut next_full = Instant::now() + interval;
     let mut next_sync = Instant::now();
+    let mut synced: Option<u64> = None;
     loop {
         let Some(s) = svc.upgrade() else { return };
         if Instant::now() >= next_sync {
-            sync(&s, ino, started, &mut watches, &mut by_wd);
+            // Only when a domain changed state since the last look (or one was busy then).
+            let generation = s.generation.load(std::sync::atomic::Ordering::Relaxed);
+            if synced != Some(generation) {
+                let complete = sync(&s, ino, started, &mut watches, &mut by_wd);
+                synced = complete.then_some(generation);
+            }
             next_sync = Instant::now() + SYNC_EVERY;
         }
         let wait = next_full
@@ -199,15 +205,16 @@ fn run(svc: &Weak<Service>, ino: &Inotify, interval: Duration) {
     }
 }
 
-/// Watches new live domains and drops the ones that are gone.
+/// Watches new live domains and drops the ones that are gone. False when a domain was busy
+/// and could not be looked at (so the next pass tries again).
 fn sync(
     s: &Service,
     ino: &Inotify,
     started: u64,
     watches: &mut HashMap<String, Watch>,
     by_wd: &mut HashMap<WatchDescriptor, String>,
-) {
-    let live = s.monitored_domains();
+) -> bool {
+    let (live, mut complete) = s.monitored_domains();
     let keep: std::collections::HashSet<&str> = live.iter().map(|(n, _)| n.as_str()).collect();
     let gone: Vec<String> = watches
         .keys()
@@ -233,7 +240,10 @@ fn sync(
         } else {
             match s.monitor_usage(&name) {
                 Some((u, _)) => Counters::of(&u),
-                None => continue,
+                None => {
+                    complete = false;
+                    continue;
+                }
             }
         };
         let mut w = Watch {
@@ -263,6 +273,7 @@ fn sync(
         }
         watches.insert(name, w);
     }
+    complete
 }
 
 fn check(s: &Service, name: &str, watches: &mut HashMap<String, Watch>) {

@@ -261,6 +261,9 @@ pub struct Service {
     pub(crate) hostname: String,
     /// How long one collection may read before the rest is shown stale.
     pub(crate) collect_budget: Duration,
+    /// Bumped on every state change, so the Domain Monitor re-reads the domain list only
+    /// when it changed.
+    pub(crate) generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -369,6 +372,7 @@ impl Service {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "localhost".into()),
             collect_budget: opts.collect_budget,
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -386,18 +390,23 @@ impl Service {
         r
     }
 
-    /// Live domains for the Domain Monitor, with their creation time; busy ones are skipped
-    /// (they are picked up on a later pass).
-    pub(crate) fn monitored_domains(&self) -> Vec<(String, u64)> {
+    /// Live domains for the Domain Monitor, with their creation time, and whether every domain
+    /// could be looked at (a busy one is skipped, and picked up on a later pass).
+    pub(crate) fn monitored_domains(&self) -> (Vec<(String, u64)>, bool) {
         let entries: Vec<Entry> = self.domains.read().values().cloned().collect();
-        entries
+        let mut complete = true;
+        let live = entries
             .iter()
             .filter_map(|e| {
-                let d = e.try_lock()?;
+                let Some(d) = e.try_lock() else {
+                    complete = false;
+                    return None;
+                };
                 matches!(d.state, DomainState::Running | DomainState::Frozen)
                     .then(|| (d.name.clone(), d.created_at))
             })
-            .collect()
+            .collect();
+        (live, complete)
     }
 
     /// A live domain's usage, state and monitor policy; None when gone, busy or unreadable.
@@ -469,6 +478,8 @@ impl Service {
     }
 
     pub(crate) fn emit(&self, name: &str, old: &str, new: &str) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(domain = name, old, new, "state change");
         (self.on_change)(Signal::State(StateChange {
             name: name.into(),
