@@ -56,7 +56,7 @@ listen = "127.0.0.1:9477"
 collect_budget_ms = 2000
 # The Domain Monitor checks every domain's counters this often (OOM kills and pids limit hits
 # are also noticed at once through kernel notifications).
-monitor_interval_ms = 5000
+monitor_interval_ms = 10000
 
 # Usage records, written when a domain ends: usage.jsonl (JSON lines) and ur/*.xml (OGF Usage
 # Record 1.0), in <state_dir>/usage unless dir is set.
