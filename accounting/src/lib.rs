@@ -662,6 +662,23 @@ mod tests {
         assert_eq!(parse_single("max\n"), None);
     }
 
+    /// The monitor's cheap read agrees with the full read on the counters it reads, and reads
+    /// nothing else.
+    fn assert_counters_agree(r: &mut UsageReader, u: &Usage) {
+        let c = r.read_counters().unwrap();
+        let counters = |x: &Usage| {
+            (
+                x.cpu_periods,
+                x.cpu_throttled_periods,
+                x.memory_limit_hits,
+                x.oom_kills,
+                x.pids_limit_hits,
+            )
+        };
+        assert_eq!(counters(&c), counters(u));
+        assert_eq!(c.memory_usage_bytes, 0);
+    }
+
     #[test]
     fn v1_fixture() {
         let t = tempfile::tempdir().unwrap();
@@ -717,25 +734,7 @@ mod tests {
         };
         let mut r = UsageReader::open_v1(&dirs).unwrap();
         let u = r.read().unwrap();
-        // The monitor's cheap read agrees on the counters it reads.
-        let c = r.read_counters().unwrap();
-        assert_eq!(
-            (
-                c.cpu_periods,
-                c.cpu_throttled_periods,
-                c.memory_limit_hits,
-                c.oom_kills,
-                c.pids_limit_hits
-            ),
-            (
-                u.cpu_periods,
-                u.cpu_throttled_periods,
-                u.memory_limit_hits,
-                u.oom_kills,
-                u.pids_limit_hits
-            )
-        );
-        assert_eq!(c.memory_usage_bytes, 0);
+        assert_counters_agree(&mut r, &u);
         assert_eq!(u.cpu_usage_ns, 5_000_000_000);
         let tick = 1_000_000_000 / clock_ticks();
         assert_eq!(u.cpu_user_ns, Some(300 * tick));
@@ -838,25 +837,7 @@ mod tests {
         );
         let mut r = UsageReader::open_v2(d).unwrap();
         let u = r.read().unwrap();
-        // The monitor's cheap read agrees on the counters it reads.
-        let c = r.read_counters().unwrap();
-        assert_eq!(
-            (
-                c.cpu_periods,
-                c.cpu_throttled_periods,
-                c.memory_limit_hits,
-                c.oom_kills,
-                c.pids_limit_hits
-            ),
-            (
-                u.cpu_periods,
-                u.cpu_throttled_periods,
-                u.memory_limit_hits,
-                u.oom_kills,
-                u.pids_limit_hits
-            )
-        );
-        assert_eq!(c.memory_usage_bytes, 0);
+        assert_counters_agree(&mut r, &u);
         assert_eq!(u.cpu_usage_ns, 2_500_000_000);
         assert_eq!(u.cpu_user_ns, Some(2_000_000_000));
         assert_eq!(u.cpu_periods, Some(50));

@@ -243,7 +243,7 @@ pub struct Service {
     pub(crate) domains: RwLock<BTreeMap<String, Entry>>,
     admin_gid: Option<u32>,
     lock_timeout: Duration,
-    cgroup_version: String,
+    pub(crate) cgroup_version: String,
     pub(crate) on_change: Box<dyn Fn(Signal) + Send + Sync>,
     /// Leases and mapfiles.
     pub(crate) accounts: Mutex<crate::accounts::AccountBook>,
@@ -1047,7 +1047,7 @@ impl Service {
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             cgroup_version: self.cgroup_version.clone(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: online_cpus(),
             memory_bytes: mem_total(),
             domains,
             vos: set.vo_names().into_iter().map(String::from).collect(),
@@ -1161,7 +1161,11 @@ fn check_paths(p: &dms_policies::PathPolicy, source: &std::path::Path) -> Result
     Ok(())
 }
 
-fn mem_total() -> u64 {
+pub(crate) fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub(crate) fn mem_total() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| dms_accounting::flat_key(&s.replace(':', ""), "MemTotal"))

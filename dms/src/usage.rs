@@ -291,13 +291,9 @@ impl Service {
                         book.last.insert(s.name.clone(), u.clone());
                         s.usage = Some(u);
                     }
-                    Err(e) if e.is_vanished() => {
-                        // Destroyed during the scrape: dropped, not an error.
-                        if !self.domains.read().contains_key(&s.name) {
-                            continue;
-                        }
-                        s.usage = book.last.get(&s.name).cloned();
-                        s.stale = true;
+                    // Destroyed during the scrape: dropped, not an error.
+                    Err(e) if e.is_vanished() && !self.domains.read().contains_key(&s.name) => {
+                        continue;
                     }
                     Err(e) => {
                         tracing::debug!(domain = %s.name, error = %e, "usage unreadable; showing last values");
@@ -346,16 +342,16 @@ impl Service {
                 .map_or(0.0, |m| f64::from(m) / 1000.0);
             mem = mem.saturating_add(d.limits.memory_max.unwrap_or(0));
         }
-        let status = self.status();
+        // Not through status(): that waits for busy domains, and a scrape never does.
         NodeSample {
             hostname: self.hostname.clone(),
-            cpus: status.cpus,
-            memory_bytes: status.memory_bytes,
+            cpus: crate::service::online_cpus(),
+            memory_bytes: crate::service::mem_total(),
             committed_cpu_cores: cpu,
             committed_memory_bytes: mem,
             sessions: self.sessions.lock().len(),
             leases: self.accounts.lock().leases().count(),
-            cgroup_version: status.cgroup_version,
+            cgroup_version: self.cgroup_version.clone(),
         }
     }
 

@@ -361,6 +361,15 @@ impl Drop for Daemon {
     }
 }
 
+/// Whether a program is on PATH.
+pub fn which(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// One HTTP GET on loopback: (status code, body).
 pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};

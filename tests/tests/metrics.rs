@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 use dms_integration::*;
 use serde_json::Value;
 
-fn which(prog: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {prog}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Root tests that also need promtool and prometheus (scripts/deps.sh test installs them).
 fn can_monitor() -> bool {
     if !can_run() {
