@@ -5,14 +5,18 @@
 # test:  + QEMU, the Debian kernel, busybox and cpio for the cgroup v2 suite in a guest; pamtester,
 #        sshd, Slurm + munge and openssl for the login tests; prometheus + promtool for the metrics
 #        tests and the alert-rule checks
+# libvirt: libvirt-dev to build dmsd with --features dms/libvirt, and libvirtd with the QEMU and
+#        LXC drivers, qemu-img and xorriso (overlays, contextualization ISOs) to run guests
 # bench: + crun, runc and libcgroup tools for the side-by-side peers
 set -euo pipefail
 pkgs=(gcc libc6-dev pkg-config procps iproute2 nftables libpam0g-dev)
+libvirt_pkgs=(libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-lxc libvirt-clients qemu-system-x86 qemu-utils xorriso)
 case "${1:-run}" in
 run) ;;
-test) pkgs+=(dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux iputils-ping iperf3 pamtester openssh-server openssh-client slurm-wlm munge openssl prometheus) ;;
+libvirt) pkgs+=("${libvirt_pkgs[@]}") ;;
+test) pkgs+=("${libvirt_pkgs[@]}" qemu-guest-agent dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux iputils-ping iperf3 pamtester openssh-server openssh-client slurm-wlm munge openssl prometheus) ;;
 bench) pkgs+=(crun runc cgroup-tools) ;;
-*) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
+*) echo "usage: $0 run|libvirt|test|bench" >&2; exit 2 ;;
 esac
 missing=()
 for p in "${pkgs[@]}"; do

@@ -16,13 +16,14 @@ fi
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features dms/libvirt -- -D warnings
 echo "== alert rules, their unit tests and the Grafana dashboard"
 scripts/check-monitoring.sh
-echo "== build (debug for the host suite, release for the emulated v2 guest)"
-cargo build --workspace
+echo "== build (debug with the libvirt backend for the host suite, release for the emulated v2 guest)"
+cargo build --workspace --features dms/libvirt
 cargo build --release --bins
-echo "== unit and host integration tests (cgroup $( [ -e /sys/fs/cgroup/cgroup.controllers ] && echo v2 || echo v1 ))"
-cargo test --workspace -- --test-threads=2
+echo "== unit and host integration tests (cgroup $( [ -e /sys/fs/cgroup/cgroup.controllers ] && echo v2 || echo v1 )), libvirt guests through a libvirtd of their own"
+cargo test --workspace --features dms/libvirt -- --test-threads=2
 echo "== cgroup v2 integration tests (cgroups, namespaces, joining) in a QEMU guest"
 # The guest boots the Debian kernel without its modules (veth, bridge, nf_tables, sch_htb), so
 # the NAT network tests run on the host only; every other root test runs in the guest too.

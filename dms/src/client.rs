@@ -15,6 +15,8 @@ pub trait Manager {
     fn destroy_domain(&self, name: &str) -> zbus::Result<()>;
     fn freeze_domain(&self, name: &str) -> zbus::Result<()>;
     fn thaw_domain(&self, name: &str) -> zbus::Result<()>;
+    fn save_domain(&self, name: &str) -> zbus::Result<()>;
+    fn restore_domain(&self, name: &str) -> zbus::Result<()>;
     fn attach_pid(&self, name: &str, pid: i32) -> zbus::Result<()>;
     fn join_info(&self, name: &str) -> zbus::Result<String>;
     #[allow(clippy::too_many_arguments)]

@@ -68,6 +68,46 @@ keep = 5
 # Keep at most this many XML records (the oldest are removed).
 max_xml_files = 100000
 
+# Full-guest domains through libvirt (dmsd built with the cargo feature "libvirt"). A policy
+# selects them with backend = "libvirt" and template = "<name of a template below>".
+[libvirt]
+# Connections by template type (a template may set its own uri).
+uri = "qemu:///system"
+lxc_uri = "lxc:///system"
+xen_uri = "xen:///system"
+# The domain repository: per-guest copy-on-write overlays, contextualization ISOs, heartbeat
+# sockets, console logs and saved state. Base images are never written.
+repository = "/var/lib/dms/repository"
+# A libvirt call not answered within this fails (a hung libvirtd never blocks the daemon).
+call_timeout_ms = 30000
+# Guests of templates with heartbeat = true must report alive within spawn_time_limit_secs of
+# starting and then at least every alive_time_limit_secs, or they are destroyed as zombies.
+spawn_time_limit_secs = 300
+alive_time_limit_secs = 60
+# For dms_libvirtd_resident_memory_bytes (libvirtd has been seen to leak per guest).
+libvirtd_pidfile = "/run/libvirtd.pid"
+# Guest templates, one table each, for example:
+# [libvirt.templates.sl7]
+# type = "kvm"                  # kvm | qemu | xen | lxc
+# image = "/srv/dms/images/sl7.qcow2"   # base image (never written); guests get qcow2 overlays
+# image_format = "qcow2"        # or "raw"
+# kernel = "/srv/dms/vmlinux"   # direct kernel boot instead of (or with) an image
+# initrd = "/srv/dms/initrd.img"
+# cmdline = "console=ttyS0"
+# memory_mib = 2048             # used when the policy sets no memory limit
+# vcpus = 2
+# heartbeat = true              # the guest writes "alive" lines to virtio port org.dms.alive.0
+# agent = true                  # qemu-guest-agent in the guest: dmsctl exec works
+# context = true                # attach a NoCloud (label cidata) ISO: meta-data, user-data, dms.env
+# startup_script = "/etc/dms/guest-start.sh"   # becomes the ISO's user-data
+# network = true                # a tap, shaped with htb/ifb from the policy's network rates
+# bridge = "br0"                # attach the tap to this host bridge
+# [libvirt.templates.box]
+# type = "lxc"
+# init = "/bin/sh"
+# init_args = ["-c", "exec sleep infinity"]
+[libvirt.templates]
+
 # Grid identities to local accounts, and PAM sessions.
 [accounts]
 # "DN" account, "DN" .pool, "/vo/group/Role=r" .pool, "/vo/*" .pool (a missing file is empty).
@@ -138,6 +178,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Usage records.
     pub usage: UsageConfig,
+    /// Full-guest domains.
+    pub libvirt: crate::libvirt::LibvirtConfig,
 }
 
 /// `[metrics]`.
@@ -247,6 +289,9 @@ impl Config {
                 cfg.usage.max_bytes
             );
         }
+        cfg.libvirt
+            .validate()
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         let mut cfg = cfg;
         cfg.accounts
             .finish()

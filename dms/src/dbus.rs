@@ -202,6 +202,30 @@ impl Api {
             .await
     }
 
+    /// Saves a running libvirt guest to the domain repository and stops it.
+    async fn save_domain(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<(), DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        self.blocking("save_domain", move |s| s.save(&c, &name))
+            .await
+    }
+
+    /// Starts a saved guest from its saved state.
+    async fn restore_domain(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: String,
+    ) -> Result<(), DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        self.blocking("restore_domain", move |s| s.restore(&c, &name))
+            .await
+    }
+
     /// What a single-threaded root process needs to enter a running container domain itself
     /// (init pid and start time, cgroup.procs files, namespaces), as JSON.
     async fn join_info(

@@ -25,6 +25,8 @@ pub enum DomainState {
     Stopping,
     /// Broken: its resources vanished or setup failed; only destroy is allowed.
     Failed,
+    /// A guest whose state was saved to the domain repository; restore resumes it.
+    Saved,
 }
 
 impl DomainState {
@@ -36,6 +38,7 @@ impl DomainState {
             DomainState::Frozen => "frozen",
             DomainState::Stopping => "stopping",
             DomainState::Failed => "failed",
+            DomainState::Saved => "saved",
         }
     }
 }
@@ -76,6 +79,9 @@ pub struct Domain {
     pub granularity: Granularity,
     /// How it is realized.
     pub backend: BackendKind,
+    /// The libvirt template of a guest domain.
+    #[serde(default)]
+    pub template: Option<String>,
     /// The quotas from policy.
     pub quotas: Quotas,
     /// The mechanism limits derived from them.
@@ -116,6 +122,26 @@ pub struct Runtime {
     /// Its network link, for mode "nat".
     #[serde(default)]
     pub net: Option<crate::net::NetAttachment>,
+    /// The libvirt guest of a guest domain.
+    #[serde(default)]
+    pub guest: Option<GuestHandle>,
+}
+
+/// What identifies a libvirt guest of a domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestHandle {
+    /// The connection it lives on.
+    pub uri: String,
+    /// Its libvirt name.
+    pub name: String,
+    /// Its template.
+    pub template: String,
+    /// Its tap, when it has a network interface.
+    #[serde(default)]
+    pub tap: Option<String>,
+    /// The ifb that shapes what it sends, when egress is limited.
+    #[serde(default)]
+    pub ifb: Option<String>,
 }
 
 /// A domain init process, identified by pid and start time (a pid alone can be recycled).
@@ -148,6 +174,9 @@ pub enum BackendError {
     /// Networking failed.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    /// A guest operation (libvirt, the domain repository) failed.
+    #[error("{0}")]
+    Guest(String),
 }
 
 impl BackendError {
@@ -178,6 +207,8 @@ pub struct LiveDomain {
     pub name: String,
     /// Whether it is frozen now.
     pub frozen: bool,
+    /// Whether it is a guest saved to the repository (defined, not running).
+    pub saved: bool,
 }
 
 /// Something the Domain Monitor can wait on instead of polling.
@@ -192,6 +223,9 @@ pub enum EventSource {
 
 /// Called with a domain's name when its init process dies.
 pub type InitExitHandler = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Called with a domain's name and the reason when a guest stopped reporting alive.
+pub type ZombieHandler = Box<dyn Fn(&str, &str) + Send + Sync>;
 
 /// The operations every domain backend provides. Calls block; the daemon runs them off its
 /// async threads. Each is idempotent where that makes sense (destroy of a missing domain is Ok).
@@ -234,6 +268,34 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn list(&self) -> Result<Vec<LiveDomain>, BackendError>;
     /// After reconcile: removes resources no domain owns (links, rules); returns them.
     fn sweep(&self) -> Result<Vec<String>, BackendError>;
+    /// Whether domains of `kind` can be created here.
+    fn supports(&self, kind: BackendKind) -> bool {
+        kind == self.kind()
+    }
+    /// Whether the last [`Backend::list`] could not see domains of `kind` (their manager was
+    /// unreachable): reconcile then leaves those records alone instead of failing them.
+    fn list_incomplete(&self, _kind: BackendKind) -> bool {
+        false
+    }
+    /// Saves a running domain's state to the repository and stops it.
+    fn save(&self, name: &str) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "domain {name:?}: save and restore are for libvirt guests; container domains can be frozen"
+        )))
+    }
+    /// Starts a saved domain from its saved state.
+    fn restore(&self, domain: &Domain) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "domain {:?}: save and restore are for libvirt guests",
+            domain.name
+        )))
+    }
+    /// Registers the function called when a guest misses its spawn or alive time limit.
+    fn on_zombie(&self, _handler: ZombieHandler) {}
+    /// Resident memory of the hypervisor daemon (libvirtd), when this backend has one.
+    fn hypervisor_memory(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Where network interfaces' counters are.
@@ -508,7 +570,11 @@ impl Backend for ContainerBackend {
         for name in self.cgroups.list()? {
             let frozen =
                 self.cgroups.freezer_state(&name).ok() == Some(crate::cgroup::FreezerState::Frozen);
-            out.push(LiveDomain { name, frozen });
+            out.push(LiveDomain {
+                name,
+                frozen,
+                saved: false,
+            });
         }
         Ok(out)
     }

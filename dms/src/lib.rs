@@ -2,6 +2,7 @@
 //! handler that the D-Bus, CLI and HTTP adapters share.
 
 pub mod accounts;
+pub mod backends;
 pub mod cgroup;
 pub mod client;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod dbus;
 pub mod domain;
 pub mod http;
 pub mod init;
+pub mod libvirt;
 pub mod metrics;
 pub mod monitor;
 pub mod net;

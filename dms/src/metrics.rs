@@ -294,12 +294,13 @@ fn n(d: &DomainSample) -> Option<&dms_accounting::NetUsage> {
     d.usage.as_ref().and_then(|u| u.network.as_ref())
 }
 
-const STATES: [DomainState; 5] = [
+const STATES: [DomainState; 6] = [
     DomainState::Creating,
     DomainState::Running,
     DomainState::Frozen,
     DomainState::Stopping,
     DomainState::Failed,
+    DomainState::Saved,
 ];
 
 /// Writes every per-domain and node family of one collection.
@@ -716,6 +717,13 @@ pub fn encode_collection(c: &Collection, out: &mut String, openmetrics: bool) {
         node.committed_memory_bytes,
     );
     w.scalar("dms_sessions", "Open PAM sessions", node.sessions);
+    if let Some(rss) = node.libvirtd_rss_bytes {
+        w.scalar(
+            "dms_libvirtd_resident_memory_bytes",
+            "Resident memory of libvirtd (it has been seen to leak per guest)",
+            rss,
+        );
+    }
     w.scalar(
         "dms_account_leases",
         "Pool-account leases held",

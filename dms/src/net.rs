@@ -10,18 +10,17 @@
 //! and rules nobody owns.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dms_net::Rtnl;
 use dms_policies::{NetworkPolicy, PortForward, Proto, Shaper};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::spawn::{Enter, ProcessSpec, SpawnRequest, Spawner};
+use crate::spawn::{Enter, Spawner};
 
 /// Network settings of the daemon (the `[network]` config table).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -693,104 +692,11 @@ table bridge {t} {{
         input: Option<(&[u8], Option<Enter>)>,
         what: &str,
     ) -> NetResult<String> {
-        let failed = |m: String| NetError::Failed(format!("{what}: {m}"));
-        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| failed(format!("pipe: {e}")))?;
-        let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| failed(format!("pipe: {e}")))?;
         let (bytes, enter) = input.unwrap_or((&[], None));
-        if bytes.len() > 60_000 {
-            return Err(failed("input too large for a pipe".into()));
-        }
-        nix::unistd::write(&in_w, bytes).map_err(|e| failed(format!("write: {e}")))?;
-        drop(in_w);
-        let req = SpawnRequest {
-            process: ProcessSpec {
-                argv: argv.iter().map(|s| s.to_string()).collect(),
-                env: vec![("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())],
-                cwd: "/".into(),
-                uid: 0,
-                gid: 0,
-                groups: vec![],
-            },
-            procs_files: vec![],
-            enter,
-        };
-        let child = self
-            .spawner
-            .spawn(
-                &req,
-                &[in_r.as_raw_fd(), out_w.as_raw_fd(), out_w.as_raw_fd()],
-            )
-            .map_err(|e| failed(e.to_string()))?;
-        drop((in_r, out_w));
-        let output = read_bounded(out_r, Duration::from_secs(10));
-        let pid = child.pid;
-        let output = match output {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                let _ = child.wait();
-                return Err(failed(e));
-            }
-        };
-        match child.wait() {
-            Ok(crate::spawn::ExitStatus::Code(0)) => Ok(output),
-            Ok(st) => Err(failed(format!(
-                "{} exited with {}: {}",
-                argv[0],
-                st.shell_code(),
-                output.trim()
-            ))),
-            Err(e) => Err(failed(e.to_string())),
-        }
+        self.spawner
+            .run_tool(argv, bytes, enter, Duration::from_secs(10))
+            .map_err(|m| NetError::Failed(format!("{what}: {m}")))
     }
-}
-
-/// Reads a pipe to EOF within `limit`.
-fn read_bounded(fd: OwnedFd, limit: Duration) -> Result<String, String> {
-    let deadline = Instant::now() + limit;
-    let mut file = std::fs::File::from(fd);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("no result within {limit:?}"));
-        }
-        let mut pfd = libc::pollfd {
-            fd: file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let r = unsafe {
-            libc::poll(
-                &mut pfd,
-                1,
-                i32::try_from(left.as_millis()).unwrap_or(i32::MAX),
-            )
-        };
-        if r < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(format!("poll: {}", std::io::Error::last_os_error()));
-        }
-        if r == 0 {
-            continue;
-        }
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Refuses a host port that some process already listens on.

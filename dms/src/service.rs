@@ -581,11 +581,16 @@ impl Service {
             }
         };
         validate_name("domain name", &name).map_err(|e| invalid(e.to_string()))?;
-        if rule.backend != dms_policies::BackendKind::Container {
+        if !self.backend.supports(rule.backend) {
             return Err(invalid(format!(
-                "backend = {:?} (from {}): only \"container\" domains are available in this build",
+                "backend = {:?} (from {}): {}",
                 rule.backend.as_str(),
-                rule.source.display()
+                rule.source.display(),
+                if cfg!(feature = "libvirt") {
+                    "this dmsd has no libvirt backend configured"
+                } else {
+                    "this dmsd was built without the cargo feature \"libvirt\""
+                }
             )));
         }
         let limits = limits_from_quotas(&rule.quotas).map_err(invalid)?;
@@ -629,6 +634,7 @@ impl Service {
                 job,
                 granularity: rule.granularity,
                 backend: rule.backend,
+                template: rule.template.clone(),
                 quotas: rule.quotas.clone(),
                 limits,
                 priority: rule.priority,
@@ -776,6 +782,63 @@ impl Service {
         }
         self.backend.freeze(name)?;
         self.set_state(&mut d, DomainState::Frozen, None)
+    }
+
+    /// Saves a running guest's state to the domain repository and stops it (owners need the
+    /// freeze permission).
+    pub fn save(&self, caller: &Caller, name: &str) -> ApiResult<()> {
+        let e = self.entry(name)?;
+        let mut d = self.lock(&e)?;
+        self.authorize(caller, &d, Permission::Freeze)?;
+        if d.backend != dms_policies::BackendKind::Libvirt {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("domain {name:?} is a container domain: only libvirt guests can be saved (freeze it instead)"),
+            ));
+        }
+        if d.state == DomainState::Frozen {
+            self.backend.thaw(name)?;
+        } else if d.state != DomainState::Running {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "domain {name:?} is {} and cannot be saved",
+                    d.state.as_str()
+                ),
+            ));
+        }
+        self.backend.save(name)?;
+        self.set_state(&mut d, DomainState::Saved, None)
+    }
+
+    /// Starts a saved guest again from its saved state (owners need the thaw permission).
+    pub fn restore(&self, caller: &Caller, name: &str) -> ApiResult<()> {
+        let e = self.entry(name)?;
+        let mut d = self.lock(&e)?;
+        self.authorize(caller, &d, Permission::Thaw)?;
+        if d.state != DomainState::Saved {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("domain {name:?} is {}, not saved", d.state.as_str()),
+            ));
+        }
+        self.backend.restore(&d)?;
+        self.set_state(&mut d, DomainState::Running, None)
+    }
+
+    /// A guest missed its spawn or alive time limit: destroy it, with a usage record.
+    pub fn reap_zombie(&self, name: &str, why: &str) {
+        tracing::warn!(domain = %name, reason = %why, "reaping zombie guest");
+        if let Err(e) = self.destroy_because(
+            &Caller {
+                uid: 0,
+                gids: vec![0],
+            },
+            name,
+            crate::usage::EndCause::Zombie,
+        ) {
+            tracing::warn!(domain = %name, error = %e.message, "could not reap zombie guest");
+        }
     }
 
     /// Thaws a frozen domain.
@@ -1060,11 +1123,20 @@ impl Service {
     /// mark vanished ones failed, remove orphan groups, finish half-done operations.
     pub fn reconcile(&self) -> ApiResult<ReconcileReport> {
         let mut report = ReconcileReport::default();
-        let live: BTreeMap<String, bool> = self
+        let live: BTreeMap<String, DomainState> = self
             .backend
             .list()?
             .into_iter()
-            .map(|l| (l.name, l.frozen))
+            .map(|l| {
+                let state = if l.saved {
+                    DomainState::Saved
+                } else if l.frozen {
+                    DomainState::Frozen
+                } else {
+                    DomainState::Running
+                };
+                (l.name, state)
+            })
             .collect();
         let records = self.store.lock().all()?;
         let mut known = BTreeMap::new();
@@ -1073,24 +1145,25 @@ impl Service {
             match (d.state, alive) {
                 (DomainState::Creating | DomainState::Stopping, _) => {
                     // Interrupted half-way: finish it off rather than guess what was done.
+                    let _ = self.backend.adopt(&d);
                     let _ = self.backend.destroy(&d.name);
                     self.store.lock().delete(&d.name)?;
                     report.cleaned.push(d.name.clone());
                     continue;
                 }
-                (DomainState::Running | DomainState::Frozen, Some(_))
+                (_, None) if self.backend.list_incomplete(d.backend) => {
+                    // Its manager (libvirtd) could not be asked: keep the record as it is.
+                    tracing::warn!(domain = %d.name, "backend unreachable; domain record kept unchecked");
+                    let _ = self.backend.adopt(&d);
+                }
+                (DomainState::Running | DomainState::Frozen | DomainState::Saved, Some(_))
                     if self.backend.adopt(&d).is_err() =>
                 {
                     let why = "its init process exited while the daemon was down";
                     self.set_state(&mut d, DomainState::Failed, Some(why.into()))?;
                     report.marked_failed.push(d.name.clone());
                 }
-                (_, Some(frozen)) => {
-                    let want = if frozen {
-                        DomainState::Frozen
-                    } else {
-                        DomainState::Running
-                    };
+                (_, Some(want)) => {
                     if d.state != want && d.state != DomainState::Failed {
                         self.set_state(&mut d, want, None)?;
                     }
@@ -1098,7 +1171,11 @@ impl Service {
                 }
                 (DomainState::Failed, None) => {}
                 (_, None) => {
-                    let why = "its cgroup vanished while the daemon was down";
+                    let why = if d.backend == dms_policies::BackendKind::Libvirt {
+                        "its libvirt guest vanished while the daemon was down"
+                    } else {
+                        "its cgroup vanished while the daemon was down"
+                    };
                     self.set_state(&mut d, DomainState::Failed, Some(why.into()))?;
                     report.marked_failed.push(d.name.clone());
                 }

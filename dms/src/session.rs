@@ -200,6 +200,12 @@ pub enum Opened {
         /// How to enter the domain.
         target: JoinTarget,
     },
+    /// The user's domain is a libvirt guest: the session is recorded (it keeps the guest in
+    /// use) but stays on the host.
+    Guest {
+        /// The session.
+        session: Box<Session>,
+    },
     /// The user is not managed by DMS; the session is left alone.
     Unmanaged(String),
 }
@@ -584,6 +590,15 @@ impl Service {
         // created again once.
         for attempt in 0..2 {
             let d = self.ensure(&admin(), &ensure)?;
+            if d.state == DomainState::Saved {
+                match self.restore(&admin(), &d.name) {
+                    Ok(()) => {
+                        tracing::info!(domain = %d.name, user = %req.user, "restored for a login")
+                    }
+                    Err(e) if e.kind == ErrorKind::Conflict => {}
+                    Err(e) => return Err(e),
+                }
+            }
             if d.state == DomainState::Frozen {
                 match self.thaw(&admin(), &d.name) {
                     Ok(()) => {
@@ -593,7 +608,13 @@ impl Service {
                     Err(e) => return Err(e),
                 }
             }
-            let target = self.join_info(&admin(), &d.name)?;
+            // A guest runs its own kernel: the host session cannot enter it, it only keeps
+            // the guest in use (and restores it on the next login after an idle save).
+            let target = if d.backend == dms_policies::BackendKind::Libvirt {
+                None
+            } else {
+                Some(self.join_info(&admin(), &d.name)?)
+            };
             let mut book = self.sessions.lock();
             if self.entry(&d.name).is_err() {
                 if attempt == 0 {
@@ -641,9 +662,14 @@ impl Service {
                 service = %session.service, rhost = ?session.rhost, pid = session.pid,
                 "session opened"
             );
-            return Ok(Opened::Domain {
-                session: Box::new(session),
-                target,
+            return Ok(match target {
+                Some(target) => Opened::Domain {
+                    session: Box::new(session),
+                    target,
+                },
+                None => Opened::Guest {
+                    session: Box::new(session),
+                },
             });
         }
         Err(err(ErrorKind::Failed, "session open did not settle"))
@@ -754,14 +780,21 @@ impl Service {
 
     fn idle_action(&self, name: &str) {
         let Ok(e) = self.entry(name) else { return };
-        let (action, state) = match self.lock(&e) {
-            Ok(d) => (d.idle.action, d.state),
+        let (action, state, guest) = match self.lock(&e) {
+            Ok(d) => (
+                d.idle.action,
+                d.state,
+                d.backend == dms_policies::BackendKind::Libvirt,
+            ),
             Err(_) => return,
         };
         let result = match (action, state) {
             (IdleAction::Keep, _) => return,
             (IdleAction::Destroy, _) => {
                 self.destroy_because(&admin(), name, crate::usage::EndCause::Idle)
+            }
+            (IdleAction::Save, DomainState::Running | DomainState::Frozen) if guest => {
+                self.save(&admin(), name)
             }
             (IdleAction::Freeze | IdleAction::Save, DomainState::Running) => {
                 if action == IdleAction::Save {
@@ -903,6 +936,10 @@ impl Service {
                             Opened::Domain { session, target } => serde_json::json!({
                                 "ok": true, "session": session.id, "domain": session.domain,
                                 "target": target,
+                            }),
+                            Opened::Guest { session } => serde_json::json!({
+                                "ok": true, "session": session.id, "domain": session.domain,
+                                "guest": true,
                             }),
                             Opened::Unmanaged(why) => {
                                 serde_json::json!({"ok": true, "unmanaged": why})

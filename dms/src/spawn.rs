@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::io::Read;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -159,6 +160,12 @@ pub struct Child {
 }
 
 impl Child {
+    /// A "process" whose exit status arrives on `exit` (a guest command run through its agent:
+    /// `pid` is the guest's).
+    pub fn from_receiver(pid: i32, exit: mpsc::Receiver<ExitStatus>) -> Child {
+        Child { pid, exit }
+    }
+
     /// Waits for the process to end.
     pub fn wait(self) -> Result<ExitStatus, SpawnError> {
         self.exit
@@ -225,6 +232,67 @@ impl Spawner {
         }
         drop(waiters);
         Ok(Child { pid, exit: erx })
+    }
+
+    /// Runs a root tool (tc, nft, qemu-img, ...) through the zygote with `input` on its stdin
+    /// (entering `enter`'s namespaces first, if given) and returns its combined output; an
+    /// exit other than 0 is an error carrying that output. A tool still running after
+    /// `limit` is killed.
+    pub fn run_tool(
+        &self,
+        argv: &[&str],
+        input: &[u8],
+        enter: Option<Enter>,
+        limit: Duration,
+    ) -> Result<String, String> {
+        use nix::fcntl::OFlag;
+        let (out_r, out_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let (in_r, in_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        if input.len() > 60_000 {
+            return Err("input too large for a pipe".into());
+        }
+        nix::unistd::write(&in_w, input).map_err(|e| format!("write: {e}"))?;
+        drop(in_w);
+        let req = SpawnRequest {
+            process: ProcessSpec {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                env: vec![("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+            },
+            procs_files: vec![],
+            enter,
+        };
+        let child = self
+            .spawn(
+                &req,
+                &[in_r.as_raw_fd(), out_w.as_raw_fd(), out_w.as_raw_fd()],
+            )
+            .map_err(|e| e.to_string())?;
+        drop((in_r, out_w));
+        let pid = child.pid;
+        let output = match read_bounded(out_r, limit) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        match child.wait() {
+            Ok(ExitStatus::Code(0)) => Ok(output),
+            Ok(st) => Err(format!(
+                "{} exited with {}: {}",
+                argv[0],
+                st.shell_code(),
+                output.trim()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn request(&self, job: Job, stdio: &[RawFd]) -> Result<i32, SpawnError> {
@@ -634,4 +702,47 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result
             Err(format!("{step}: {}", errno.desc()))
         }
     }
+}
+
+/// Reads a pipe to EOF within `limit`.
+fn read_bounded(fd: OwnedFd, limit: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + limit;
+    let mut file = std::fs::File::from(fd);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no result within {limit:?}"));
+        }
+        let mut pfd = libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                i32::try_from(left.as_millis()).unwrap_or(i32::MAX),
+            )
+        };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(format!("poll: {}", std::io::Error::last_os_error()));
+        }
+        if r == 0 {
+            continue;
+        }
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }

@@ -71,6 +71,9 @@ pub struct NodeSample {
     pub leases: usize,
     /// "v1" or "v2".
     pub cgroup_version: String,
+    /// Resident memory of libvirtd, when the libvirt backend runs.
+    #[serde(default)]
+    pub libvirtd_rss_bytes: Option<u64>,
 }
 
 /// One collection over all domains.
@@ -218,6 +221,8 @@ pub enum EndCause {
     JobFinished,
     /// The Domain Monitor killed it.
     Killed(LimitKind),
+    /// A guest missed its spawn or alive time limit and was reaped.
+    Zombie,
 }
 
 impl EndCause {
@@ -227,6 +232,7 @@ impl EndCause {
             EndCause::Destroyed => "destroyed".into(),
             EndCause::Idle => "idle".into(),
             EndCause::JobFinished => "job-finished".into(),
+            EndCause::Zombie => "zombie".into(),
             EndCause::Killed(LimitKind::OomKill) => "oom-killed".into(),
             EndCause::Killed(k) => format!("killed-{}", k.as_str().replace('_', "-")),
         }
@@ -352,6 +358,7 @@ impl Service {
             sessions: self.sessions.lock().len(),
             leases: self.accounts.lock().leases().count(),
             cgroup_version: self.cgroup_version.clone(),
+            libvirtd_rss_bytes: self.backend.hypervisor_memory(),
         }
     }
 

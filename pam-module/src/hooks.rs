@@ -382,6 +382,22 @@ fn open_session(call: &mut Call<'_>, opts: &Options) -> Result<(), Failure> {
             return Ok(());
         }
         Answer::Ok {
+            guest: true,
+            session,
+            domain,
+            ..
+        } => {
+            call.log(
+                LOG_INFO,
+                &format!(
+                    "session {} recorded for guest domain {} (the session stays on the host)",
+                    session.unwrap_or_default(),
+                    domain.unwrap_or_default()
+                ),
+            );
+            return Ok(());
+        }
+        Answer::Ok {
             session,
             domain,
             target,

@@ -142,6 +142,8 @@ pub enum Answer {
         /// Set when dmsd does not manage the user (no grid identity) and lets the session
         /// through untouched: why.
         unmanaged: Option<String>,
+        /// The domain is a libvirt guest: the session is recorded but stays on the host.
+        guest: bool,
     },
     /// `ok:false`.
     Err {
@@ -167,6 +169,8 @@ struct RawAnswer {
     target: Option<JoinTarget>,
     #[serde(default)]
     unmanaged: Option<String>,
+    #[serde(default)]
+    guest: bool,
 }
 
 /// An answer line that is no valid answer.
@@ -192,6 +196,7 @@ pub fn decode_answer(line: &[u8]) -> Result<Answer, AnswerError> {
             domain: raw.domain,
             target: raw.target,
             unmanaged: raw.unmanaged,
+            guest: raw.guest,
         });
     }
     let kind = raw
@@ -311,7 +316,8 @@ mod tests {
                 session: None,
                 domain: None,
                 target: None,
-                unmanaged: None
+                unmanaged: None,
+                guest: false,
             }
         );
         let a = decode_answer(
@@ -326,6 +332,7 @@ mod tests {
             domain,
             target: Some(t),
             unmanaged: None,
+            guest: false,
         } = a
         else {
             panic!("{a:?}")
@@ -401,7 +408,18 @@ mod tests {
                 session: None,
                 domain: None,
                 target: None,
-                unmanaged: Some("not a grid user".into())
+                unmanaged: Some("not a grid user".into()),
+                guest: false,
+            }
+        );
+        assert_eq!(
+            decode_answer(br#"{"ok":true,"session":"s1","domain":"cms.u","guest":true}"#).unwrap(),
+            Answer::Ok {
+                session: Some("s1".into()),
+                domain: Some("cms.u".into()),
+                target: None,
+                unmanaged: None,
+                guest: true,
             }
         );
         assert!(decode_answer(b"").is_err());

@@ -215,6 +215,17 @@ enum DomainCmd {
         /// Domain name.
         name: String,
     },
+    /// Save a libvirt guest's memory and device state to the domain repository and stop it
+    /// (owners need the freeze permission). Its next login, or `restore`, resumes it.
+    Save {
+        /// Domain name.
+        name: String,
+    },
+    /// Resume a saved libvirt guest from its saved state.
+    Restore {
+        /// Domain name.
+        name: String,
+    },
     /// Kill every process of a domain and remove it.
     Destroy {
         /// Domain name.
@@ -877,6 +888,14 @@ async fn domain(p: &ManagerProxy<'_>, cmd: DomainCmd, json: bool) -> Result<u8, 
         DomainCmd::Thaw { name } => {
             p.thaw_domain(&name).await?;
             done("thawed", &name);
+        }
+        DomainCmd::Save { name } => {
+            p.save_domain(&name).await?;
+            done("saved", &name);
+        }
+        DomainCmd::Restore { name } => {
+            p.restore_domain(&name).await?;
+            done("restored", &name);
         }
         DomainCmd::Destroy { name } => {
             p.destroy_domain(&name).await?;

@@ -26,7 +26,7 @@ use tokio::sync::broadcast;
 /// Signals: SIGHUP reloads the policies (a failed reload keeps the previous ones); SIGTERM and
 /// SIGINT stop the daemon and leave domains running (they are adopted at the next start).
 #[derive(Debug, Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(version = VERSION, verbatim_doc_comment)]
 struct Args {
     /// Configuration file (TOML); keys not given keep their defaults (see --print-config).
     #[arg(short, long, env = "DMS_CONFIG")]
@@ -136,11 +136,12 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     let resolv_conf = write_resolv_conf(&cfg)?;
     let backend = Arc::new(ContainerBackend::new(
         cgroups.clone(),
-        spawner,
+        spawner.clone(),
         cfg.freeze_timeout(),
         resolv_conf,
         network,
     )?);
+    let guests = guest_backend(&cfg, &spawner)?;
     let store = Store::open(&cfg.state_dir)?;
     let admin_gid = nix::unistd::Group::from_name(&cfg.admin_group)
         .ok()
@@ -151,10 +152,10 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     }
     let (events, _) = broadcast::channel::<Signal>(1024);
     let tx = events.clone();
-    let backend_handle: Arc<dyn Backend> = backend.clone();
     let backend_for_shutdown = Arc::clone(&backend);
+    let backend_handle: Arc<dyn Backend> = Arc::new(dms::backends::Backends::new(backend, guests));
     let svc = Service::new(
-        backend,
+        Arc::clone(&backend_handle),
         store,
         ServiceOptions {
             policy_dir: cfg.policy_dir.clone(),
@@ -180,6 +181,12 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     backend_handle.on_init_exit(Box::new(move |name| {
         if let Some(svc) = weak.upgrade() {
             svc.init_exited(name);
+        }
+    }));
+    let weak = Arc::downgrade(&svc);
+    backend_handle.on_zombie(Box::new(move |name, why| {
+        if let Some(svc) = weak.upgrade() {
+            svc.reap_zombie(name, why);
         }
     }));
     let s = Arc::clone(&svc);
@@ -300,6 +307,40 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     let b = Arc::clone(&backend_for_shutdown);
     let _ = tokio::task::spawn_blocking(move || b.network().teardown_if_unused()).await;
     Ok(())
+}
+
+/// `--version`: the version and the optional backends built in.
+const VERSION: &str = if cfg!(feature = "libvirt") {
+    concat!(env!("CARGO_PKG_VERSION"), " (backends: container, libvirt)")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (backends: container)")
+};
+
+/// The libvirt backend, when this build has it and templates are configured.
+#[cfg(feature = "libvirt")]
+fn guest_backend(cfg: &Config, spawner: &Spawner) -> Result<Option<Arc<dyn Backend>>> {
+    if cfg.libvirt.templates.is_empty() {
+        return Ok(None);
+    }
+    let b = dms::libvirt::LibvirtBackend::new(cfg.libvirt.clone(), spawner.clone())
+        .map_err(|e| anyhow::anyhow!("libvirt backend: {e}"))?;
+    tracing::info!(
+        templates = cfg.libvirt.templates.len(),
+        repository = %cfg.libvirt.repository.display(),
+        "libvirt backend ready"
+    );
+    Ok(Some(Arc::new(b)))
+}
+
+/// This build has no libvirt backend; templates in the config are an error, not ignored.
+#[cfg(not(feature = "libvirt"))]
+fn guest_backend(cfg: &Config, _spawner: &Spawner) -> Result<Option<Arc<dyn Backend>>> {
+    if !cfg.libvirt.templates.is_empty() {
+        anyhow::bail!(
+            "config: [libvirt.templates] are set but this dmsd was built without the cargo feature \"libvirt\" (cargo build --release --features libvirt)"
+        );
+    }
+    Ok(None)
 }
 
 /// Binds a Unix socket, refusing to take over one a live daemon serves.
