@@ -147,6 +147,14 @@ memory = { limit = "256M" }
 network = { egress = "20mbit", ingress = "10mbit" }
 owner_may = ["freeze", "thaw"]
 
+# Local users whose primary group names a VO belong to it: nobody (group nogroup) logs in here.
+[vo.nogroup]
+granularity = "user"
+backend = "libvirt"
+template = "tiny"
+memory = { limit = "256M" }
+idle = { action = "save", after = "0s" }
+
 [vo.dmsbox]
 granularity = "user"
 backend = "libvirt"
@@ -560,4 +568,85 @@ fn lxc_driver_guest_is_limited_and_freezes() {
     assert!(shown["usage"]["cpu_usage_ns"].as_u64().is_some(), "{shown}");
     d.ok(&["domain", "destroy", &name]);
     assert!(dms_domains(lv).is_empty());
+}
+
+/// A child killed when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One request on the PAM session socket (the protocol pam_dms.so speaks).
+fn pam(d: &Daemon, req: serde_json::Value) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(d.pam_sock()).unwrap();
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn idle_save_on_logout_and_restore_on_the_next_login() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(lv) = libvirt() else { return };
+    let d = daemon(lv, "lvidle", None);
+    let account = "nobody";
+    // The session's process (it must not hold the test's stdout if the test fails).
+    let sleeper = KillOnDrop(
+        Command::new("sleep")
+            .arg("600")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = sleeper.0.id();
+    let open = serde_json::json!({"op": "open", "user": account, "service": "dms-test",
+        "rhost": null, "tty": null, "pid": pid, "job": null, "proxy_pem": null});
+    let close =
+        serde_json::json!({"op": "close", "user": account, "service": "dms-test", "pid": pid});
+    let a = pam(&d, open.clone());
+    assert_eq!(
+        (a["ok"].as_bool(), a["guest"].as_bool()),
+        (Some(true), Some(true)),
+        "{a}"
+    );
+    assert!(a.get("target").is_none(), "{a}");
+    let name = a["domain"].as_str().unwrap().to_string();
+    let lvname = format!("dms-{name}");
+    assert_eq!(d.json(&["domain", "show", &name])["state"], "running");
+    // The last session ends: the guest is saved to the repository.
+    assert_eq!(pam(&d, close.clone())["ok"], true);
+    wait_until("the idle guest is saved", Duration::from_secs(60), || {
+        d.json(&["domain", "show", &name])["state"] == "saved"
+    });
+    assert!(virsh(&lv.uri, &["domstate", &lvname])
+        .1
+        .contains("shut off"));
+    assert!(d
+        .dir
+        .join("repo/domains")
+        .join(&name)
+        .join("state.save")
+        .exists());
+    // The next login restores it.
+    let a = pam(&d, open);
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(d.json(&["domain", "show", &name])["state"], "running");
+    assert!(virsh(&lv.uri, &["domstate", &lvname]).1.contains("running"));
+    assert!(d.log().contains("restored for a login"));
+    assert_eq!(pam(&d, close)["ok"], true);
+    wait_until("saved again", Duration::from_secs(60), || {
+        d.json(&["domain", "show", &name])["state"] == "saved"
+    });
+    // A saved guest can be destroyed: its definition, saved state and overlay go.
+    d.ok(&["domain", "destroy", &name]);
+    drop(sleeper);
+    assert!(dms_domains(lv).is_empty(), "{:?}", dms_domains(lv));
+    assert!(!d.dir.join("repo/domains").join(&name).exists());
 }
