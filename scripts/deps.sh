@@ -14,7 +14,7 @@ libvirt_pkgs=(libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-daem
 case "${1:-run}" in
 run) ;;
 libvirt) pkgs+=("${libvirt_pkgs[@]}") ;;
-test) pkgs+=("${libvirt_pkgs[@]}" qemu-guest-agent dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux iputils-ping iperf3 pamtester openssh-server openssh-client slurm-wlm munge openssl prometheus) ;;
+test) pkgs+=("${libvirt_pkgs[@]}" qemu-guest-agent kmod dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux iputils-ping iperf3 pamtester openssh-server openssh-client slurm-wlm munge openssl prometheus) ;;
 bench) pkgs+=(crun runc cgroup-tools) ;;
 *) echo "usage: $0 run|libvirt|test|bench" >&2; exit 2 ;;
 esac
