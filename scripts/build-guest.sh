@@ -39,7 +39,8 @@ fi
 for b in /bin/busybox /usr/sbin/qemu-ga cpio gzip xz modprobe ldd; do
   command -v "$b" >/dev/null || die "missing $b (apt-get install busybox-static cpio qemu-guest-agent xz-utils kmod)"
 done
-/bin/busybox --list | grep -qx acpid || die "/bin/busybox has no acpid (need busybox-static)"
+# grep reads all of the list (no -q): an early exit would SIGPIPE busybox under pipefail.
+/bin/busybox --list | grep -x acpid >/dev/null || die "/bin/busybox has no acpid (need busybox-static)"
 
 mkdir -p "$out"
 tmp=$(mktemp -d "$out/.build.XXXXXX")

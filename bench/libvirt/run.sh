@@ -18,6 +18,8 @@
 #    (cp returns with the data in the page cache, as a batch system's cp would); each copy is
 #    deleted and `sync`ed outside the timing, so iterations start clean. A further copy variant
 #    fsyncs the copy (`sync FILE`) before defining the guest: the cost of getting it on disk.
+#    Also: DMS with a template without contextualization ISO (context = false), and the pieces
+#    dmsd runs before define + start (qemu-img info, qemu-img create, xorriso) timed alone.
 #    Targets: DMS under 1 s, and at least 10x faster than copying.
 # 2. Suspend + resume of a running, idle (booted) guest: `dmsctl domain freeze` + `dmsctl domain
 #    thaw` against `virsh suspend` + `virsh resume` of a second guest on the same libvirtd.
@@ -25,8 +27,9 @@
 # Each iteration runs the variants round-robin; one unmeasured warm-up round comes first.
 # Setup (release build, guest kernel/initramfs, the base image, a private libvirtd) is outside
 # the timing. Everything lives in a temp dir under $TMPDIR or /tmp (the image needs ~2 GiB, the
-# copies another 2 GiB at a time; not tmpfs for meaningful copies) and a private libvirtd (scripts/libvirtd.sh) that is stopped on exit;
-# guests are named dms-dmsbench.* (DMS) and dmsbench-* (by hand). No networking.
+# copies another 2 GiB at a time; not tmpfs for meaningful copies) and a private libvirtd
+# (scripts/libvirtd.sh); all is removed on exit. Guests are named dms-dmsbench*.nobody (DMS) and
+# dmsbench-* (by hand). No networking. Takes ~4.5 min with N=10 on 2 cores.
 #
 # usage: sudo bench/libvirt/run.sh    env: N=10 COLD=1 BASE_FORMAT=qcow2 DMS_BIN=target/release
 set -euo pipefail
@@ -115,6 +118,11 @@ cat >"$W/policies/bench.toml" <<'POL'
 granularity = "user"
 backend = "libvirt"
 template = "bench"
+
+[vo.dmsbenchnc]
+granularity = "user"
+backend = "libvirt"
+template = "benchnc"
 POL
 cat >"$W/dmsd.toml" <<CFG
 [network]
@@ -149,6 +157,18 @@ heartbeat = false
 agent = false
 network = false
 context = true
+[libvirt.templates.benchnc]
+type = "qemu"
+kernel = "$G/vmlinux"
+initrd = "$G/initramfs.cpio.gz"
+cmdline = "$CMDLINE"
+image = "$BASE"
+image_format = "$FMT"
+memory_mib = 256
+heartbeat = false
+agent = false
+network = false
+context = false
 CFG
 RUST_LOG=${RUST_LOG:-info} "$B/dmsd" --config "$W/dmsd.toml" --state-dir "$W/state" --policy-dir "$W/policies" \
 	--socket "$W/sock" --cgroup-subtree "$sub" --system-bus no 2>"$W/dmsd.log" &
@@ -204,14 +224,14 @@ state_is() { # NAME WANT
 drop() { sync; echo 1 >/proc/sys/vm/drop_caches; }
 DMSDOM=dmsbench.nobody
 
-dms_create() { # SERIES
-	local t0
+dms_create() { # SERIES [VO]
+	local t0 vo=${2:-dmsbench}
 	now; t0=$t
-	ctl domain create --user nobody --vo dmsbench >/dev/null
+	ctl domain create --user nobody --vo "$vo" >/dev/null
 	now; rec "$1" $((t - t0))
-	state_is "dms-$DMSDOM" running
+	state_is "dms-$vo.nobody" running
 	now; t0=$t
-	ctl domain destroy "$DMSDOM" >/dev/null
+	ctl domain destroy "$vo.nobody" >/dev/null
 	now; rec dms_destroy $((t - t0))
 }
 copy_start() { # SERIES [fsync]
@@ -257,6 +277,7 @@ round() {
 		drop; copy_start copy_cold
 	fi
 	dms_create dms_warm
+	dms_create dms_noctx dmsbenchnc
 	copy_start copy_warm
 	copy_start copy_fsync fsync
 	floor_start floor_warm
@@ -324,6 +345,7 @@ echo
 printf '%-62s %10s %9s %9s\n' "guest start to \"running\", $size $FMT base, N=$N" "median ms" "min" "max"
 row "a. DMS: dmsctl domain create (overlay + ISO + define + start)" dms_warm
 row "a. DMS, cold page cache" dms_cold
+row "a. DMS, template without contextualization (context = false)" dms_noctx
 row "b. copy: cp 2 GiB + virsh define + virsh start" copy_warm
 row "b. copy, cold page cache (2 GiB read from disk)" copy_cold
 row "b. copy + fsync of the copy (its data on disk), warm source" copy_fsync
@@ -352,5 +374,5 @@ row "virsh suspend" virsh_suspend
 row "virsh resume" virsh_resume
 row "virsh suspend + resume" virsh_sr
 echo
-echo "ratio DMS/virsh (suspend + resume): $(ratio "$(med dms_sr)" "$(med virsh_sr)")x"
+echo "ratio DMS/virsh (suspend + resume): $(ratio "$(med dms_sr)" "$(med virsh_sr)")x (virsh/DMS $(ratio "$(med virsh_sr)" "$(med dms_sr)")x)"
 echo "total run time: $((SECONDS - t_start)) s (setup included, release build excluded)"
