@@ -263,6 +263,14 @@ impl Shared {
         // Files go even when libvirt is unreachable: the orphan sweep removes the libvirt
         // definition once it is back.
         let files = self.repo.remove(domain);
+        if let Err(e) = &r {
+            if e.to_string().contains("state change lock") {
+                // A libvirtd restarted in the middle of this guest's start can keep that start's
+                // job forever; killing the guest's QEMU ends the job, and the next sweep or
+                // destroy completes.
+                kill_qemu_of(&libvirt_name(domain));
+            }
+        }
         r?;
         files?;
         Ok(())
@@ -280,6 +288,38 @@ impl Shared {
         let h = self.handlers.lock();
         if let Some(f) = &h.init_exit {
             f(name);
+        }
+    }
+}
+
+/// SIGKILLs the QEMU process running libvirt domain `lv` (its `-name guest=<lv>,...`).
+fn kill_qemu_of(lv: &str) {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let want = format!("guest={lv},");
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        let is_qemu = args
+            .next()
+            .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu-system"));
+        let named = args.any(|a| a.starts_with(want.as_bytes()));
+        if is_qemu && named {
+            tracing::warn!(
+                pid,
+                guest = lv,
+                "killing the QEMU of a guest libvirt holds a stale job for"
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

@@ -35,6 +35,16 @@ pub enum LvError {
         /// The limit.
         secs: f64,
     },
+    /// libvirtd hung on an earlier call; this one was not attempted.
+    #[error("libvirtd ({uri}) did not answer an earlier call; {what} was not attempted (next attempt in {retry_secs:.1} s)")]
+    Stalled {
+        /// The connection.
+        uri: String,
+        /// What was to be done.
+        what: String,
+        /// When calls are tried again.
+        retry_secs: f64,
+    },
     /// No connection could be opened.
     #[error("cannot connect to libvirtd ({uri}): {message}")]
     Unreachable {
@@ -98,6 +108,9 @@ pub struct Conn {
     uri: String,
     timeout: Duration,
     worker: Mutex<Option<Worker>>,
+    /// After a timeout, calls fail at once until then: a hung libvirtd costs one abandoned
+    /// thread per window instead of one per call.
+    stalled_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -113,6 +126,7 @@ impl Conn {
             uri: uri.to_string(),
             timeout,
             worker: Mutex::new(None),
+            stalled_until: Mutex::new(None),
         }
     }
 
@@ -132,6 +146,16 @@ impl Conn {
         limit: Duration,
         f: impl FnOnce(&Link<'_>) -> Result<T, LvError> + Send + 'static,
     ) -> Result<T, LvError> {
+        if let Some(until) = *self.stalled_until.lock() {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Err(LvError::Stalled {
+                    uri: self.uri.clone(),
+                    what: what.to_string(),
+                    retry_secs: left.as_secs_f64(),
+                });
+            }
+        }
         let (tx, rx) = mpsc::channel();
         let job: Job = Box::new(move |link| {
             let r = match link {
@@ -168,11 +192,16 @@ impl Conn {
             }
         }
         match rx.recv_timeout(limit) {
-            Ok(r) => r,
+            Ok(r) => {
+                *self.stalled_until.lock() = None;
+                r
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Abandon the stuck worker: later calls get a fresh one instead of queueing
-                // behind it.
+                // behind it, after a pause so a hung libvirtd does not pile up threads.
                 *self.worker.lock() = None;
+                *self.stalled_until.lock() =
+                    Some(Instant::now() + self.timeout.max(Duration::from_secs(5)));
                 tracing::warn!(uri = %self.uri, what, "libvirt call timed out; abandoning its connection");
                 Err(LvError::Timeout {
                     uri: self.uri.clone(),
