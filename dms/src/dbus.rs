@@ -410,7 +410,6 @@ impl Api {
             .await
     }
 
-    /// Node and daemon status (JSON).
     /// Node status with every visible domain's quotas and usage (JSON, docs/status.md).
     async fn node_status(
         &self,

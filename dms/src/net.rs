@@ -505,40 +505,20 @@ table bridge {t} {{
         domain: &str,
         what: &str,
     ) -> NetResult<()> {
-        let burst = policy.burst;
-        let mut cmds = Vec::new();
-        match policy.shaper {
-            Shaper::Htb => {
-                cmds.push(format!("qdisc add dev {dev} root handle 1: htb default 1"));
-                let mut class = format!(
-                    "class add dev {dev} parent 1: classid 1:1 htb rate {rate}bit ceil {rate}bit"
-                );
-                if let Some(b) = burst {
-                    class.push_str(&format!(" burst {b}b cburst {b}b"));
-                }
-                cmds.push(class);
-            }
-            Shaper::Tbf => {
-                // At least 10 ms worth of data and 32 KiB, so TCP reaches the rate.
-                let b = burst.unwrap_or_else(|| (rate / 8 / 100).max(32 * 1024));
-                cmds.push(format!(
-                    "qdisc add dev {dev} root tbf rate {rate}bit burst {b}b latency 50ms"
-                ));
-            }
-        }
-        let batch = cmds.join("\n") + "\n";
-        let qdisc = match policy.shaper {
-            Shaper::Htb => "htb",
-            Shaper::Tbf => "tbf",
-        };
-        self.tool(&["tc", "-batch", "-"], Some((batch.as_bytes(), enter)), &format!("shaping {what} of domain {domain:?} to {rate} bit/s with {qdisc}"))
-            .map(|_| ())
-            .map_err(|e| match e {
-                NetError::Failed(m) if m.contains("nknown qdisc") || m.contains("qdisc kind is unknown") => NetError::Invalid(format!(
-                    "{m} (this kernel has no sch_{qdisc}; choose network.shaper = \"htb\" or \"tbf\", whichever the kernel has)"
-                )),
-                other => other,
-            })
+        let (batch, qdisc) = rate_limit_batch(dev, rate, policy);
+        self.tool(
+            &["tc", "-batch", "-"],
+            Some((batch.as_bytes(), enter)),
+            &format!("shaping {what} of domain {domain:?} to {rate} bit/s with {qdisc}"),
+        )
+        .map(|_| ())
+        .map_err(|e| match e {
+            NetError::Failed(m) => match missing_qdisc_hint(&m, qdisc) {
+                Some(hint) => NetError::Invalid(format!("{m} ({hint})")),
+                None => NetError::Failed(m),
+            },
+            other => other,
+        })
     }
 
     /// nft commands adding (or deleting) a domain's port forwards and open-set entries; map
@@ -697,6 +677,46 @@ table bridge {t} {{
             .run_tool(argv, bytes, enter, Duration::from_secs(10))
             .map_err(|m| NetError::Failed(format!("{what}: {m}")))
     }
+}
+
+/// The tc batch that puts a root qdisc on `dev` limiting what leaves it to `rate` bits/s with
+/// the policy's shaper and burst, and that qdisc's name (container veths and guest taps alike;
+/// `replace`, because a tap starts with a default root qdisc where a fresh veth has none).
+pub(crate) fn rate_limit_batch(
+    dev: &str,
+    rate: u64,
+    policy: &NetworkPolicy,
+) -> (String, &'static str) {
+    match policy.shaper {
+        Shaper::Htb => {
+            let mut batch = format!(
+                "qdisc replace dev {dev} root handle 1: htb default 1\nclass replace dev {dev} parent 1: classid 1:1 htb rate {rate}bit ceil {rate}bit"
+            );
+            if let Some(b) = policy.burst {
+                batch.push_str(&format!(" burst {b}b cburst {b}b"));
+            }
+            (batch + "\n", "htb")
+        }
+        Shaper::Tbf => {
+            // At least 10 ms worth of data and 32 KiB, so TCP reaches the rate.
+            let b = policy
+                .burst
+                .unwrap_or_else(|| (rate / 8 / 100).max(32 * 1024));
+            (
+                format!(
+                    "qdisc replace dev {dev} root tbf rate {rate}bit burst {b}b latency 50ms\n"
+                ),
+                "tbf",
+            )
+        }
+    }
+}
+
+/// Advice for tc's error when the kernel lacks `qdisc`.
+pub(crate) fn missing_qdisc_hint(tc_error: &str, qdisc: &str) -> Option<String> {
+    (tc_error.contains("nknown qdisc") || tc_error.contains("qdisc kind is unknown")).then(|| {
+        format!("this kernel has no sch_{qdisc}; choose network.shaper = \"htb\" or \"tbf\", whichever the kernel has")
+    })
 }
 
 /// Refuses a host port that some process already listens on.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dms_accounting::{NetUsage, Usage};
-use dms_policies::BackendKind;
+use dms_policies::{BackendKind, NetworkPolicy};
 use parking_lot::Mutex;
 use virt::domain::Domain as VDomain;
 
@@ -60,14 +60,7 @@ struct Guest {
     /// Set once it was reported dead or a zombie, so that happens once.
     reported: bool,
     /// Rates to re-apply when the tap is re-created (restore).
-    shaping: Shaping,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Shaping {
-    ingress: Option<u64>,
-    egress: Option<u64>,
-    burst: Option<u64>,
+    shaping: NetworkPolicy,
 }
 
 #[derive(Default)]
@@ -181,46 +174,42 @@ impl Shared {
             .run_tool(argv, input.as_bytes(), None, Duration::from_secs(10))
     }
 
-    /// htb on the tap for what the guest receives; an ifb with htb for what it sends (the
-    /// tap's ingress is redirected there: this works without the police action).
-    fn shape(&self, domain: &str, h: &GuestHandle, s: &Shaping) -> Result<(), BackendError> {
+    /// The policy's shaper on the tap for what the guest receives, and on an ifb for what it
+    /// sends (the tap's ingress is redirected there: this works without the police action).
+    fn shape(
+        &self,
+        domain: &str,
+        h: &GuestHandle,
+        policy: &NetworkPolicy,
+    ) -> Result<(), BackendError> {
         let Some(tap) = &h.tap else { return Ok(()) };
-        let htb = |dev: &str, rate: u64| {
-            let mut c = format!(
-                "qdisc replace dev {dev} root handle 1: htb default 1\nclass replace dev {dev} parent 1: classid 1:1 htb rate {rate}bit ceil {rate}bit"
-            );
-            if let Some(b) = s.burst {
-                c.push_str(&format!(" burst {b}b cburst {b}b"));
-            }
-            c + "\n"
+        let fail = |what: &str, e: String, qdisc: &str| {
+            let hint = crate::net::missing_qdisc_hint(&e, qdisc)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            guest_err(format!(
+                "shaping {what} of guest {domain:?} on {tap}: {e}{hint}"
+            ))
         };
-        let fail = |what: &str, e: String| {
-            guest_err(format!("shaping {what} of guest {domain:?} on {tap}: {e}"))
-        };
-        if let Some(rate) = s.ingress {
-            self.tool(&["tc", "-batch", "-"], &htb(tap, rate))
-                .map_err(|e| fail("ingress", e))?;
+        if let Some(rate) = policy.ingress {
+            let (batch, qdisc) = crate::net::rate_limit_batch(tap, rate, policy);
+            self.tool(&["tc", "-batch", "-"], &batch)
+                .map_err(|e| fail("ingress", e, qdisc))?;
         }
-        if let (Some(rate), Some(ifb)) = (s.egress, &h.ifb) {
-            let _ = self.tool(&["ip", "link", "del", ifb], "");
+        if let (Some(rate), Some(ifb)) = (policy.egress, &h.ifb) {
+            delete_link(ifb);
             self.tool(&["ip", "link", "add", ifb, "type", "ifb"], "")
-                .map_err(|e| fail("egress", e))?;
+                .map_err(|e| fail("egress", e, "ifb"))?;
             self.tool(&["ip", "link", "set", ifb, "up"], "")
-                .map_err(|e| fail("egress", e))?;
+                .map_err(|e| fail("egress", e, "ifb"))?;
+            let (limit, qdisc) = crate::net::rate_limit_batch(ifb, rate, policy);
             let batch = format!(
-                "qdisc add dev {tap} handle ffff: ingress\nfilter add dev {tap} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {ifb}\n{}",
-                htb(ifb, rate)
+                "qdisc add dev {tap} handle ffff: ingress\nfilter add dev {tap} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {ifb}\n{limit}"
             );
             self.tool(&["tc", "-batch", "-"], &batch)
-                .map_err(|e| fail("egress", e))?;
+                .map_err(|e| fail("egress", e, qdisc))?;
         }
         Ok(())
-    }
-
-    fn remove_ifb(&self, h: &GuestHandle) {
-        if let Some(ifb) = &h.ifb {
-            let _ = self.tool(&["ip", "link", "del", ifb], "");
-        }
     }
 
     /// Stops and undefines a DMS guest and removes its files. Missing is fine; a libvirt
@@ -239,7 +228,6 @@ impl Shared {
                     uri: String::new(),
                     what: format!("destroying {lv}"),
                     message: "it has no DMS metadata: not created by DMS, not touched".into(),
-                    no_domain: false,
                 });
             }
             if d.is_active().unwrap_or(false) {
@@ -258,8 +246,7 @@ impl Shared {
                 Err(e) => Err(l.err(format!("undefining {lv}"), e)),
             }
         });
-        let (_, ifb) = link_names(domain);
-        let _ = self.tool(&["ip", "link", "del", &ifb], "");
+        delete_link(&link_names(domain).1);
         // Files go even when libvirt is unreachable: the orphan sweep removes the libvirt
         // definition once it is back.
         let files = self.repo.remove(domain);
@@ -289,6 +276,13 @@ impl Shared {
         if let Some(f) = &h.init_exit {
             f(name);
         }
+    }
+}
+
+/// Deletes a network link if it exists (through rtnetlink; no process).
+fn delete_link(name: &str) {
+    if let Ok(mut r) = dms_net::Rtnl::open() {
+        let _ = r.delete_link_by_name(name);
     }
 }
 
@@ -379,15 +373,6 @@ fn sizing(d: &Domain, t: &Template) -> (u64, IoTune) {
     (memory_kib, io)
 }
 
-fn shaping(d: &Domain) -> Shaping {
-    let n = &d.isolation.network;
-    Shaping {
-        ingress: n.ingress,
-        egress: n.egress,
-        burst: n.burst,
-    }
-}
-
 impl Backend for LibvirtBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Libvirt
@@ -404,7 +389,7 @@ impl Backend for LibvirtBackend {
         let t = s.cfg.template(&tname).map_err(guest_err)?.clone();
         let uri = t.uri(&s.cfg).to_string();
         let (tap, ifb) = link_names(&d.name);
-        let sh = shaping(d);
+        let sh = d.isolation.network.clone();
         let handle = GuestHandle {
             uri: uri.clone(),
             name: libvirt_name(&d.name),
@@ -497,7 +482,6 @@ impl Backend for LibvirtBackend {
         })();
         if let Err(e) = r {
             let _ = s.teardown(&d.name, &uri);
-            s.remove_ifb(&handle);
             s.creating.lock().remove(&d.name);
             return Err(e);
         }
@@ -537,7 +521,7 @@ impl Backend for LibvirtBackend {
                     .unwrap_or(s.cfg.alive_time_limit_secs),
             ),
         );
-        let mut g = new_guest(h, &t, limits, shaping(d));
+        let mut g = new_guest(h, &t, limits, d.isolation.network.clone());
         g.saved = d.state == crate::domain::DomainState::Saved;
         g.paused = d.state == crate::domain::DomainState::Frozen;
         // A live guest that was alive before the restart gets a full alive interval.
@@ -669,7 +653,9 @@ impl Backend for LibvirtBackend {
             g.paused = false;
             g.alive_stream = None;
         }
-        s.remove_ifb(&h);
+        if let Some(ifb) = &h.ifb {
+            delete_link(ifb);
+        }
         Ok(())
     }
 
@@ -698,7 +684,7 @@ impl Backend for LibvirtBackend {
                 Ok(())
             })?;
         let _ = std::fs::remove_file(&file);
-        let mut sh = shaping(d);
+        let mut sh = d.isolation.network.clone();
         if let Some(g) = s.guests.lock().get_mut(&d.name) {
             g.saved = false;
             g.reported = false;
@@ -760,7 +746,6 @@ impl Backend for LibvirtBackend {
                 uri: String::new(),
                 what: "guest-exec".into(),
                 message: format!("unexpected answer {out}"),
-                no_domain: false,
             })
         })?;
         // The output goes to the caller's fds; keep our own duplicates while the thread runs.
@@ -940,7 +925,7 @@ fn new_guest(
     handle: GuestHandle,
     t: &Template,
     limits: (Duration, Duration),
-    shaping: Shaping,
+    shaping: NetworkPolicy,
 ) -> Guest {
     Guest {
         handle,

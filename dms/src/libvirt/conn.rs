@@ -22,8 +22,6 @@ pub enum LvError {
         what: String,
         /// libvirt's message.
         message: String,
-        /// libvirt said the domain does not exist.
-        no_domain: bool,
     },
     /// libvirtd did not answer in time.
     #[error("libvirtd ({uri}) did not answer {what} within {secs:.1} s; the call was abandoned")]
@@ -55,19 +53,6 @@ pub enum LvError {
     },
 }
 
-impl LvError {
-    /// libvirt said the domain does not exist.
-    pub fn is_no_domain(&self) -> bool {
-        matches!(
-            self,
-            LvError::Call {
-                no_domain: true,
-                ..
-            }
-        )
-    }
-}
-
 /// What a call's closure gets: the open connection.
 pub struct Link<'a> {
     conn: &'a Connect,
@@ -92,7 +77,6 @@ impl Link<'_> {
             uri: self.uri.to_string(),
             what: what.into(),
             message: e.message().to_string(),
-            no_domain: matches!(e.code(), virt::error::ErrorNumber::NoDomain),
         }
     }
 }
@@ -168,7 +152,6 @@ impl Conn {
                                 uri: l.uri.to_string(),
                                 what: "libvirt call".into(),
                                 message: "panicked in the libvirt bindings".into(),
-                                no_domain: false,
                             })
                         },
                     )
