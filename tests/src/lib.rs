@@ -35,15 +35,19 @@ pub fn can_run() -> bool {
     };
     match why {
         None => true,
-        Some(w) => {
-            assert!(
-                std::env::var("DMS_REQUIRE_ROOT_TESTS").is_err(),
-                "root tests required but cannot run: {w}"
-            );
-            eprintln!("SKIPPED: {w}");
-            false
-        }
+        Some(w) => skipped(&w),
     }
+}
+
+/// Reports why a test cannot run here and returns false; with DMS_REQUIRE_ROOT_TESTS set
+/// (as in CI) a skip is a failure instead.
+pub fn skipped(why: &str) -> bool {
+    assert!(
+        std::env::var("DMS_REQUIRE_ROOT_TESTS").is_err(),
+        "root tests required but cannot run: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+    false
 }
 
 pub const POLICY: &str = r#"
