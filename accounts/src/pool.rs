@@ -40,6 +40,11 @@ pub struct PoolConfig {
     /// Create the home directory (owner-only) when an account is leased.
     #[serde(default = "yes")]
     pub create_home: bool,
+    /// Remove the home directory when the lease ends (released or expired), so that the next
+    /// identity given the account does not inherit the previous one's files. Only applies to
+    /// homes DMS creates (`create_home`) whose path names the account (`{account}`).
+    #[serde(default = "yes")]
+    pub clean_home: bool,
     /// A lease unused for this long (no session, no domain, no map) is released; 0 = never.
     #[serde(default = "default_idle")]
     pub lease_idle_secs: u64,
@@ -112,6 +117,12 @@ impl PoolConfig {
     /// The home directory of an account.
     pub fn home_of(&self, account: &str) -> String {
         self.home.replace("{account}", account)
+    }
+
+    /// Whether an account's home is removed when its lease ends: only a home DMS creates and
+    /// that is the account's own (a `home` without `{account}` is shared by the whole pool).
+    pub fn cleans_home(&self) -> bool {
+        self.clean_home && self.create_home && self.home.contains("{account}")
     }
 
     /// Checks one pool on its own.
@@ -216,8 +227,26 @@ mod tests {
             home: default_home(),
             shell: default_shell(),
             create_home: true,
+            clean_home: true,
             lease_idle_secs: 0,
         }
+    }
+
+    #[test]
+    fn only_an_accounts_own_created_home_is_cleaned() {
+        let mut p = pool("atlas", 5, 20001);
+        assert!(p.cleans_home());
+        p.home = "/home/shared".into();
+        assert!(
+            !p.cleans_home(),
+            "a home shared by the pool is never removed"
+        );
+        p.home = default_home();
+        p.create_home = false;
+        assert!(!p.cleans_home(), "a home DMS did not create is the site's");
+        p.create_home = true;
+        p.clean_home = false;
+        assert!(!p.cleans_home());
     }
 
     #[test]

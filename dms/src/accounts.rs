@@ -229,7 +229,7 @@ impl PolicyMaps {
 /// Leases, mapfiles, policy mapping rules and pools.
 #[derive(Debug)]
 pub struct AccountBook {
-    trust: Option<std::sync::Arc<dms_proxy::TrustStore>>,
+    trust: Option<LoadedTrust>,
     cfg: AccountsConfig,
     gridmap: MapFile,
     groupmap: GroupMapFile,
@@ -253,6 +253,25 @@ pub fn parse_identity(dn: &str, fqans: &[String]) -> Result<Vec<Fqan>, MapError>
                 .map_err(|e| MapError::Invalid(format!("fqan: {e}")))
         })
         .collect()
+}
+
+/// Longest a loaded trust store is used without reading the directories again.
+pub const TRUST_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A loaded trust store and what tells whether it is still current.
+#[derive(Debug)]
+struct LoadedTrust {
+    store: std::sync::Arc<dms_proxy::TrustStore>,
+    stamp: TrustStamp,
+    fresh_until: std::time::SystemTime,
+}
+
+/// The modification times of the CA directory and the vomsdir (None: unreadable or missing).
+type TrustStamp = [Option<std::time::SystemTime>; 2];
+
+fn trust_stamp(ca_dir: &Path, vomsdir: &Path) -> TrustStamp {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    [mtime(ca_dir), mtime(vomsdir)]
 }
 
 impl AccountBook {
@@ -294,10 +313,17 @@ impl AccountBook {
         Ok(())
     }
 
-    /// The CA and VOMS trust store, read at first use and again after a reload.
+    /// The CA and VOMS trust store, read at first use and again when it may be stale: after a
+    /// reload, when the CA directory or vomsdir changed (fetch-crl renames new CRLs into
+    /// place), when a CRL reaches its nextUpdate, and at least every [`TRUST_MAX_AGE`] (for
+    /// files rewritten in place).
     pub fn trust(&mut self) -> Result<std::sync::Arc<dms_proxy::TrustStore>, String> {
+        let stamp = trust_stamp(&self.cfg.x509_cert_dir, &self.cfg.vomsdir);
+        let now = std::time::SystemTime::now();
         if let Some(t) = &self.trust {
-            return Ok(std::sync::Arc::clone(t));
+            if t.stamp == stamp && now < t.fresh_until {
+                return Ok(std::sync::Arc::clone(&t.store));
+            }
         }
         let vomsdir = self
             .cfg
@@ -313,9 +339,24 @@ impl AccountBook {
         for s in t.skipped() {
             tracing::warn!(skipped = ?s, "trust store: file skipped");
         }
-        let t = std::sync::Arc::new(t);
-        self.trust = Some(std::sync::Arc::clone(&t));
-        Ok(t)
+        tracing::info!(
+            cas = t.ca_count(),
+            crls = t.crl_count(),
+            signing_policies = t.signing_policy_count(),
+            "trust store loaded"
+        );
+        let mut fresh_until = now + TRUST_MAX_AGE;
+        if let Some(next) = t.crl_next_update() {
+            // Just after: a CRL is valid up to and including its nextUpdate.
+            fresh_until = fresh_until.min(next + std::time::Duration::from_secs(1));
+        }
+        let store = std::sync::Arc::new(t);
+        self.trust = Some(LoadedTrust {
+            store: std::sync::Arc::clone(&store),
+            stamp,
+            fresh_until,
+        });
+        Ok(store)
     }
 
     /// The configuration.
@@ -482,6 +523,13 @@ impl AccountBook {
     pub fn home_to_create(&self, lease: &Lease) -> Option<PathBuf> {
         let p = self.pool(lease.pool.as_deref()?)?;
         p.create_home
+            .then(|| PathBuf::from(p.home_of(&lease.account)))
+    }
+
+    /// The home directory to remove when `lease` ends (None: kept).
+    pub fn home_to_clean(&self, lease: &Lease) -> Option<PathBuf> {
+        let p = self.pool(lease.pool.as_deref()?)?;
+        p.cleans_home()
             .then(|| PathBuf::from(p.home_of(&lease.account)))
     }
 

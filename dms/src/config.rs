@@ -142,6 +142,7 @@ unmanaged = "allow"
 # home = "/home/{account}"
 # shell = "/bin/bash"
 # create_home = true
+# clean_home = true     # remove the home when the lease ends (only a created, per-account home)
 # lease_idle_secs = 2592000   # released after 30 days unused; 0 = never
 [accounts.pools]
 "#;

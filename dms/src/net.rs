@@ -254,6 +254,16 @@ impl Network {
         self.with_rtnl(|r| r.set_up(index))?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| NetError::Failed(format!("enabling IPv4 forwarding: {e}")))?;
+        // Port forwards reached on 127.0.0.1 leave through the bridge with a loopback source
+        // (masqueraded to the gateway); the kernel routes such packets only with route_localnet
+        // on the outgoing interface. The input chain drops new connections from the bridge to
+        // 127.0.0.0/8 that this would otherwise let domains make to the host's loopback services.
+        let localnet = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+        std::fs::write(&localnet, "1").map_err(|e| {
+            NetError::Failed(format!(
+                "enabling {localnet} (port forwards on 127.0.0.1): {e}"
+            ))
+        })?;
         self.load_rules()?;
         self.state.lock().host_ready = true;
         tracing::info!(bridge = %bridge, pool = %s.cfg.pool, "domain network ready");
@@ -329,6 +339,11 @@ table inet {t} {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr {pool} oifname != "{br}" masquerade
+    ip saddr 127.0.0.0/8 oifname "{br}" masquerade
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "{br}" ip daddr 127.0.0.0/8 ct state != {{ established, related }} drop
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
@@ -824,6 +839,17 @@ mod tests {
         );
         assert!(
             text.contains("iifname \"dmsv*\" oifname \"dmsv*\" drop"),
+            "{text}"
+        );
+        // Forwards reached on 127.0.0.1, without opening the host's loopback to domains.
+        assert!(
+            text.contains("ip saddr 127.0.0.0/8 oifname \"dms0\" masquerade"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "iifname \"dms0\" ip daddr 127.0.0.0/8 ct state != { established, related } drop"
+            ),
             "{text}"
         );
         let empty = Network::ruleset_for(&s, &State::default());

@@ -269,6 +269,58 @@ fn create_home(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Renames a released pool account's home aside, so that the next identity leased the account
+/// starts empty (the account's home path is free at once, however long the removal takes).
+/// Only a real directory owned by the account is touched: a symlink or someone else's
+/// directory at that path is left and logged. Returns where it went.
+fn move_home_aside(home: &std::path::Path, uid: u32) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let not_removed = |e: &dyn std::fmt::Display| {
+        tracing::warn!(home = %home.display(), error = %e, "released account's home not removed");
+    };
+    let meta = match std::fs::symlink_metadata(home) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            not_removed(&e);
+            return None;
+        }
+    };
+    if !meta.is_dir() || meta.uid() != uid {
+        not_removed(&format_args!(
+            "not a directory owned by the account (uid {uid}; found owner {})",
+            meta.uid()
+        ));
+        return None;
+    }
+    let name = home.file_name()?.to_str()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let aside = home.with_file_name(format!(".dms-released.{name}.{nanos}"));
+    match std::fs::rename(home, &aside) {
+        Ok(()) => Some(aside),
+        Err(e) => {
+            not_removed(&e);
+            None
+        }
+    }
+}
+
+/// Removes a home moved aside by [`move_home_aside`] (remove_dir_all does not follow symlinks).
+fn remove_home_aside(home: &std::path::Path, aside: &std::path::Path) {
+    match std::fs::remove_dir_all(aside) {
+        Ok(()) => tracing::info!(home = %home.display(), "released account's home removed"),
+        Err(e) => tracing::warn!(
+            home = %home.display(),
+            left = %aside.display(),
+            error = %e,
+            "released account's home only partly removed; remove what is left by hand"
+        ),
+    }
+}
+
 impl Service {
     fn publish_locked(&self, book: &crate::accounts::AccountBook) -> ApiResult<()> {
         book.publish(host_gid).map_err(|e| {
@@ -407,7 +459,15 @@ impl Service {
             return Err(e.into());
         }
         self.publish_locked(&book)?;
+        // Moved aside under the lock: a new lease of the account must not find the old home.
+        let aside = book
+            .home_to_clean(&old)
+            .and_then(|home| move_home_aside(&home, old.uid).map(|a| (home, a)));
+        drop(book);
         tracing::info!(account = name, dn = %old.dn, "account released");
+        if let Some((home, aside)) = aside {
+            remove_home_aside(&home, &aside);
+        }
         Ok(())
     }
 

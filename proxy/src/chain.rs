@@ -316,7 +316,8 @@ pub(crate) fn check_validity(cert: &X509Certificate<'_>, now: i64) -> Result<(),
     Ok(())
 }
 
-/// Verifies that `cert` is signed by a CA of the trust store that is valid at `now`.
+/// Verifies that `cert` is signed by a CA of the trust store that is valid at `now`, and that
+/// the CA's CRLs and signing policy accept it ([`TrustStore::check_issued`]).
 pub(crate) fn verify_by_anchor(
     cert: &X509Certificate<'_>,
     trust: &TrustStore,
@@ -330,11 +331,19 @@ pub(crate) fn verify_by_anchor(
     };
     let mut reason = None;
     let mut expired = None;
-    for stored in trust.cas.iter().filter(|c| c.subject_key == issuer_key) {
-        let Some(ca) = stored.parse() else { continue };
+    for anchor in trust
+        .cas
+        .iter()
+        .filter(|a| a.cert.subject_key == issuer_key)
+    {
+        let Some(ca) = anchor.cert.parse() else {
+            continue;
+        };
         match verify_signature(cert, ca.public_key()) {
+            // The first valid CA whose key signed the certificate decides: its CRLs and
+            // signing policy.
             Ok(()) => match check_validity(&ca, now) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return trust.check_issued(anchor, &ca, cert, now),
                 Err(e) => expired = Some(e),
             },
             Err(e) => reason = Some(e),

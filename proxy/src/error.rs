@@ -118,6 +118,86 @@ pub enum ProxyError {
         reason: String,
     },
 
+    /// A certificate is listed in the CRL of the CA that issued it.
+    #[error(
+        "certificate {subject} (serial number {serial}) is revoked: the CRL of its CA {issuer} \
+         lists it as revoked at {}",
+        rfc3339(*.revoked_at)
+    )]
+    Revoked {
+        /// Subject DN of the revoked certificate (escaped, in quotes).
+        subject: String,
+        /// Its serial number in upper-case hex, as `openssl x509 -serial` prints it.
+        serial: String,
+        /// The CA's subject DN (escaped, in quotes).
+        issuer: String,
+        /// The revocation date the CRL gives.
+        revoked_at: SystemTime,
+    },
+
+    /// Every CRL of the CA that issued a certificate is past its `nextUpdate`: revocation
+    /// cannot be checked, so the CA's certificates are refused until the CRL is updated.
+    #[error(
+        "the CRL {} of CA {ca} expired at {}; certificates of this CA are refused until it is \
+         updated (run fetch-crl)",
+        file.display(),
+        rfc3339(*.next_update)
+    )]
+    CrlExpired {
+        /// The CA's subject DN (escaped, in quotes).
+        ca: String,
+        /// The CRL file.
+        file: PathBuf,
+        /// Its `nextUpdate`.
+        next_update: SystemTime,
+    },
+
+    /// A CRL file about the CA that issued a certificate cannot be used (malformed, not signed
+    /// by the CA, not valid yet, ...): the CA is refused until it is fixed (fail closed).
+    #[error(
+        "CA {ca} is refused: its CRL file {} cannot be used: {reason}",
+        file.display()
+    )]
+    BadCrl {
+        /// The CA's subject DN (escaped, in quotes).
+        ca: String,
+        /// The CRL file.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The signing policy of the CA that issued a certificate does not allow the certificate's
+    /// subject.
+    #[error(
+        "certificate {subject}: the signing policy of CA {ca} ({}) does not allow it to sign \
+         that subject",
+        file.display()
+    )]
+    SigningPolicy {
+        /// Subject DN of the certificate (escaped, in quotes).
+        subject: String,
+        /// The CA's subject DN (escaped, in quotes).
+        ca: String,
+        /// The signing policy file.
+        file: PathBuf,
+    },
+
+    /// A signing policy file about the CA that issued a certificate cannot be used: the CA is
+    /// refused until it is fixed (fail closed).
+    #[error(
+        "CA {ca} is refused: its signing policy file {} cannot be used: {reason}",
+        file.display()
+    )]
+    BadSigningPolicy {
+        /// The CA's subject DN (escaped, in quotes).
+        ca: String,
+        /// The signing policy file.
+        file: PathBuf,
+        /// What is wrong with it (with the line number when it is a syntax error).
+        reason: String,
+    },
+
     /// The VOMS extension or an attribute certificate in it is malformed or unusable.
     #[error("VOMS attribute certificate: {reason}")]
     BadAc {

@@ -22,13 +22,26 @@
 //!   allows digitalSignature, RFC 3820 path length constraints hold, and it is not an
 //!   independent proxy.
 //! - The EEC is signed by a CA certificate of the trust store that is valid at `now` (every
-//!   certificate of the CA directory is a trust anchor; CRLs and signing policies are not
-//!   checked). Certificates after the EEC in the file are ignored.
+//!   certificate of the CA directory is a trust anchor), and the CA directory accepts it
+//!   (see [`TrustStore::load`]):
+//!   - when the CA has a CRL (`<hash>.r<n>`, signed by the CA), the EEC's serial number is not
+//!     in it ([`ProxyError::Revoked`]) and the CRL's `nextUpdate` has not passed
+//!     ([`ProxyError::CrlExpired`]); a CA without CRL file is accepted without revocation check;
+//!   - when a signing policy (`<hash>.signing_policy`) applies to the CA, it allows the EEC's
+//!     subject ([`ProxyError::SigningPolicy`]); a CA without signing policy may sign any
+//!     subject;
+//!   - a CA with an unusable CRL or signing policy file is refused ([`ProxyError::BadCrl`],
+//!     [`ProxyError::BadSigningPolicy`]), and the file is listed by [`TrustStore::skipped`].
+//!
+//!   `.namespaces` files are not read. Certificates after the EEC in the file are ignored.
+//!   Proxies are not checked against CRLs (their issuer is the user, who publishes none).
 //! - The VOMS attribute certificates (extension 1.3.6.1.4.1.8005.100.100.5 of the newest proxy
 //!   that has one) belong to the EEC (holder issuer and serial), are valid at `now`, and are
 //!   signed by a VOMS server the vomsdir trusts for their VO: a server certificate in
-//!   `<vomsdir>/<vo>/*.pem`, or the chain carried in the AC matching an `<vomsdir>/<vo>/*.lsc`
-//!   file and verifying up to a CA of the trust store. Every FQAN must belong to its AC's VO.
+//!   `<vomsdir>/<vo>/*.pem` (trusted as it is, without CRL or signing policy check), or the
+//!   chain carried in the AC matching an `<vomsdir>/<vo>/*.lsc` file and verifying up to a CA
+//!   of the trust store, which accepts the chain's last certificate as it accepts an EEC (CRL
+//!   and signing policy). Every FQAN must belong to its AC's VO.
 //!
 //! The private key in the file is never decoded, kept or shown. No input makes this crate
 //! panic; malformed input gives an error naming what is wrong.
@@ -36,10 +49,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod chain;
+mod crl;
 mod der;
 mod error;
 mod name;
 mod pem;
+mod policy;
 mod time;
 mod trust;
 mod voms;

@@ -179,6 +179,15 @@ pub(crate) fn slash_form(name: &X509Name<'_>) -> String {
     out
 }
 
+/// Maps the attribute names other tools write in slash-form DNs (`.lsc` files, signing
+/// policies) to OpenSSL's: `/Email=` and `/E=` become `/emailAddress=`, `/USERID=` becomes
+/// `/UID=`.
+pub(crate) fn normalize_slash_dn(dn: &str) -> String {
+    dn.replace("/Email=", "/emailAddress=")
+        .replace("/E=", "/emailAddress=")
+        .replace("/USERID=", "/UID=")
+}
+
 /// Comparison key of one RDN: attribute types and decoded values, escaped so that the key is
 /// unambiguous. Two names are equal when their RDN keys are (string types are compared by
 /// content, so a PrintableString and a UTF8String with the same text match).

@@ -1,14 +1,22 @@
-//! Splitting a PEM file into its certificates.
+//! Splitting a PEM file into its certificates (or, for the trust store, its CRLs).
 //!
-//! Only `CERTIFICATE` blocks are decoded. Every other block (the proxy's private key in
-//! particular) is skipped without decoding its content, so that key material is never copied,
-//! kept or shown in a message.
+//! Only blocks with the wanted label (`CERTIFICATE`, `X509 CRL`) are decoded. Every other block
+//! (the proxy's private key in particular) is skipped without decoding its content, so that key
+//! material is never copied, kept or shown in a message.
 
 use crate::error::ProxyError;
 
 /// Largest accepted PEM input: a proxy file is a few kB (a VOMS AC with its server certificate
 /// adds ~3 kB per VO).
 pub(crate) const MAX_PEM_LEN: usize = 256 * 1024;
+
+/// Why [`blocks`] failed.
+enum PemError {
+    /// Not PEM, or a malformed block.
+    Malformed(String),
+    /// More blocks with the label than allowed; `count` is how many there are.
+    TooMany { count: usize },
+}
 
 /// The DER contents of the `CERTIFICATE` blocks of `input`, in order.
 ///
@@ -20,15 +28,44 @@ pub(crate) fn certificates(input: &[u8], max_certs: usize) -> Result<Vec<Vec<u8>
             max: MAX_PEM_LEN,
         });
     }
-    let mut certs = Vec::new();
-    let mut cert_blocks = 0usize;
+    let certs = blocks(input, b"CERTIFICATE", "certificate", max_certs).map_err(|e| match e {
+        PemError::Malformed(reason) => ProxyError::NotPem { reason },
+        PemError::TooMany { count } => ProxyError::TooManyCertificates {
+            count,
+            max: max_certs,
+        },
+    })?;
+    if certs.is_empty() {
+        return Err(ProxyError::NoCertificate);
+    }
+    Ok(certs)
+}
+
+/// The DER contents of the `X509 CRL` blocks of `input` (at most `max`), in order; the error
+/// says what is wrong. The caller limits the input's size.
+pub(crate) fn crls(input: &[u8], max: usize) -> Result<Vec<Vec<u8>>, String> {
+    let crls = blocks(input, b"X509 CRL", "CRL", max).map_err(|e| match e {
+        PemError::Malformed(reason) => format!("not a valid PEM file: {reason}"),
+        PemError::TooMany { count } => format!("{count} CRLs in one file, at most {max}"),
+    })?;
+    if crls.is_empty() {
+        return Err("no \"X509 CRL\" block in the PEM file".into());
+    }
+    Ok(crls)
+}
+
+/// The DER contents of the blocks labelled `label` (called `what` in messages), in order; at
+/// most `max` are decoded, more is an error.
+fn blocks(input: &[u8], label: &[u8], what: &str, max: usize) -> Result<Vec<Vec<u8>>, PemError> {
+    let mut out = Vec::new();
+    let mut wanted_blocks = 0usize;
     let mut blocks = 0usize;
     let mut lines = input
         .split(|&b| b == b'\n')
         .map(<[u8]>::trim_ascii)
         .enumerate();
     while let Some((no, line)) = lines.next() {
-        let Some(label) = line
+        let Some(begin) = line
             .strip_prefix(b"-----BEGIN ")
             .and_then(|l| l.strip_suffix(b"-----"))
         else {
@@ -39,11 +76,12 @@ pub(crate) fn certificates(input: &[u8], max_certs: usize) -> Result<Vec<Vec<u8>
             continue;
         };
         blocks += 1;
-        let label_text = String::from_utf8_lossy(label).into_owned();
-        let is_cert = label == b"CERTIFICATE";
-        if is_cert {
-            cert_blocks += 1;
+        let label_text = String::from_utf8_lossy(begin).into_owned();
+        let is_wanted = begin == label;
+        if is_wanted {
+            wanted_blocks += 1;
         }
+        let decode = is_wanted && wanted_blocks <= max;
         let mut body = Vec::new();
         let mut ended = false;
         for (no, line) in lines.by_ref() {
@@ -51,7 +89,7 @@ pub(crate) fn certificates(input: &[u8], max_certs: usize) -> Result<Vec<Vec<u8>
                 .strip_prefix(b"-----END ")
                 .and_then(|l| l.strip_suffix(b"-----"))
             {
-                if end != label {
+                if end != begin {
                     return Err(not_pem(format!(
                         "line {}: END {:?} does not match BEGIN {label_text:?}",
                         no + 1,
@@ -67,44 +105,40 @@ pub(crate) fn certificates(input: &[u8], max_certs: usize) -> Result<Vec<Vec<u8>
                     no + 1
                 )));
             }
-            if is_cert && cert_blocks <= max_certs {
+            if decode {
                 body.extend(line.iter().filter(|b| !b.is_ascii_whitespace()));
             }
         }
         if !ended {
             return Err(not_pem(format!("block {label_text:?} has no END line")));
         }
-        if !is_cert || cert_blocks > max_certs {
+        if !decode {
             continue;
         }
         let der = data_encoding::BASE64.decode(&body).map_err(|e| {
             not_pem(format!(
-                "certificate {cert_blocks}: invalid base64 at byte {}",
+                "{what} {wanted_blocks}: invalid base64 at byte {}",
                 e.position
             ))
         })?;
         if der.is_empty() {
-            return Err(not_pem(format!("certificate {cert_blocks} is empty")));
+            return Err(not_pem(format!("{what} {wanted_blocks} is empty")));
         }
-        certs.push(der);
+        out.push(der);
     }
-    if cert_blocks > max_certs {
-        return Err(ProxyError::TooManyCertificates {
-            count: cert_blocks,
-            max: max_certs,
+    if wanted_blocks > max {
+        return Err(PemError::TooMany {
+            count: wanted_blocks,
         });
     }
     if blocks == 0 {
         return Err(not_pem("no \"-----BEGIN\" line".into()));
     }
-    if certs.is_empty() {
-        return Err(ProxyError::NoCertificate);
-    }
-    Ok(certs)
+    Ok(out)
 }
 
-fn not_pem(reason: String) -> ProxyError {
-    ProxyError::NotPem { reason }
+fn not_pem(reason: String) -> PemError {
+    PemError::Malformed(reason)
 }
 
 #[cfg(test)]
@@ -125,6 +159,27 @@ mod tests {
         );
         let certs = certificates(input.as_bytes(), 10).unwrap();
         assert_eq!(certs, vec![vec![1, 2, 3], vec![4, 5, 6, 7]]);
+    }
+
+    #[test]
+    fn crl_blocks() {
+        let input = format!(
+            "{}{}",
+            block("CERTIFICATE", "AQID"),
+            block("X509 CRL", "BAUG")
+        );
+        assert_eq!(crls(input.as_bytes(), 4).unwrap(), vec![vec![4, 5, 6]]);
+        let e = crls(block("CERTIFICATE", "AQID").as_bytes(), 4).unwrap_err();
+        assert!(e.contains("no \"X509 CRL\" block"), "{e}");
+        let e = crls(block("X509 CRL", "BAUG").repeat(5).as_bytes(), 4).unwrap_err();
+        assert_eq!(e, "5 CRLs in one file, at most 4");
+        let e = crls(b"junk", 4).unwrap_err();
+        assert!(
+            e.starts_with("not a valid PEM file: no \"-----BEGIN\" line"),
+            "{e}"
+        );
+        let e = crls(block("X509 CRL", "").as_bytes(), 4).unwrap_err();
+        assert!(e.contains("CRL 1 is empty"), "{e}");
     }
 
     #[test]

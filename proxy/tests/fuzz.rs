@@ -1,5 +1,5 @@
-//! No input makes `read_proxy` panic: random bytes, random PEM, and valid proxy files with
-//! mutated DER or text.
+//! No input makes `read_proxy` or `TrustStore::load` panic: random bytes, random PEM, and valid
+//! proxy files with mutated DER or text; CRL and signing policy files, random and mutated.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +8,7 @@ mod common;
 use std::sync::OnceLock;
 
 use common::*;
-use dms_proxy::{read_proxy, TrustStore};
+use dms_proxy::{read_proxy, ProxyError, TrustStore};
 use proptest::prelude::*;
 
 struct Fixture {
@@ -232,6 +232,269 @@ proptest! {
             }
         }
     }
+}
+
+/// A CA directory with the fixture's CA (also as `1d879c6c.0`) and `files`, loaded at the
+/// tests' now (loading cannot fail: the CA is there).
+fn load_with(files: &[(&str, &[u8])]) -> TrustStore {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cern-ca.pem"),
+        pem_block("CERTIFICATE", &f.pki.ca_cert),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("cern-ca.pem", dir.path().join("1d879c6c.0")).unwrap();
+    for (name, data) in files {
+        std::fs::write(dir.path().join(name), data).unwrap();
+    }
+    let trust = TrustStore::load_at(dir.path(), None, now()).unwrap();
+    for s in trust.skipped() {
+        let _ = format!("{s:?}");
+    }
+    trust
+}
+
+/// Reads the fixture's proxy file (with VOMS, which is refused without vomsdir) and a plain
+/// proxy: no panic, messages on one line, and a success is the fixture's user.
+fn check_reads(trust: &TrustStore) -> Result<(), TestCaseError> {
+    let f = fixture();
+    let plain = f.pki.proxy_file(vec![]);
+    for text in [&f.text, &plain] {
+        match read_proxy(text.as_bytes(), trust, now()) {
+            Ok(id) => prop_assert_eq!(id.dn, USER_DN),
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(!msg.contains('\n') && !msg.contains('\0'), "{:?}", msg);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reference wildcard matcher (`*`: any run, `?`: one character), by dynamic programming.
+fn wildcard_oracle(pattern: &[char], text: &[char]) -> bool {
+    let mut row = vec![false; text.len() + 1];
+    row[0] = true;
+    for &p in pattern {
+        let mut next = vec![false; text.len() + 1];
+        if p == '*' {
+            let mut any = false;
+            for (j, cell) in next.iter_mut().enumerate() {
+                any |= row[j];
+                *cell = any;
+            }
+        } else {
+            for j in 0..text.len() {
+                next[j + 1] = row[j] && (p == '?' || p == text[j]);
+            }
+        }
+        row = next;
+    }
+    row[text.len()]
+}
+
+#[derive(Debug, Clone)]
+enum PatternEdit {
+    Star(usize),
+    Question(usize),
+    InsertStar(usize),
+    Delete(usize, usize),
+    Char(usize, char),
+}
+
+fn pattern_edit() -> impl Strategy<Value = PatternEdit> {
+    prop_oneof![
+        any::<usize>().prop_map(PatternEdit::Star),
+        any::<usize>().prop_map(PatternEdit::Question),
+        any::<usize>().prop_map(PatternEdit::InsertStar),
+        (any::<usize>(), 1usize..20).prop_map(|(p, n)| PatternEdit::Delete(p, n)),
+        (
+            any::<usize>(),
+            prop::sample::select(vec!['/', '=', 'C', 'c', 'x', ' ', '*'])
+        )
+            .prop_map(|(p, c)| PatternEdit::Char(p, c)),
+    ]
+}
+
+fn edit_pattern(base: &str, edits: &[PatternEdit]) -> String {
+    let mut p: Vec<char> = base.chars().collect();
+    for e in edits {
+        let n = p.len().max(1);
+        match *e {
+            PatternEdit::Star(i) if !p.is_empty() => p[i % n] = '*',
+            PatternEdit::Question(i) if !p.is_empty() => p[i % n] = '?',
+            PatternEdit::InsertStar(i) => p.insert(i % (p.len() + 1), '*'),
+            PatternEdit::Delete(i, len) if !p.is_empty() => {
+                let start = i % n;
+                let end = (start + len).min(p.len());
+                p.drain(start..end);
+            }
+            PatternEdit::Char(i, c) if !p.is_empty() => p[i % n] = c,
+            _ => {}
+        }
+    }
+    p.into_iter().collect()
+}
+
+/// Tokens of the signing policy language and a few that are not, for policy soup.
+const POLICY_TOKENS: &[&str] = &[
+    "access_id_CA",
+    "access_id_HOST",
+    "X509",
+    "pos_rights",
+    "neg_rights",
+    "globus",
+    "CA:sign",
+    "cond_subjects",
+    "cond_banned",
+    "'",
+    "\"",
+    "'\"",
+    "\"'",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    "#",
+    "*",
+    "?",
+    "/DC=ch/DC=cern/*",
+    CA_DN,
+    "/",
+    "=",
+    "\0",
+    "\u{1b}",
+    "é",
+    "\\",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Random bytes as a CRL file, as DER or inside a PEM block.
+    #[test]
+    fn random_crl(data in prop::collection::vec(any::<u8>(), 0..1024), pem in any::<bool>()) {
+        let file = if pem { pem_block("X509 CRL", &data).into_bytes() } else { data };
+        let trust = load_with(&[("1d879c6c.r0", &file)]);
+        check_reads(&trust)?;
+    }
+
+    /// A CRL of the CA revoking the user, with mutated DER. Whatever the mutation, the user is
+    /// never accepted through this CA, unless the CRL now names a CA the directory does not
+    /// have (which is then like having no CRL).
+    #[test]
+    fn mutated_crl(mutations in prop::collection::vec(mutation(), 1..4), pem in any::<bool>()) {
+        let f = fixture();
+        let mut der = f.pki.crl(&[5, USER_SERIAL]);
+        for m in &mutations {
+            apply(&mut der, m);
+        }
+        let file = if pem { pem_block("X509 CRL", &der).into_bytes() } else { der };
+        let trust = load_with(&[("1d879c6c.r0", &file)]);
+        check_reads(&trust)?;
+        let unknown_issuer = trust
+            .skipped()
+            .iter()
+            .any(|s| s.reason.contains("which is not a CA certificate of the directory"));
+        if !unknown_issuer {
+            let result = read_proxy(f.pki.proxy_file(vec![]).as_bytes(), &trust, now());
+            prop_assert!(result.is_err(), "a CRL revoking the user let it in: {:?}", result);
+        }
+    }
+
+    /// Mutated CRL contents, signed by the CA, so that every check after the signature sees
+    /// them.
+    #[test]
+    fn mutated_signed_crl(mutations in prop::collection::vec(mutation(), 1..4)) {
+        let f = fixture();
+        let spec = f.pki.crl_spec(&[5, USER_SERIAL]);
+        let mut tbs = crl_tbs(&spec, &f.pki.ca_key);
+        for m in &mutations {
+            apply(&mut tbs, m);
+        }
+        let der = sign_crl(tbs, &f.pki.ca_key);
+        let trust = load_with(&[("1d879c6c.r0", &der)]);
+        check_reads(&trust)?;
+    }
+
+    /// Random text and token soup as a signing policy.
+    #[test]
+    fn random_signing_policy(
+        tokens in prop::collection::vec(prop::sample::select(POLICY_TOKENS), 0..60),
+        bytes in prop::collection::vec(any::<u8>(), 0..256),
+        soup in any::<bool>(),
+    ) {
+        let text = if soup { tokens.concat().into_bytes() } else { bytes };
+        let trust = load_with(&[("1d879c6c.signing_policy", &text)]);
+        check_reads(&trust)?;
+    }
+
+    /// A valid signing policy with mutated text.
+    #[test]
+    fn mutated_signing_policy(mutations in prop::collection::vec(mutation(), 1..6)) {
+        let mut text = format!(
+            "{}{}",
+            signing_policy("/DC=org/CN=Other CA", &["/DC=org/*"]),
+            signing_policy(CA_DN, &["/DC=ch/DC=cern/OU=Organic Units/*", "/DC=ch/DC=cern/OU=Hosts/*"])
+        )
+        .into_bytes();
+        for m in &mutations {
+            apply(&mut text, m);
+        }
+        let trust = load_with(&[("1d879c6c.signing_policy", &text)]);
+        check_reads(&trust)?;
+    }
+
+    /// Wildcard matching against a reference: the user is accepted exactly when the pattern
+    /// matches its DN.
+    #[test]
+    fn signing_policy_patterns(edits in prop::collection::vec(pattern_edit(), 0..8)) {
+        let pattern = edit_pattern(USER_DN, &edits);
+        prop_assume!(!pattern.is_empty());
+        let policy = signing_policy(CA_DN, &[&pattern]);
+        let trust = load_with(&[("1d879c6c.signing_policy", policy.as_bytes())]);
+        prop_assert!(trust.skipped().is_empty(), "{:?}", trust.skipped());
+        let p: Vec<char> = pattern.chars().collect();
+        let t: Vec<char> = USER_DN.chars().collect();
+        let want = wildcard_oracle(&p, &t);
+        let f = fixture();
+        match read_proxy(f.pki.proxy_file(vec![]).as_bytes(), &trust, now()) {
+            Ok(_) => prop_assert!(want, "{:?} matched", pattern),
+            Err(ProxyError::SigningPolicy { .. }) => prop_assert!(!want, "{:?} did not match", pattern),
+            Err(e) => prop_assert!(false, "{:?}: {}", pattern, e),
+        }
+    }
+}
+
+#[test]
+fn wildcard_oracle_agrees_with_examples() {
+    let m = |p: &str, t: &str| {
+        wildcard_oracle(
+            &p.chars().collect::<Vec<_>>(),
+            &t.chars().collect::<Vec<_>>(),
+        )
+    };
+    assert!(m("/a*", "/abc"));
+    assert!(m("*", ""));
+    assert!(!m("?", ""));
+    assert!(m("a?c", "abc"));
+    assert!(!m("a*d", "abc"));
+}
+
+#[test]
+fn large_crl_within_limits() {
+    // Many revoked serials, the user's among them.
+    let f = fixture();
+    let mut spec = f.pki.crl_spec(&[]);
+    spec.revoked = (1..20_000u64).map(|s| (s * 7919, NOW - DAY)).collect();
+    spec.revoked.push((USER_SERIAL, NOW - DAY));
+    let der = crl(&spec, &f.pki.ca_key);
+    let trust = load_with(&[("1d879c6c.r0", &der)]);
+    assert!(trust.skipped().is_empty(), "{:?}", trust.skipped());
+    let err = read_proxy(f.pki.proxy_file(vec![]).as_bytes(), &trust, now()).unwrap_err();
+    assert!(matches!(err, ProxyError::Revoked { .. }), "{err:?}");
 }
 
 #[test]

@@ -772,10 +772,19 @@ fn rsa_user_certificate() {
 fn trust_store_loading() {
     let pki = Pki::new();
     let ca_dir = pki.ca_dir();
-    // The usual layout: hashed symlinks to the .pem, CRLs, signing policies, a broken file.
+    // The usual layout: hashed symlinks to the .pem, CRLs, signing policies, files that are
+    // not read (namespaces, CRL URLs), a broken file.
     std::os::unix::fs::symlink("cern-ca.pem", ca_dir.join("1d879c6c.0")).unwrap();
-    pki.put("certificates/1d879c6c.r0", b"a CRL");
-    pki.put("certificates/1d879c6c.signing_policy", b"policy");
+    pki.put(
+        "certificates/1d879c6c.r0",
+        pem_block("X509 CRL", &pki.crl(&[5])).as_bytes(),
+    );
+    pki.put(
+        "certificates/1d879c6c.signing_policy",
+        signing_policy(CA_DN, &["/DC=ch/DC=cern/*"]).as_bytes(),
+    );
+    pki.put("certificates/1d879c6c.namespaces", b"not read");
+    pki.put("certificates/cern-ca.crl_url", b"not read");
     pki.put(
         "certificates/broken.pem",
         b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
@@ -790,9 +799,12 @@ fn trust_store_loading() {
     );
     pki.put("vomsdir/stray.pem", b"");
     pki.put("vomsdir/cms/broken.lsc", b"not a DN\n");
-    let trust = TrustStore::load(&ca_dir, Some(&pki.vomsdir())).unwrap();
+    let trust = TrustStore::load_at(&ca_dir, Some(&pki.vomsdir()), now()).unwrap();
     assert_eq!(trust.ca_count(), 1);
+    assert_eq!(trust.crl_count(), 1);
+    assert_eq!(trust.signing_policy_count(), 1);
     assert_eq!(trust.vos().collect::<Vec<_>>(), ["atlas"]);
+    assert!(read(&pki.proxy_file(vec![]), &trust).is_ok());
     let skipped: Vec<String> = trust
         .skipped()
         .iter()
@@ -802,7 +814,7 @@ fn trust_store_loading() {
         skipped,
         ["broken.pem", "bad name", "broken.lsc", "stray.pem"]
     );
-    assert!(format!("{trust:?}").contains("cas: 1"));
+    assert!(format!("{trust:?}").contains("cas: 1, crls: 1, signing_policies: 1"));
 
     let empty = tempfile::tempdir().unwrap();
     let err = TrustStore::load(empty.path(), None).unwrap_err();

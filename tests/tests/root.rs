@@ -1257,6 +1257,34 @@ fn nat_network_isolation_and_port_forwards() {
         ok,
         "port forward {fwd_port} -> dmsnet.nobody:8080 did not work"
     );
+    // The same forward from the host itself, on 127.0.0.1.
+    d.ok(&[
+        "exec",
+        "dmsnet.nobody",
+        "--no-wait",
+        "--",
+        "iperf3",
+        "-s",
+        "-1",
+        "-p",
+        "8080",
+    ]);
+    let mut ok = false;
+    for _ in 0..50 {
+        let o = Command::new("iperf3")
+            .args(["-c", "127.0.0.1", "-p", &fwd_port.to_string(), "-t", "1"])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ok,
+        "port forward 127.0.0.1:{fwd_port} -> dmsnet.nobody:8080 did not work"
+    );
     // Bad input: port already forwarded, port in use on the host, missing policy path,
     // bridge name clash. Each leaves nothing behind.
     let links_before = links_with_prefix(&format!("dmst{n}v"));

@@ -1,5 +1,5 @@
-//! Test PKI built at run time: a DER encoder, keys (ring), certificates, proxies and VOMS
-//! attribute certificates, and trust store directories.
+//! Test PKI built at run time: a DER encoder, keys (ring), certificates, proxies, VOMS
+//! attribute certificates, CRLs, signing policies, and trust store directories.
 //!
 //! Certificates are encoded by hand (rcgen cannot repeat attribute types in a DN, which grid DNs
 //! need: `/DC=ch/DC=cern/OU=.../OU=.../CN=.../CN=...`).
@@ -374,6 +374,169 @@ pub fn cert(spec: &CertSpec, subject_key: &Key, signer: &Key) -> Vec<u8> {
     der::seq(&[tbs, signer.alg(), der::bits(&sig)])
 }
 
+/// A proxy file for the user certificate `user_cert` (subject `user_dn`, key `user_key`): a
+/// fresh RFC 3820 proxy, its key, the user certificate.
+pub fn proxy_file_of(user_dn: &Dn, user_key: &Key, user_cert: &[u8]) -> String {
+    let key = Key::ec();
+    let proxy = cert(
+        &CertSpec {
+            serial: 987_654_321,
+            issuer: user_dn.clone(),
+            subject: user_dn.with_cn("987654321"),
+            not_before: NOW - HOUR,
+            not_after: NOW + 11 * HOUR,
+            extensions: vec![key_usage_user(), proxy_cert_info(None)],
+        },
+        &key,
+        user_key,
+    );
+    format!(
+        "{}{}{}",
+        pem_block("CERTIFICATE", &proxy),
+        key.pem(),
+        pem_block("CERTIFICATE", user_cert)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRLs and signing policies
+
+pub struct CrlSpec {
+    pub issuer: Dn,
+    pub this_update: i64,
+    /// `None` leaves nextUpdate out.
+    pub next_update: Option<i64>,
+    /// Revoked serial numbers and their revocation dates.
+    pub revoked: Vec<(u64, i64)>,
+    pub extensions: Vec<Vec<u8>>,
+}
+
+/// A v2 CRL for `spec`, signed by `signer`.
+pub fn crl(spec: &CrlSpec, signer: &Key) -> Vec<u8> {
+    sign_crl(crl_tbs(spec, signer), signer)
+}
+
+/// A CertificateList with the TBSCertList `tbs`, signed by `signer`.
+pub fn sign_crl(tbs: Vec<u8>, signer: &Key) -> Vec<u8> {
+    let sig = signer.sign(&tbs);
+    der::seq(&[tbs, signer.alg(), der::bits(&sig)])
+}
+
+/// The TBSCertList of a v2 CRL for `spec` (with `signer`'s signature algorithm).
+pub fn crl_tbs(spec: &CrlSpec, signer: &Key) -> Vec<u8> {
+    let mut tbs = vec![
+        der::uint(1),
+        signer.alg(),
+        spec.issuer.der(),
+        der::cert_time(spec.this_update),
+    ];
+    if let Some(next) = spec.next_update {
+        tbs.push(der::cert_time(next));
+    }
+    if !spec.revoked.is_empty() {
+        let entries: Vec<Vec<u8>> = spec
+            .revoked
+            .iter()
+            .map(|&(serial, at)| der::seq(&[der::uint(serial), der::cert_time(at)]))
+            .collect();
+        tbs.push(der::seq(&entries));
+    }
+    if !spec.extensions.is_empty() {
+        tbs.push(der::ctx(0, &[der::seq(&spec.extensions)]));
+    }
+    der::seq(&tbs)
+}
+
+/// The cRLNumber extension.
+pub fn crl_number(n: u64) -> Vec<u8> {
+    ext("2.5.29.20", false, &der::uint(n))
+}
+
+/// A signing policy file with one access_id_CA entry for `ca` allowing `patterns`.
+pub fn signing_policy(ca: &str, patterns: &[&str]) -> String {
+    let quoted: Vec<String> = patterns.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "# Signing policy of {ca}\n\
+         access_id_CA      X509         '{ca}'\n\
+         pos_rights        globus        CA:sign\n\
+         cond_subjects     globus       '{}'\n",
+        quoted.join(" ")
+    )
+}
+
+/// A CA other than the PKI's (EC key), with a user certificate.
+pub struct OtherCa {
+    pub key: Key,
+    pub dn: Dn,
+    pub cert: Vec<u8>,
+    pub user_key: Key,
+    pub user_dn: Dn,
+    pub user_cert: Vec<u8>,
+}
+
+pub const OTHER_CA_DN: &str = "/DC=org/DC=example/CN=Example Grid CA";
+pub const OTHER_USER_DN: &str = "/DC=org/DC=example/OU=People/CN=Alice Example";
+
+impl OtherCa {
+    /// The CA, and a user certificate with serial [`USER_SERIAL`] (the same as the PKI's user).
+    pub fn new() -> OtherCa {
+        let key = Key::ec();
+        let dn = Dn::parse(OTHER_CA_DN);
+        let cert = cert(
+            &CertSpec {
+                serial: 1,
+                issuer: dn.clone(),
+                subject: dn.clone(),
+                not_before: NOW - 365 * DAY,
+                not_after: NOW + 365 * DAY,
+                extensions: vec![basic_constraints_ca()],
+            },
+            &key,
+            &key,
+        );
+        let user_key = Key::ec();
+        let user_dn = Dn::parse(OTHER_USER_DN);
+        let user_cert = self::cert(
+            &CertSpec {
+                serial: USER_SERIAL,
+                issuer: dn.clone(),
+                subject: user_dn.clone(),
+                not_before: NOW - DAY,
+                not_after: NOW + 30 * DAY,
+                extensions: vec![key_usage_user()],
+            },
+            &user_key,
+            &key,
+        );
+        OtherCa {
+            key,
+            dn,
+            cert,
+            user_key,
+            user_dn,
+            user_cert,
+        }
+    }
+
+    pub fn proxy_file(&self) -> String {
+        proxy_file_of(&self.user_dn, &self.user_key, &self.user_cert)
+    }
+
+    /// A current CRL of this CA revoking `revoked`.
+    pub fn crl(&self, revoked: &[u64]) -> Vec<u8> {
+        crl(
+            &CrlSpec {
+                issuer: self.dn.clone(),
+                this_update: NOW - DAY,
+                next_update: Some(NOW + 6 * DAY),
+                revoked: revoked.iter().map(|&s| (s, NOW - 2 * DAY)).collect(),
+                extensions: vec![crl_number(7)],
+            },
+            &self.key,
+        )
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // VOMS attribute certificates
 
@@ -473,6 +636,10 @@ pub const USER_DN: &str = "/DC=ch/DC=cern/OU=Organic Units/OU=Users/CN=jdoe/CN=1
 pub const CA_DN: &str = "/DC=ch/DC=cern/CN=CERN Grid Certification Authority";
 pub const VOMS_DN: &str = "/DC=ch/DC=cern/OU=computers/CN=voms-atlas.cern.ch";
 pub const USER_SERIAL: u64 = 0x1234_5678_9abc;
+/// The serial number of the VOMS server certificate.
+pub const VOMS_SERIAL: u64 = 77;
+/// The made-up OpenSSL hash the CA is filed under in [`Pki::ca_dir_hashed`].
+pub const CA_HASH: &str = "1d879c6c";
 
 pub struct Pki {
     pub ca_key: Key,
@@ -526,7 +693,7 @@ impl Pki {
         let voms_dn = Dn::parse(VOMS_DN);
         let voms_cert = cert(
             &CertSpec {
-                serial: 77,
+                serial: VOMS_SERIAL,
                 issuer: ca_dn.clone(),
                 subject: voms_dn.clone(),
                 not_before: NOW - 100 * DAY,
@@ -602,6 +769,45 @@ impl Pki {
         )
     }
 
+    /// A current CRL of the CA (thisUpdate a day ago, nextUpdate in 6 days) revoking
+    /// `revoked` (two days ago).
+    pub fn crl_spec(&self, revoked: &[u64]) -> CrlSpec {
+        CrlSpec {
+            issuer: self.ca_dn.clone(),
+            this_update: NOW - DAY,
+            next_update: Some(NOW + 6 * DAY),
+            revoked: revoked.iter().map(|&s| (s, NOW - 2 * DAY)).collect(),
+            extensions: vec![crl_number(42)],
+        }
+    }
+
+    pub fn crl(&self, revoked: &[u64]) -> Vec<u8> {
+        crl(&self.crl_spec(revoked), &self.ca_key)
+    }
+
+    /// The CA directory with the CA also under its (made-up) hashed name `CA_HASH.0`, a
+    /// symlink, as `openssl rehash` makes.
+    pub fn ca_dir_hashed(&self) -> PathBuf {
+        let dir = self.ca_dir();
+        let link = dir.join(format!("{CA_HASH}.0"));
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink("cern-ca.pem", &link).unwrap();
+        }
+        dir
+    }
+
+    /// The trust store (at the tests' now) of the CA directory and the vomsdir (if any) as
+    /// they are.
+    pub fn reload(&self) -> TrustStore {
+        let vomsdir = self.vomsdir();
+        TrustStore::load_at(
+            &self.dir.path().join("certificates"),
+            vomsdir.exists().then_some(vomsdir.as_path()),
+            now(),
+        )
+        .unwrap()
+    }
+
     fn write(&self, rel: &str, data: &[u8]) -> PathBuf {
         let path = self.dir.path().join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -628,12 +834,12 @@ impl Pki {
             "vomsdir/atlas/voms-atlas.cern.ch.pem",
             pem_block("CERTIFICATE", &self.voms_cert).as_bytes(),
         );
-        TrustStore::load(&ca_dir, Some(&self.vomsdir())).unwrap()
+        TrustStore::load_at(&ca_dir, Some(&self.vomsdir()), now()).unwrap()
     }
 
     /// The trust store with the CA only (no vomsdir).
     pub fn trust_ca_only(&self) -> TrustStore {
-        TrustStore::load(&self.ca_dir(), None).unwrap()
+        TrustStore::load_at(&self.ca_dir(), None, now()).unwrap()
     }
 
     /// Writes a file below the PKI's directory (for trust store variants).
