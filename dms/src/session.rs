@@ -538,15 +538,41 @@ impl Service {
                     format!("the X.509 proxy presented for {user:?} is not acceptable: {e}"),
                 )
             })?;
-        let lease = self.map_inner(&id.dn, &id.fqans)?;
-        if lease.account != user {
-            return Err(err(
+        let refuse = |why: String| {
+            err(
                 ErrorKind::PermissionDenied,
                 format!(
-                    "the X.509 proxy presented for {user:?} is of {:?}, which maps to account {:?}",
-                    id.dn, lease.account
+                    "the X.509 proxy presented for {user:?} is of {:?}, {why}",
+                    id.dn
                 ),
-            ));
+            )
+        };
+        // Where the identity maps, tried in the book and undone under the same lock: a refused
+        // login must not lease a pool account (nor make its home) for another identity, and an
+        // identity that maps nowhere is a policy refusal, not an error that on_error=allow
+        // lets through unplaced.
+        {
+            let mut book = self.accounts.lock();
+            let trial = book.map(&id.dn, &id.fqans, now(), static_user);
+            let (trial, previous) = trial.map_err(|e| match e {
+                MapError::Failed(m) => err(ErrorKind::Failed, m),
+                MapError::Invalid(m) | MapError::NotFound(m) | MapError::Full(m) => {
+                    refuse(format!("which maps to no account: {m}"))
+                }
+            })?;
+            match previous {
+                Some(p) => book.restore(p),
+                None => {
+                    book.release(&trial.account);
+                }
+            }
+            if trial.account != user {
+                return Err(refuse(format!("which maps to account {:?}", trial.account)));
+            }
+        }
+        let lease = self.map_inner(&id.dn, &id.fqans)?;
+        if lease.account != user {
+            return Err(refuse(format!("which maps to account {:?}", lease.account)));
         }
         match lease.primary() {
             Some(f) => Ok((f.vo.clone(), Some(f))),

@@ -1198,11 +1198,13 @@ fn nat_network_isolation_and_port_forwards() {
             .status
             .success()
     };
+    // Where a path must work, a first packet lost to neighbour resolution is not a failure.
+    let reach = |name: &str, ip: &str| (0..3).any(|_| ping(name, ip));
     let gw = format!("198.19.{n}.1");
     // Out through NAT to a namespace the test made, on its allowed path.
-    assert!(ping("dmsnet.nobody", &gw));
+    assert!(reach("dmsnet.nobody", &gw));
     assert!(
-        ping("dmsnet.nobody", &peer.peer_ip),
+        reach("dmsnet.nobody", &peer.peer_ip),
         "NAT to the peer namespace failed"
     );
     // Isolated domains cannot reach each other; open ones can reach each other only.
@@ -1212,7 +1214,7 @@ fn nat_network_isolation_and_port_forwards() {
     );
     assert!(!ping("dmsiso.nobody", &addr("dmsnet.nobody")));
     assert!(
-        ping("dmsopen.nobody", &addr("dmsopen.daemon")),
+        reach("dmsopen.nobody", &addr("dmsopen.daemon")),
         "open domains cannot talk"
     );
     assert!(!ping("dmsopen.nobody", &addr("dmsiso.nobody")));
