@@ -3,7 +3,8 @@
 # run:   build and run dmsd (a C compiler for the bundled SQLite; iproute2 for tc, nftables for NAT;
 #        libpam0g-dev to link pam_dms.so)
 # test:  + QEMU, the Debian kernel, busybox and cpio for the cgroup v2 suite in a guest; pamtester,
-#        sshd, Slurm + munge and openssl for the login tests; prometheus + promtool for the metrics
+#        sshd, Slurm + munge (libslurm-dev: the release spank_dms.so is built for), openssl and
+#        voms-clients (voms-proxy-fake) for the login tests; prometheus + promtool for the metrics
 #        tests and the alert-rule checks
 # libvirt: libvirt-dev to build dmsd with --features dms/libvirt, and libvirtd with the QEMU and
 #        LXC drivers, qemu-img and xorriso (overlays, contextualization ISOs) to run guests
@@ -14,7 +15,7 @@ libvirt_pkgs=(libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-daem
 case "${1:-run}" in
 run) ;;
 libvirt) pkgs+=("${libvirt_pkgs[@]}") ;;
-test) pkgs+=("${libvirt_pkgs[@]}" qemu-guest-agent kmod dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux iputils-ping iperf3 pamtester openssh-server openssh-client slurm-wlm munge openssl prometheus) ;;
+test) pkgs+=("${libvirt_pkgs[@]}" qemu-guest-agent kmod dbus qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils gzip util-linux iputils-ping iperf3 pamtester openssh-server openssh-client slurm-wlm libslurm-dev munge openssl voms-clients prometheus) ;;
 bench) pkgs+=(crun runc cgroup-tools) ;;
 *) echo "usage: $0 run|libvirt|test|bench" >&2; exit 2 ;;
 esac

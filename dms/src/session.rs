@@ -672,8 +672,8 @@ impl Service {
             fqan: fqan.map(|f| f.to_string()),
             job,
         };
-        // A domain destroyed by its idle action between ensure and recording the session is
-        // created again once.
+        // A domain destroyed, frozen or saved by its idle action between ensure and recording
+        // the session is created, thawed or restored again once.
         for attempt in 0..2 {
             let d = self.ensure(&admin(), &ensure)?;
             if d.state == DomainState::Saved {
@@ -702,13 +702,25 @@ impl Service {
                 Some(self.join_info(&admin(), &d.name)?)
             };
             let mut book = self.sessions.lock();
-            if self.entry(&d.name).is_err() {
+            // The idle action runs under the sessions lock: checked here, the domain cannot be
+            // frozen, saved or destroyed by it before the session is recorded.
+            let usable = match self.entry(&d.name) {
+                Ok(e) => self.lock(&e).map_or(true, |dom| {
+                    !matches!(dom.state, DomainState::Frozen | DomainState::Saved)
+                }),
+                Err(_) => false,
+            };
+            if !usable {
+                drop(book);
                 if attempt == 0 {
                     continue;
                 }
                 return Err(err(
                     ErrorKind::Conflict,
-                    format!("domain {:?} went away while the session opened", d.name),
+                    format!(
+                        "domain {:?} went away or was frozen by its idle action while the session opened",
+                        d.name
+                    ),
                 ));
             }
             let session = Session {

@@ -80,8 +80,9 @@
 //!
 //! Slurm (`/etc/pam.d/slurm`, with `UsePAM=1` in `slurm.conf`): slurmstepd is multi-threaded, so
 //! it cannot enter a domain's namespaces; the job step joins the domain's cgroups only (limits
-//! and accounting apply, the job sees the host's filesystem and network). The job id comes from
-//! slurmstepd's process title:
+//! and accounting apply, the job sees the host's filesystem and network). The Slurm SPANK plugin
+//! `spank_dms.so` (crate `spank-plugin`) puts the tasks into the namespaces too; with it, this
+//! module needs only its `account` line. The job id comes from slurmstepd's process title:
 //!
 //! ```text
 //! session  required  pam_dms.so join=cgroup
@@ -105,14 +106,15 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod client;
 mod hooks;
 pub mod job;
 pub mod options;
-pub mod protocol;
 pub mod proxy;
 pub mod syslog;
-pub mod transport;
+
+// The session socket client, shared with the Slurm SPANK plugin; re-exported under the names
+// this crate always had.
+pub use dms_session_client::{client, protocol, transport};
 
 pub use hooks::{
     pam_sm_acct_mgmt, pam_sm_authenticate, pam_sm_chauthtok, pam_sm_close_session,

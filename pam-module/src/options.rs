@@ -3,22 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where dmsd listens unless `socket=` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/dms/pam.sock";
-/// How long one call to dmsd may take unless `timeout=` says otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bounds of `timeout=`, in seconds.
-pub const TIMEOUT_RANGE: (f64, f64) = (0.1, 300.0);
-
-/// What to do when dmsd cannot be asked (not running, timeout, an internal error) or joining
-/// the domain fails. Policy answers (`PermissionDenied`) are never subject to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    /// Refuse the login (fail closed). The default.
-    Deny,
-    /// Let the login through outside any domain, with a log line.
-    Allow,
-}
+use dms_session_client::options::{parse_on_error, parse_socket, parse_timeout};
+pub use dms_session_client::options::{OnError, DEFAULT_SOCKET, DEFAULT_TIMEOUT, TIMEOUT_RANGE};
 
 /// What an opened session enters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,29 +42,10 @@ impl Default for Options {
     }
 }
 
-/// A module option that cannot be used; the call fails whatever `on_error` says.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OptionError {
-    /// A word that is no known option.
-    #[error("unknown option {0:?}; known: socket=PATH, timeout=SECONDS, on_error=deny|allow, join=all|cgroup, debug")]
-    Unknown(String),
-    /// A known key with a value that does not fit.
-    #[error("option {key}={value:?}: {why}")]
-    BadValue {
-        /// The key.
-        key: &'static str,
-        /// The value as written.
-        value: String,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// The same key twice (which one would count is a guess).
-    #[error("option {0} is given more than once")]
-    Duplicate(&'static str),
-    /// An argument that is not UTF-8.
-    #[error("option {0:?} is not valid UTF-8")]
-    NotUtf8(String),
-}
+pub use dms_session_client::options::OptionError;
+
+/// The options this module knows, for the error about an unknown one.
+const KNOWN: &str = "socket=PATH, timeout=SECONDS, on_error=deny|allow, join=all|cgroup, debug";
 
 /// Parses the module arguments. Every word must be a known option; keys may appear once.
 pub fn parse<'a, I>(args: I) -> Result<Options, OptionError>
@@ -119,11 +86,7 @@ where
             }
             ("on_error", Some(v)) => {
                 once("on_error")?;
-                o.on_error = match v {
-                    "deny" => OnError::Deny,
-                    "allow" => OnError::Allow,
-                    _ => return Err(bad("on_error", "expected deny or allow")),
-                };
+                o.on_error = parse_on_error(v).map_err(|why| bad("on_error", &why))?;
             }
             ("join", Some(v)) => {
                 once("join")?;
@@ -133,7 +96,12 @@ where
                     _ => return Err(bad("join", "expected all or cgroup")),
                 };
             }
-            _ => return Err(OptionError::Unknown(arg.to_string())),
+            _ => {
+                return Err(OptionError::Unknown {
+                    option: arg.to_string(),
+                    known: KNOWN,
+                })
+            }
         }
     }
     Ok(o)
@@ -153,34 +121,6 @@ pub fn parse_bytes(args: &[&[u8]]) -> Result<Options, OptionError> {
         }
     }
     parse(words)
-}
-
-fn parse_socket(v: &str) -> Result<PathBuf, String> {
-    if !v.starts_with('/') {
-        return Err("expected an absolute path".into());
-    }
-    // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
-    if v.len() > 107 {
-        return Err(format!(
-            "a Unix socket path has at most 107 bytes, this one has {}",
-            v.len()
-        ));
-    }
-    Ok(PathBuf::from(v))
-}
-
-fn parse_timeout(v: &str) -> Result<Duration, String> {
-    let (lo, hi) = TIMEOUT_RANGE;
-    let why = || format!("expected seconds from {lo} to {hi}, e.g. 5 or 0.5");
-    // Plain decimal numbers only: no "inf", "NaN", exponents or units.
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(why());
-    }
-    let secs: f64 = v.parse().map_err(|_| why())?;
-    if !(lo..=hi).contains(&secs) {
-        return Err(why());
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Logins with the real programs: libnss_dms.so.2 through glibc (getent, id), pam_dms.so
-//! through pamtester, runuser -l, su -, a real sshd and Slurm with UsePAM=1.
+//! through pamtester, runuser -l, su -, a real sshd and Slurm with UsePAM=1; logins presenting
+//! real X.509 VOMS proxies (an openssl-made PKI, voms-proxy-fake, pam_env's X509_USER_PROXY).
 //!
 //! Each test builds a "world": a mount namespace in which /etc/nsswitch.conf, /etc/ld.so.cache
 //! (so glibc finds libnss_dms.so.2 by name), /etc/pam.d and /var/lib/dms/nss are the test's own
@@ -365,7 +366,7 @@ fn nss_resolves_leases_with_dmsd_up_and_down_and_leases_survive_kill9() {
     assert_eq!(mapped(&d, "/DC=org/DC=dmstest/CN=Carol", &[]), "dmsl003");
     std::fs::write(
         d.dir.join("grid-mapfile"),
-        format!("{GRID_MAPFILE}\"/DC=org/DC=dmstest/CN=Dave\" .dmsl\n"),
+        format!("{GRID_MAPFILE}\"/DC=org/DC=dmstest/CN=Dave\" .dmsl\n\"/DC=org/DC=dmstest/CN=Erin\" .dmsl\n"),
     )
     .unwrap();
     d.ok(&["policy", "reload"]);
@@ -405,13 +406,45 @@ fn nss_resolves_leases_with_dmsd_up_and_down_and_leases_survive_kill9() {
     let list = d.json(&["account", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
 
-    // Release: the account stops resolving, and the next identity gets it.
+    // Release: the account stops resolving, its home goes with Bob's files, and the next
+    // identity gets the account with an empty home.
+    let bob_home = homes.join("dmsl002");
+    std::fs::create_dir(bob_home.join("data")).unwrap();
+    std::fs::write(bob_home.join("data/results"), "Bob's").unwrap();
+    std::os::unix::fs::symlink("/etc", bob_home.join("etc-link")).unwrap();
     d.ok(&["account", "release", "dmsl002"]);
     assert_eq!(
         w.run("getent", &["passwd", "dmsl002"]).status.code(),
         Some(2)
     );
+    assert!(!bob_home.exists(), "the released account's home is removed");
+    assert!(
+        std::path::Path::new("/etc/passwd").exists(),
+        "a symlink was not followed"
+    );
+    let left: Vec<_> = std::fs::read_dir(&homes)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".dms-released"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(mapped(&d, "/DC=org/DC=dmstest/CN=Dave", &[]), "dmsl002");
+    assert_eq!(
+        std::fs::read_dir(&bob_home).unwrap().count(),
+        0,
+        "Dave's home is empty"
+    );
+    // A home that is not the account's own (here root's) is left alone.
+    d.ok(&["account", "release", "dmsl003"]);
+    let carol_home = homes.join("dmsl003");
+    assert!(!carol_home.exists());
+    std::fs::create_dir(&carol_home).unwrap();
+    assert_eq!(mapped(&d, "/DC=org/DC=dmstest/CN=Erin", &[]), "dmsl003");
+    d.ok(&["account", "release", "dmsl003"]);
+    assert!(
+        carol_home.exists(),
+        "a root-owned directory at the home path is not removed"
+    );
     // Only admins see or change leases.
     let o = d.ctl_as(Some(NOBODY), &["account", "list"]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
@@ -916,6 +949,7 @@ impl Slurm {
              SelectTypeParameters=CR_Core\nJobAcctGatherType=jobacct_gather/none\n\
              AccountingStorageType=accounting_storage/none\nUsePAM=1\nProlog={ds}/prolog.sh\n\
              Epilog={ds}/epilog.sh\nPrologFlags=Alloc\nReturnToService=2\nMpiDefault=none\n\
+             PlugStackConfig={ds}/plugstack.conf\n\
              NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2048 State=UNKNOWN\n\
              PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
             sock = socket.display(),
@@ -949,14 +983,33 @@ impl Slurm {
     }
 
     fn srun(&self, w: &World, user: &str, home: &Path, script: &str) -> Output {
-        w.cmd("runuser")
-            .args([
-                "-u", user, "--", "srun", "-N1", "-t", "1", "sh", "-c", script,
-            ])
-            .env("SLURM_CONF", self.dir.join("slurm.conf"))
-            .current_dir(home)
-            .output()
-            .unwrap()
+        self.srun_cmd(w, user, home, script).output().unwrap()
+    }
+
+    fn srun_cmd(&self, w: &World, user: &str, home: &Path, script: &str) -> Command {
+        let mut c = w.cmd("runuser");
+        c.args([
+            "-u", user, "--", "srun", "-N1", "-t", "1", "sh", "-c", script,
+        ])
+        .env("SLURM_CONF", self.dir.join("slurm.conf"))
+        .current_dir(home);
+        c
+    }
+
+    /// Installs the SPANK plugin for the next steps (plugstack.conf is read by every srun and
+    /// slurmstepd), talking to `d`.
+    fn use_spank_plugin(&self, d: &Daemon) {
+        let so = self.dir.join("spank_dms.so");
+        std::fs::copy(bin("libspank_dms.so"), &so).unwrap();
+        std::fs::write(
+            self.dir.join("plugstack.conf"),
+            format!(
+                "required {} socket={} timeout=10 debug\n",
+                so.display(),
+                d.pam_sock().display()
+            ),
+        )
+        .unwrap();
     }
 
     fn logs(&self) -> String {
@@ -1073,4 +1126,865 @@ fn slurm_steps_run_in_the_job_users_domain() {
         || domain_state(&d, &dom_j).is_none(),
     );
     assert!(d.log().contains("job finished"), "{}", d.log());
+
+    // The SPANK plugin: tasks run in the domain's namespaces too. PAM keeps only the account
+    // check; the plugin opens a session per task (README's Slurm configuration).
+    std::fs::write(
+        w.dir.join("pam.d/slurm"),
+        format!(
+            "account required {} socket={}\n",
+            bin("libpam_dms.so").display(),
+            d.pam_sock().display()
+        ),
+    )
+    .unwrap();
+    slurm.use_spank_plugin(&d);
+    let home_a = homes.0.join(&alice);
+    let marker = format!("/tmp/{}-spank", d.subtree);
+    let o = slurm.srun(
+        &w,
+        &alice,
+        &home_a,
+        &format!(
+            "echo host=$(hostname); cat /proc/self/cgroup; echo self=$(cat /proc/$$/comm); \
+             echo in-domain >{marker}; echo ps:; ps -e -o comm="
+        ),
+    );
+    let leaked = Path::new(&marker).exists();
+    let _ = std::fs::remove_file(&marker);
+    assert!(
+        o.status.success(),
+        "srun with the plugin: {}\n{}\n{}",
+        text(&o),
+        slurm.logs(),
+        d.log()
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains(&format!("host={dom_a}\n")), "{out}");
+    assert!(
+        at_cgroup_ns_root(&out),
+        "not in the domain's cgroups: {out}"
+    );
+    // The task itself is in the domain's pid namespace and sees only the domain's processes.
+    assert!(out.contains("self=sh\n"), "{out}");
+    let comms: Vec<&str> = out.lines().skip_while(|l| *l != "ps:").skip(1).collect();
+    assert!(
+        comms.contains(&"dms-init")
+            && comms.contains(&"ps")
+            && comms.len() <= 4
+            && !comms.iter().any(|c| c.starts_with("slurm") || *c == "dmsd"),
+        "ps -e in the task: {out}"
+    );
+    assert!(!leaked, "the task wrote {marker} in the host's /tmp: {out}");
+    // The domain's /tmp outlives the step; the domain stays running under a task (its
+    // session holds it); the task's exit code reaches srun.
+    let o = slurm.srun(
+        &w,
+        &alice,
+        &home_a,
+        &format!("sleep 2; cat {marker}; exit 3"),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}\n{}", text(&o), d.log());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "in-domain");
+    // Seen from the host: the task's process, in the domain's pid namespace, is in the
+    // domain's cgroups; a signal ends it, and srun reports the task's own end (the plugin's
+    // stand-in dies the same way).
+    let init = d.json(&["domain", "show", &dom_a])["runtime"]["init"]["pid"].to_string();
+    assert!(init.parse::<i32>().is_ok(), "no init pid: {init}");
+    let task_sleeps = || -> Vec<i32> {
+        let o = Command::new("pgrep")
+            .args([
+                "-u", "47001", "-x", "sleep", "--nslist", "pid", "--ns", &init,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let child = slurm
+        .srun_cmd(&w, &alice, &home_a, "exec sleep 30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the task's sleep in the domain's pid namespace",
+        Duration::from_secs(20),
+        || !task_sleeps().is_empty(),
+    );
+    let pids = task_sleeps();
+    let members = cgroup_procs(&d.subtree, &dom_a);
+    for p in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        pids.iter().all(|p| members.contains(p)),
+        "{pids:?} not in {dom_a}: {members:?}"
+    );
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Terminated"),
+        "{}",
+        text(&o)
+    );
+    // Per-job domain: its hostname, then the epilog destroys it; the tasks' sessions end.
+    let o = slurm.srun(
+        &w,
+        &jo,
+        &homes.0.join(&jo),
+        "echo host=$(hostname); echo job=$SLURM_JOB_ID",
+    );
+    assert!(o.status.success(), "{}\n{}", text(&o), d.log());
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let job = out.lines().find_map(|l| l.strip_prefix("job=")).unwrap();
+    let dom_j = format!("dmsjob.{jo}.job{job}");
+    assert!(out.contains(&format!("host={dom_j}\n")), "{out}");
+    wait_until(
+        "epilog destroys the job's domain",
+        Duration::from_secs(20),
+        || domain_state(&d, &dom_j).is_none(),
+    );
+    wait_until("the tasks' sessions end", Duration::from_secs(10), || {
+        d.json(&["session", "list"]).as_array().unwrap().is_empty()
+    });
+    assert!(d.log().contains("slurm-task"), "{}", d.log());
+}
+
+// ---- Logins with a real X.509 VOMS proxy ----
+
+/// The login gate, plus openssl and voms-proxy-fake (Debian package voms-clients).
+fn can_login_with_proxies() -> bool {
+    if !can_login() {
+        return false;
+    }
+    let missing: Vec<&str> = ["openssl", "voms-proxy-fake"]
+        .into_iter()
+        .filter(|p| !which(p))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    skipped(&format!(
+        "missing programs {missing:?} (scripts/deps.sh test installs them: openssl, voms-clients)"
+    ))
+}
+
+const ALICE: &str = "/DC=org/DC=dmstest/CN=Alice";
+const BOB: &str = "/DC=org/DC=dmstest/CN=Bob";
+const CA_DN: &str = "/DC=org/DC=dmstest/CN=DMS Test CA";
+
+/// A certificate and its key, made by [`Pki::cert`].
+struct Cert {
+    pem: PathBuf,
+    key: PathBuf,
+    /// The directory of its CA, for voms-proxy-fake's own check.
+    ca_dir: PathBuf,
+}
+
+/// A PKI made with the openssl CLI in `dir` (inside the daemon's directory, removed with it):
+/// `certificates/`, the trusted CA with `openssl rehash` names, as in
+/// /etc/grid-security/certificates; `vomsdir/dmslogin/voms.pem`, VO dmslogin's VOMS server; and
+/// `forged/`, a CA with the trusted CA's very name but its own key, which dmsd is not given.
+struct Pki {
+    dir: PathBuf,
+    serial: std::cell::Cell<u32>,
+    voms: Cert,
+}
+
+impl Pki {
+    fn new(dir: PathBuf) -> Pki {
+        for sub in [
+            "certificates",
+            "forged",
+            "vomsdir/dmslogin",
+            "keys",
+            "proxies",
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::write(
+            dir.join("eec.cnf"),
+            "[eec]\nbasicConstraints = critical, CA:false\n\
+             keyUsage = critical, digitalSignature, keyEncipherment\n",
+        )
+        .unwrap();
+        for ca in ["certificates", "forged"] {
+            openssl(
+                &dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    CA_DN,
+                    "-addext",
+                    "basicConstraints=critical,CA:true",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                    "-keyout",
+                    &format!("keys/{ca}-ca.key"),
+                    "-out",
+                    &format!("{ca}/dmstest-ca.pem"),
+                ],
+            );
+            openssl(&dir, &["rehash", ca]);
+        }
+        let mut pki = Pki {
+            dir,
+            serial: std::cell::Cell::new(1),
+            voms: Cert {
+                pem: PathBuf::new(),
+                key: PathBuf::new(),
+                ca_dir: PathBuf::new(),
+            },
+        };
+        pki.voms = pki.cert(
+            "voms",
+            "/DC=org/DC=dmstest/CN=voms.dmstest.org",
+            "certificates",
+        );
+        std::fs::copy(&pki.voms.pem, pki.dir.join("vomsdir/dmslogin/voms.pem")).unwrap();
+        pki
+    }
+
+    fn ca_dir(&self) -> PathBuf {
+        self.dir.join("certificates")
+    }
+
+    fn vomsdir(&self) -> PathBuf {
+        self.dir.join("vomsdir")
+    }
+
+    /// A user (end-entity) certificate for `dn`, issued by the CA of `ca` ("certificates", the
+    /// trusted one, or "forged").
+    fn cert(&self, name: &str, dn: &str, ca: &str) -> Cert {
+        let serial = self.serial.get();
+        self.serial.set(serial + 1);
+        let (key, csr, pem) = (
+            format!("keys/{name}.key"),
+            format!("keys/{name}.csr"),
+            format!("keys/{name}.pem"),
+        );
+        openssl(
+            &self.dir,
+            &[
+                "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", dn, "-keyout", &key,
+                "-out", &csr,
+            ],
+        );
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &format!("{ca}/dmstest-ca.pem"),
+                "-CAkey",
+                &format!("keys/{ca}-ca.key"),
+                "-set_serial",
+                &serial.to_string(),
+                "-days",
+                "2",
+                "-extfile",
+                "eec.cnf",
+                "-extensions",
+                "eec",
+                "-out",
+                &pem,
+            ],
+        );
+        Cert {
+            pem: self.dir.join(pem),
+            key: self.dir.join(key),
+            ca_dir: self.dir.join(ca),
+        }
+    }
+
+    /// The certificate's serial number in hex, as `openssl x509 -serial` prints it.
+    fn serial_of(&self, cert: &Cert) -> String {
+        let o = Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(&cert.pem)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8(o.stdout).unwrap();
+        out.trim().trim_start_matches("serial=").to_string()
+    }
+
+    /// Signs a CRL of the trusted CA listing `revoked` (serial, DN) with `openssl ca -gencrl`
+    /// and renames it into the CA directory as `<hash>.r0`, as fetch-crl does.
+    fn install_crl(&self, revoked: &[(&str, &str)]) {
+        let mut index = String::new();
+        for (serial, dn) in revoked {
+            index.push_str(&format!(
+                "R\t301231235959Z\t250101000000Z\t{serial}\tunknown\t{dn}\n"
+            ));
+        }
+        std::fs::write(self.dir.join("index.txt"), index).unwrap();
+        std::fs::write(self.dir.join("crlnumber"), "01\n").unwrap();
+        std::fs::write(
+            self.dir.join("crl.cnf"),
+            "[ca]\ndefault_ca = dmstest\n[dmstest]\ndatabase = index.txt\n\
+             crlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 1\n",
+        )
+        .unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "ca",
+                "-config",
+                "crl.cnf",
+                "-gencrl",
+                "-keyfile",
+                "keys/certificates-ca.key",
+                "-cert",
+                "certificates/dmstest-ca.pem",
+                "-out",
+                "new.crl",
+            ],
+        );
+        let o = Command::new("openssl")
+            .args(["x509", "-noout", "-hash", "-in"])
+            .arg(self.ca_dir().join("dmstest-ca.pem"))
+            .output()
+            .unwrap();
+        let hash = String::from_utf8(o.stdout).unwrap();
+        std::fs::rename(
+            self.dir.join("new.crl"),
+            self.ca_dir().join(format!("{}.r0", hash.trim())),
+        )
+        .unwrap();
+    }
+
+    /// A VOMS proxy of `user` made by voms-proxy-fake: an attribute certificate of VO dmslogin
+    /// with `fqans`, signed by `voms`; `extra` are more voms-proxy-fake options. The file is
+    /// `proxies/<name>`, owned by `owner` (uid, gid), mode 0600.
+    fn proxy(
+        &self,
+        name: &str,
+        user: &Cert,
+        voms: &Cert,
+        fqans: &[&str],
+        extra: &[&str],
+        owner: (u32, u32),
+    ) -> PathBuf {
+        let out = self.dir.join("proxies").join(name);
+        let mut c = Command::new("voms-proxy-fake");
+        c.arg("-q")
+            .arg("-certdir")
+            .arg(&user.ca_dir)
+            .arg("-cert")
+            .arg(&user.pem)
+            .arg("-key")
+            .arg(&user.key)
+            .arg("-hostcert")
+            .arg(&voms.pem)
+            .arg("-hostkey")
+            .arg(&voms.key)
+            .args(["-voms", "dmslogin", "-uri", "voms.dmstest.org:15000"]);
+        for f in fqans {
+            c.args(["-fqan", f]);
+        }
+        let o = c
+            .args(extra)
+            .arg("-out")
+            .arg(&out)
+            // It seeds OpenSSL from $HOME/.rnd (and says so when it is missing).
+            .env("HOME", &self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && out.exists(),
+            "voms-proxy-fake {name}: {}",
+            text(&o)
+        );
+        std::os::unix::fs::chown(&out, Some(owner.0), Some(owner.1)).unwrap();
+        out
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+}
+
+/// The PAM service of the proxy tests: runuser's own stack, then pam_env setting
+/// X509_USER_PROXY from `conf` (written per login by [`set_proxy`]), then pam_dms with `options`.
+fn proxy_pam_service(conf: &Path, options: &str) -> String {
+    format!(
+        "@include runuser\naccount required {{module}} socket={{socket}}\n\
+         session required pam_env.so readenv=0 conffile={}\n\
+         session required {{module}} socket={{socket}} debug{options}\n",
+        conf.display()
+    )
+}
+
+/// Points pam_env's X509_USER_PROXY at `proxy` for the next logins.
+fn set_proxy(conf: &Path, proxy: &Path) {
+    std::fs::write(
+        conf,
+        format!("X509_USER_PROXY DEFAULT={}\n", proxy.display()),
+    )
+    .unwrap();
+}
+
+/// A login daemon whose dmsd.toml trusts a new [`Pki`] in its directory, started in a world
+/// whose `runuser-l` service is
+/// [`proxy_pam_service`] with pam_env's file `conf` (and `dmstest-voms-allow` the same with
+/// `on_error=allow`). Returns (daemon, homes, world, pki, conf).
+fn proxy_login_world(tag: &str) -> (Daemon, Homes, World, Pki, PathBuf) {
+    let mut d = login_daemon(tag);
+    let homes = Homes(home_base(&d));
+    let pki = Pki::new(d.dir.join("pki"));
+    let cfg = std::fs::read_to_string(d.dir.join("dmsd.toml")).unwrap();
+    let trusted = cfg.replacen(
+        "[accounts]\n",
+        &format!(
+            "[accounts]\nx509_cert_dir = \"{}\"\nvomsdir = \"{}\"\n",
+            pki.ca_dir().display(),
+            pki.vomsdir().display()
+        ),
+        1,
+    );
+    assert_ne!(cfg, trusted, "no [accounts] table in dmsd.toml:\n{cfg}");
+    std::fs::write(d.dir.join("dmsd.toml"), trusted).unwrap();
+    let conf = d.dir.join("pam_env.conf");
+    let w = World::new(
+        &d,
+        &[
+            ("runuser-l", &proxy_pam_service(&conf, "")),
+            (
+                "dmstest-voms-allow",
+                &proxy_pam_service(&conf, " on_error=allow"),
+            ),
+        ],
+    );
+    d.wrap = w.wrap();
+    d.spawn();
+    (d, homes, w, pki, conf)
+}
+
+/// A `runuser -l` login held open by a sleep, and what its shell printed before.
+struct HeldLogin {
+    child: Child,
+    out: String,
+}
+
+/// Logs `account` in with `runuser -l` and X509_USER_PROXY = `proxy`; the shell prints its
+/// hostname, proxy variable, groups and cgroups, then sleeps until [`HeldLogin::end`].
+fn hold_login(w: &World, d: &Daemon, conf: &Path, account: &str, proxy: &Path) -> HeldLogin {
+    set_proxy(conf, proxy);
+    let mut child = w
+        .cmd("runuser")
+        .args([
+            "-l",
+            account,
+            "-c",
+            "echo host=$(hostname); echo proxy=$X509_USER_PROXY; echo groups=$(id -G); \
+             cat /proc/self/cgroup; echo end; exec sleep 60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap() == 0 {
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "login of {account} with {} failed: {out}{}\ndmsd log:\n{}",
+                proxy.display(),
+                text(&o),
+                d.log()
+            );
+        }
+        if line.trim() == "end" {
+            break;
+        }
+        out.push_str(&line);
+    }
+    HeldLogin { child, out }
+}
+
+impl HeldLogin {
+    /// The host pid of the login's sleep: the shell runuser started, after its exec (by parent,
+    /// not by uid: other logins of the same account may run meanwhile).
+    fn sleeper(&self) -> i32 {
+        let find = || {
+            let o = Command::new("pgrep")
+                .args(["-P", &self.child.id().to_string(), "-x", "sleep"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.trim().parse::<i32>().ok())
+        };
+        wait_until("the login's sleep", Duration::from_secs(10), || {
+            find().is_some()
+        });
+        find().unwrap()
+    }
+
+    /// Ends the login (its sleep) and waits for runuser.
+    fn end(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.sleeper()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let st = self.child.wait().unwrap();
+        assert!(st.code().is_some(), "runuser: {st}");
+    }
+}
+
+#[test]
+fn a_real_voms_proxy_puts_the_login_into_its_vos_domain() {
+    if !can_login_with_proxies() {
+        return;
+    }
+    let (d, _homes, w, pki, conf) = proxy_login_world("voms");
+    let alice_cert = pki.cert("alice", ALICE, "certificates");
+    // Leases first (as a gatekeeper or the first mapping would): Alice, and Alice as a pilot.
+    let alice = mapped(&d, ALICE, &[]);
+    let pilot = mapped(&d, ALICE, &["/dmslogin/Role=pilot"]);
+    assert_eq!((alice.as_str(), pilot.as_str()), ("dmsl001", "dmslpil001"));
+
+    // Alice's RFC 3820 proxy with a plain dmslogin membership: her account, in VO dmslogin's
+    // domain, seen from inside (hostname, cgroup namespace) and from the host (cgroup members).
+    let proxy = pki.proxy(
+        "alice",
+        &alice_cert,
+        &pki.voms,
+        &["/dmslogin"],
+        &["-rfc"],
+        (47001, 47000),
+    );
+    let dom = format!("dmslogin.{alice}");
+    let login = hold_login(&w, &d, &conf, &alice, &proxy);
+    let out = login.out.clone();
+    assert!(out.contains(&format!("host={dom}\n")), "{out}");
+    assert!(
+        at_cgroup_ns_root(&out),
+        "not in a domain's cgroup namespace: {out}"
+    );
+    assert!(
+        out.contains(&format!("proxy={}\n", proxy.display())),
+        "pam_env did not set X509_USER_PROXY: {out}"
+    );
+    let (sleeper, members) = (login.sleeper(), cgroup_procs(&d.subtree, &dom));
+    assert!(
+        members.contains(&sleeper),
+        "{sleeper} not in {dom}: {members:?}"
+    );
+    let sessions = d.json(&["session", "list"]);
+    let s = &sessions.as_array().unwrap()[..];
+    assert!(
+        s.len() == 1
+            && s[0]["domain"] == dom.as_str()
+            && s[0]["user"] == alice.as_str()
+            && s[0]["service"] == "runuser-l",
+        "{sessions}"
+    );
+    // dmsd's record: the domain of the proxy's primary FQAN, and the lease renewed with it.
+    let v = d.json(&["domain", "show", &dom]);
+    assert_eq!(
+        (&v["vo"], &v["group"], &v["role"]),
+        (
+            &"dmslogin".into(),
+            &"/dmslogin".into(),
+            &serde_json::Value::Null
+        ),
+        "{v}"
+    );
+    let a = d.json(&["account", "show", &alice]);
+    assert_eq!(a["dn"], ALICE, "{a}");
+    assert_eq!(a["fqans"], serde_json::json!(["/dmslogin"]), "{a}");
+    assert!(d.log().contains("session opened"), "{}", d.log());
+    login.end();
+    wait_until("the session closed", Duration::from_secs(10), || {
+        d.json(&["session", "list"]).as_array().unwrap().is_empty()
+    });
+
+    // A legacy (pre-RFC) proxy of Alice as a pilot: the pilot account, its own domain, and the
+    // group-mapfile's secondary group for the pilot FQAN.
+    let proxy = pki.proxy(
+        "pilot",
+        &alice_cert,
+        &pki.voms,
+        &["/dmslogin/Role=pilot", "/dmslogin"],
+        &["-proxyver", "2"],
+        (47051, 47050),
+    );
+    let dom_p = format!("dmslogin.{pilot}");
+    let login = hold_login(&w, &d, &conf, &pilot, &proxy);
+    let out = login.out.clone();
+    assert!(out.contains(&format!("host={dom_p}\n")), "{out}");
+    assert!(at_cgroup_ns_root(&out), "{out}");
+    let groups = out
+        .lines()
+        .find_map(|l| l.strip_prefix("groups="))
+        .unwrap_or_default();
+    assert!(
+        groups.split(' ').any(|g| g == "47900"),
+        "no dmslpilots (47900) in {groups:?}: {out}"
+    );
+    let (sleeper, members) = (login.sleeper(), cgroup_procs(&d.subtree, &dom_p));
+    assert!(
+        members.contains(&sleeper),
+        "{sleeper} not in {dom_p}: {members:?}"
+    );
+    let v = d.json(&["domain", "show", &dom_p]);
+    assert_eq!(
+        (&v["vo"], &v["group"], &v["role"]),
+        (&"dmslogin".into(), &"/dmslogin".into(), &"pilot".into()),
+        "{v}"
+    );
+    let a = d.json(&["account", "show", &pilot]);
+    assert_eq!(
+        a["fqans"],
+        serde_json::json!(["/dmslogin/Role=pilot", "/dmslogin"]),
+        "{a}"
+    );
+    assert_eq!(a["groups"], serde_json::json!(["dmslpilots"]), "{a}");
+    login.end();
+    wait_until("the session closed", Duration::from_secs(10), || {
+        d.json(&["session", "list"]).as_array().unwrap().is_empty()
+    });
+    let domains = d.json(&["domain", "list"]);
+    assert_eq!(domains.as_array().unwrap().len(), 2, "{domains}");
+}
+
+/// Names in a `dmsctl --json <what> list` (`name` of domains, `account` of accounts).
+fn listed(d: &Daemon, what: &str, field: &str) -> Vec<String> {
+    let v = d.json(&[what, "list"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Runs `login` (a program and its arguments, in the world) with X509_USER_PROXY = `proxy`: the
+/// login must be refused, every text of `want` appear in its output or in what dmsd logged
+/// meanwhile, and no session, domain or lease be left behind.
+fn refused_login(w: &World, d: &Daemon, conf: &Path, login: &[&str], proxy: &Path, want: &[&str]) {
+    let domains = listed(d, "domain", "name");
+    let accounts = listed(d, "account", "account");
+    let log_len = d.log().len();
+    set_proxy(conf, proxy);
+    let o = w.run(login[0], &login[1..]);
+    let seen = format!(
+        "{}\ndmsd log meanwhile:\n{}",
+        text(&o),
+        d.log().get(log_len..).unwrap_or_default()
+    );
+    let what = format!("{login:?} with {}", proxy.display());
+    assert!(
+        !o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("logged in"),
+        "{what} was not refused: {seen}"
+    );
+    for text in want {
+        assert!(seen.contains(text), "{what}: {text:?} not said: {seen}");
+    }
+    assert!(
+        d.json(&["session", "list"]).as_array().unwrap().is_empty(),
+        "{what} left a session"
+    );
+    assert_eq!(
+        listed(d, "domain", "name"),
+        domains,
+        "{what} changed the domains"
+    );
+    assert_eq!(
+        listed(d, "account", "account"),
+        accounts,
+        "{what} changed the leases"
+    );
+    eprintln!("{what}: refused as expected:\n{seen}");
+}
+
+#[test]
+fn forged_expired_foreign_and_exposed_voms_proxies_are_refused() {
+    if !can_login_with_proxies() {
+        return;
+    }
+    let (d, _homes, w, pki, conf) = proxy_login_world("vomsbad");
+    let alice_cert = pki.cert("alice", ALICE, "certificates");
+    let bob_cert = pki.cert("bob", BOB, "certificates");
+    let forged_alice = pki.cert("forged-alice", ALICE, "forged");
+    let alice = mapped(&d, ALICE, &[]);
+    let pilot = mapped(&d, ALICE, &["/dmslogin/Role=pilot"]);
+    let owned = (47001, 47000);
+    let member = ["/dmslogin"];
+    let shell = "echo logged in; hostname";
+    let as_alice = ["runuser", "-l", alice.as_str(), "-c", shell];
+    let as_pilot = ["runuser", "-l", pilot.as_str(), "-c", shell];
+
+    // Bob's genuine proxy used for Alice's account: it maps to another account (Bob holds
+    // none, and the refusal leases him none, nor makes its home).
+    let p = pki.proxy("bob", &bob_cert, &pki.voms, &member, &["-rfc"], owned);
+    refused_login(
+        &w,
+        &d,
+        &conf,
+        &as_alice,
+        &p,
+        &["which maps to account", "dmsl002"],
+    );
+    assert!(!home_base(&d).join("dmsl002").exists());
+    // Alice's pilot proxy for her plain account: the primary FQAN maps to the pilot pool.
+    let p = pki.proxy(
+        "alice-pilot",
+        &alice_cert,
+        &pki.voms,
+        &["/dmslogin/Role=pilot"],
+        &["-rfc"],
+        owned,
+    );
+    refused_login(
+        &w,
+        &d,
+        &conf,
+        &as_alice,
+        &p,
+        &["which maps to account", &pilot],
+    );
+    // Alice's name, signed by a CA dmsd does not trust (with the trusted CA's very name).
+    let p = pki.proxy(
+        "forged",
+        &forged_alice,
+        &pki.voms,
+        &member,
+        &["-rfc"],
+        owned,
+    );
+    refused_login(
+        &w,
+        &d,
+        &conf,
+        &as_alice,
+        &p,
+        &["is not trusted", "signature does not verify"],
+    );
+    // A proxy that expired an hour ago.
+    let p = pki.proxy(
+        "expired",
+        &alice_cert,
+        &pki.voms,
+        &member,
+        &["-rfc", "-hours", "1", "-pastproxy", "2:00"],
+        owned,
+    );
+    refused_login(&w, &d, &conf, &as_alice, &p, &["expired at"]);
+    // A valid proxy whose VOMS attributes expired an hour ago.
+    let p = pki.proxy(
+        "ac-expired",
+        &alice_cert,
+        &pki.voms,
+        &member,
+        &["-rfc", "-vomslife", "1", "-pastac", "2:00"],
+        owned,
+    );
+    refused_login(
+        &w,
+        &d,
+        &conf,
+        &as_alice,
+        &p,
+        &["VOMS attribute certificate of VO", "expired at"],
+    );
+    // Alice signs her own pilot role: the signer is no VOMS server of the VO.
+    let p = pki.proxy(
+        "self-signed-role",
+        &alice_cert,
+        &alice_cert,
+        &["/dmslogin/Role=pilot"],
+        &["-rfc"],
+        (47051, 47050),
+    );
+    refused_login(
+        &w,
+        &d,
+        &conf,
+        &as_pilot,
+        &p,
+        &["no VOMS server certificate"],
+    );
+    // Alice's good proxy, readable by everyone: pam_dms does not even send it.
+    let p = pki.proxy("exposed", &alice_cert, &pki.voms, &member, &["-rfc"], owned);
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    refused_login(
+        &w,
+        &d,
+        &conf,
+        &as_alice,
+        &p,
+        &["mode 0644; it must be 0600 or 0400"],
+    );
+
+    // A genuine proxy of someone the mapfiles do not know: a refusal (by policy), not an error
+    // that on_error=allow would let through unplaced.
+    let mallory = pki.cert("mallory", "/DC=org/DC=dmstest/CN=Mallory", "certificates");
+    let p = pki.proxy("mallory", &mallory, &pki.voms, &member, &["-rfc"], owned);
+    refused_login(
+        &w,
+        &d,
+        &conf,
+        &[
+            "pamtester",
+            "dmstest-voms-allow",
+            &alice,
+            "open_session",
+            "close_session",
+        ],
+        &p,
+        &["no mapping for dn", "Mallory"],
+    );
+
+    // The same good proxy, private again: the login goes through.
+    let p = pki.proxy("good", &alice_cert, &pki.voms, &member, &["-rfc"], owned);
+    set_proxy(&conf, &p);
+    let o = w.run("runuser", &["-l", &alice, "-c", "hostname"]);
+    assert!(o.status.success(), "{}\n{}", text(&o), d.log());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("dmslogin.{alice}")
+    );
+
+    // The CA revokes Alice's certificate and a CRL arrives as fetch-crl installs one (renamed
+    // into the CA directory): the running dmsd refuses her next login, naming the serial.
+    let serial = pki.serial_of(&alice_cert);
+    pki.install_crl(&[(&serial, "/DC=org/DC=dmstest/CN=Alice")]);
+    refused_login(
+        &w,
+        &d,
+        &conf,
+        &as_alice,
+        &p,
+        &["is revoked", &format!("serial number {serial}")],
+    );
+    // A new CRL without her: she logs in again.
+    pki.install_crl(&[]);
+    let o = w.run("runuser", &["-l", &alice, "-c", "hostname"]);
+    assert!(o.status.success(), "{}\n{}", text(&o), d.log());
 }
