@@ -9,6 +9,7 @@ use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use dms_join::JoinTarget;
+use dms_session_client::options::c_arguments;
 use pam::constants::{PamResultCode, PAM_ERROR_MSG, PAM_SILENT};
 use pam::conv::Conv;
 use pam::items::{RHost, Service, Tty, User};
@@ -197,7 +198,7 @@ unsafe fn entry(
             return PamResultCode::PAM_SYSTEM_ERR;
         };
         // SAFETY: argc/argv as PAM passes them (the caller's contract).
-        let args = unsafe { arguments(argc, argv) };
+        let args = unsafe { c_arguments(argc, argv) };
         run(op, pamh, flags, args, allow)
     })
 }
@@ -239,28 +240,6 @@ fn guarded(op: Op, f: impl FnOnce(&Cell<bool>) -> PamResultCode) -> c_int {
             }
         }
     }
-}
-
-/// The module arguments as byte strings, or `None` when PAM passed something unusable.
-///
-/// # Safety
-///
-/// As [`entry`].
-unsafe fn arguments<'a>(argc: c_int, argv: *const *const c_char) -> Option<Vec<&'a [u8]>> {
-    if argc <= 0 {
-        return Some(Vec::new());
-    }
-    if argv.is_null() {
-        return None;
-    }
-    // SAFETY: argv points to argc pointers (the caller's contract).
-    let ptrs = unsafe { std::slice::from_raw_parts(argv, argc as usize) };
-    ptrs.iter()
-        .map(|&p| {
-            // SAFETY: each non-NULL entry is a NUL-terminated string valid during the call.
-            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
-        })
-        .collect()
 }
 
 fn run(
@@ -656,20 +635,5 @@ mod tests {
             pam_sm_chauthtok(std::ptr::null_mut(), 0, 0, std::ptr::null()),
             code(PamResultCode::PAM_IGNORE)
         );
-    }
-
-    #[test]
-    fn arguments_are_read_as_given() {
-        let argv = [c"debug".as_ptr(), c"join=cgroup".as_ptr()];
-        // SAFETY: two valid NUL-terminated strings.
-        let args = unsafe { arguments(2, argv.as_ptr()) }.unwrap();
-        assert_eq!(args, vec![&b"debug"[..], &b"join=cgroup"[..]]);
-        // SAFETY: argc 0: argv is not read.
-        assert_eq!(unsafe { arguments(0, std::ptr::null()) }, Some(vec![]));
-        // SAFETY: argc 1 with a NULL argv is detected before reading.
-        assert_eq!(unsafe { arguments(1, std::ptr::null()) }, None);
-        let with_null = [c"debug".as_ptr(), std::ptr::null()];
-        // SAFETY: two pointers, one NULL (refused).
-        assert_eq!(unsafe { arguments(2, with_null.as_ptr()) }, None);
     }
 }

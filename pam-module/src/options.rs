@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dms_session_client::options::{parse_on_error, parse_socket, parse_timeout};
-pub use dms_session_client::options::{OnError, DEFAULT_SOCKET, DEFAULT_TIMEOUT, TIMEOUT_RANGE};
+use dms_session_client::options::{parse_options, utf8_words};
+pub use dms_session_client::options::{
+    CommonOptions, OnError, DEFAULT_SOCKET, DEFAULT_TIMEOUT, TIMEOUT_RANGE,
+};
 
 /// What an opened session enters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,12 +34,18 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
+        Options::with(CommonOptions::default(), JoinMode::All)
+    }
+}
+
+impl Options {
+    fn with(c: CommonOptions, join: JoinMode) -> Options {
         Options {
-            socket: PathBuf::from(DEFAULT_SOCKET),
-            timeout: DEFAULT_TIMEOUT,
-            on_error: OnError::Deny,
-            join: JoinMode::All,
-            debug: false,
+            socket: c.socket,
+            timeout: c.timeout,
+            on_error: c.on_error,
+            join,
+            debug: c.debug,
         }
     }
 }
@@ -52,75 +60,21 @@ pub fn parse<'a, I>(args: I) -> Result<Options, OptionError>
 where
     I: IntoIterator<Item = &'a str>,
 {
-    let mut o = Options::default();
-    let mut seen: Vec<&'static str> = Vec::new();
-    let mut once = |key: &'static str| {
-        if seen.contains(&key) {
-            return Err(OptionError::Duplicate(key));
-        }
-        seen.push(key);
+    let mut join = JoinMode::All;
+    let common = parse_options(args, KNOWN, &["join"], |_, v| {
+        join = match v {
+            "all" => JoinMode::All,
+            "cgroup" => JoinMode::Cgroup,
+            _ => return Err("expected all or cgroup".into()),
+        };
         Ok(())
-    };
-    for arg in args {
-        let (key, value) = match arg.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (arg, None),
-        };
-        let bad = |key: &'static str, why: &str| OptionError::BadValue {
-            key,
-            value: value.unwrap_or_default().to_string(),
-            why: why.to_string(),
-        };
-        match (key, value) {
-            ("debug", None) => {
-                once("debug")?;
-                o.debug = true;
-            }
-            ("socket", Some(v)) => {
-                once("socket")?;
-                o.socket = parse_socket(v).map_err(|why| bad("socket", &why))?;
-            }
-            ("timeout", Some(v)) => {
-                once("timeout")?;
-                o.timeout = parse_timeout(v).map_err(|why| bad("timeout", &why))?;
-            }
-            ("on_error", Some(v)) => {
-                once("on_error")?;
-                o.on_error = parse_on_error(v).map_err(|why| bad("on_error", &why))?;
-            }
-            ("join", Some(v)) => {
-                once("join")?;
-                o.join = match v {
-                    "all" => JoinMode::All,
-                    "cgroup" => JoinMode::Cgroup,
-                    _ => return Err(bad("join", "expected all or cgroup")),
-                };
-            }
-            _ => {
-                return Err(OptionError::Unknown {
-                    option: arg.to_string(),
-                    known: KNOWN,
-                })
-            }
-        }
-    }
-    Ok(o)
+    })?;
+    Ok(Options::with(common, join))
 }
 
 /// Parses raw C arguments: each must be UTF-8.
 pub fn parse_bytes(args: &[&[u8]]) -> Result<Options, OptionError> {
-    let mut words = Vec::with_capacity(args.len());
-    for a in args {
-        match std::str::from_utf8(a) {
-            Ok(s) => words.push(s),
-            Err(_) => {
-                return Err(OptionError::NotUtf8(
-                    String::from_utf8_lossy(a).into_owned(),
-                ))
-            }
-        }
-    }
-    parse(words)
+    parse(utf8_words(args)?)
 }
 
 #[cfg(test)]

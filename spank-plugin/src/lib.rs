@@ -55,10 +55,10 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::cell::Cell;
-use std::ffi::{c_char, c_int, c_uint, CStr};
+use std::ffi::{c_char, c_int, c_uint};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use dms_session_client::options::OnError;
+use dms_session_client::options::{c_arguments, OnError};
 
 pub mod options;
 pub mod slurm;
@@ -158,7 +158,7 @@ unsafe fn task_init(
     use task::{Failure, Outcome};
 
     // SAFETY: ac/av as Slurm passes them.
-    let opts = match unsafe { arguments(ac, av) } {
+    let opts = match unsafe { c_arguments(ac, av.cast_const().cast()) } {
         None => Err("Slurm passed a NULL plugin argument".to_string()),
         Some(a) => options::parse_bytes(&a).map_err(|e| e.to_string()),
     };
@@ -221,37 +221,20 @@ unsafe fn task_init(
     }
 }
 
-/// The plugin arguments as byte strings, or `None` when Slurm passed something unusable.
-///
-/// # Safety
-///
-/// When `ac > 0`, `av` is NULL or points to `ac` pointers, each NULL or a NUL-terminated
-/// string, valid during the call.
-unsafe fn arguments<'a>(ac: c_int, av: *mut *mut c_char) -> Option<Vec<&'a [u8]>> {
-    if ac <= 0 {
-        return Some(Vec::new());
-    }
-    if av.is_null() {
-        return None;
-    }
-    // SAFETY: av points to ac pointers (the caller's contract).
-    let ptrs = unsafe { std::slice::from_raw_parts(av, ac as usize) };
-    ptrs.iter()
-        .map(|&p| {
-            // SAFETY: each non-NULL entry is a NUL-terminated string valid during the call.
-            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_symbols_slurm_reads() {
-        assert_eq!(CStr::from_bytes_with_nul(&plugin_name).unwrap(), c"dms");
-        assert_eq!(CStr::from_bytes_with_nul(&plugin_type).unwrap(), c"spank");
+        assert_eq!(
+            std::ffi::CStr::from_bytes_with_nul(&plugin_name).unwrap(),
+            c"dms"
+        );
+        assert_eq!(
+            std::ffi::CStr::from_bytes_with_nul(&plugin_type).unwrap(),
+            c"spank"
+        );
         assert_eq!(plugin_version, SLURM_VERSION_NUMBER);
         if let Ok(h) = std::fs::read_to_string("/usr/include/slurm/slurm_version.h") {
             if std::env::var_os("DMS_SLURM_VERSION").is_none() {
@@ -279,21 +262,6 @@ mod tests {
             slurm_spank_task_init_privileged(std::ptr::null_mut(), 1, argv.as_ptr().cast_mut())
         };
         assert_eq!(rc, FAILURE);
-    }
-
-    #[test]
-    fn arguments_are_read_as_given() {
-        let argv = [
-            c"debug".as_ptr().cast_mut(),
-            c"timeout=1".as_ptr().cast_mut(),
-        ];
-        // SAFETY: two valid NUL-terminated strings.
-        let args = unsafe { arguments(2, argv.as_ptr().cast_mut()) }.unwrap();
-        assert_eq!(args, vec![&b"debug"[..], &b"timeout=1"[..]]);
-        // SAFETY: ac 0: av is not read.
-        assert_eq!(unsafe { arguments(0, std::ptr::null_mut()) }, Some(vec![]));
-        // SAFETY: a NULL av is detected before reading.
-        assert_eq!(unsafe { arguments(1, std::ptr::null_mut()) }, None);
     }
 
     #[test]

@@ -1,37 +1,10 @@
 //! Plugin options: the words after the plugin path in `plugstack.conf`.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use dms_session_client::options::{
-    parse_on_error, parse_socket, parse_timeout, OnError, DEFAULT_SOCKET, DEFAULT_TIMEOUT,
-};
-
-/// Parsed plugin options.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Options {
-    /// dmsd's session socket (`socket=`).
-    pub socket: PathBuf,
-    /// One overall deadline per call to dmsd (`timeout=`).
-    pub timeout: Duration,
-    /// `on_error=deny|allow`.
-    pub on_error: OnError,
-    /// `debug`: log every request and answer, and how the task joined.
-    pub debug: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            socket: PathBuf::from(DEFAULT_SOCKET),
-            timeout: DEFAULT_TIMEOUT,
-            on_error: OnError::Deny,
-            debug: false,
-        }
-    }
-}
-
 pub use dms_session_client::options::OptionError;
+use dms_session_client::options::{parse_options, utf8_words};
+
+/// Parsed plugin options (`debug` also logs how the task joined).
+pub type Options = dms_session_client::options::CommonOptions;
 
 /// The options this module knows, for the error about an unknown one.
 const KNOWN: &str = "socket=PATH, timeout=SECONDS, on_error=deny|allow, debug";
@@ -41,59 +14,21 @@ pub fn parse<'a, I>(args: I) -> Result<Options, OptionError>
 where
     I: IntoIterator<Item = &'a str>,
 {
-    let mut o = Options::default();
-    let mut seen: Vec<&'static str> = Vec::new();
-    for arg in args {
-        let (key, value) = match arg.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (arg, None),
-        };
-        let key: &'static str = match (key, value) {
-            ("debug", None) => "debug",
-            ("socket", Some(_)) => "socket",
-            ("timeout", Some(_)) => "timeout",
-            ("on_error", Some(_)) => "on_error",
-            _ => {
-                return Err(OptionError::Unknown {
-                    option: arg.to_string(),
-                    known: KNOWN,
-                })
-            }
-        };
-        if seen.contains(&key) {
-            return Err(OptionError::Duplicate(key));
-        }
-        seen.push(key);
-        let v = value.unwrap_or_default();
-        let bad = |why: String| OptionError::BadValue {
-            key,
-            value: v.to_string(),
-            why,
-        };
-        match key {
-            "socket" => o.socket = parse_socket(v).map_err(bad)?,
-            "timeout" => o.timeout = parse_timeout(v).map_err(bad)?,
-            "on_error" => o.on_error = parse_on_error(v).map_err(bad)?,
-            _ => o.debug = true,
-        }
-    }
-    Ok(o)
+    parse_options(args, KNOWN, &[], |_, _| Ok(()))
 }
 
 /// Parses raw C arguments: each must be UTF-8.
 pub fn parse_bytes(args: &[&[u8]]) -> Result<Options, OptionError> {
-    let words = args
-        .iter()
-        .map(|a| {
-            std::str::from_utf8(a)
-                .map_err(|_| OptionError::NotUtf8(String::from_utf8_lossy(a).into_owned()))
-        })
-        .collect::<Result<Vec<&str>, _>>()?;
-    parse(words)
+    parse(utf8_words(args)?)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use dms_session_client::options::OnError;
+
     use super::*;
 
     fn err(args: &[&str]) -> String {

@@ -1222,69 +1222,42 @@ fn nat_network_isolation_and_port_forwards() {
     assert!(!ping("dmsnone.nobody", &gw));
     let v = d.json(&["domain", "show", "dmsnone.nobody"]);
     assert!(v["runtime"]["net"].is_null(), "{v}");
-    // A forwarded port: the peer reaches a server in the domain through the host's address.
-    let server = d.ok(&[
-        "exec",
-        "dmsnet.nobody",
-        "--no-wait",
-        "--",
-        "iperf3",
-        "-s",
-        "-1",
-        "-p",
-        "8080",
-    ]);
-    assert!(!server.trim().is_empty());
-    let mut ok = false;
-    for _ in 0..50 {
-        let o = peer
-            .exec(&[
-                "iperf3",
-                "-c",
-                &peer.host_ip,
-                "-p",
-                &fwd_port.to_string(),
-                "-t",
-                "1",
-            ])
-            .output()
-            .unwrap();
-        if o.status.success() {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // A forwarded port reaches a one-shot iperf3 server in the domain: `client` runs iperf3
+    // against the host side of the forward.
+    let forwarded = |client: &dyn Fn() -> Command| {
+        let server = d.ok(&[
+            "exec",
+            "dmsnet.nobody",
+            "--no-wait",
+            "--",
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            "8080",
+        ]);
+        assert!(!server.trim().is_empty());
+        (0..50).any(|_| {
+            let ok = client().output().unwrap().status.success();
+            if !ok {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ok
+        })
+    };
+    let port = fwd_port.to_string();
+    // From the peer, through the host's address.
     assert!(
-        ok,
+        forwarded(&|| peer.exec(&["iperf3", "-c", &peer.host_ip, "-p", &port, "-t", "1"])),
         "port forward {fwd_port} -> dmsnet.nobody:8080 did not work"
     );
-    // The same forward from the host itself, on 127.0.0.1.
-    d.ok(&[
-        "exec",
-        "dmsnet.nobody",
-        "--no-wait",
-        "--",
-        "iperf3",
-        "-s",
-        "-1",
-        "-p",
-        "8080",
-    ]);
-    let mut ok = false;
-    for _ in 0..50 {
-        let o = Command::new("iperf3")
-            .args(["-c", "127.0.0.1", "-p", &fwd_port.to_string(), "-t", "1"])
-            .output()
-            .unwrap();
-        if o.status.success() {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // From the host itself, on 127.0.0.1.
     assert!(
-        ok,
+        forwarded(&|| {
+            let mut c = Command::new("iperf3");
+            c.args(["-c", "127.0.0.1", "-p", &port, "-t", "1"]);
+            c
+        }),
         "port forward 127.0.0.1:{fwd_port} -> dmsnet.nobody:8080 did not work"
     );
     // Bad input: port already forwarded, port in use on the host, missing policy path,

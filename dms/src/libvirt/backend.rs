@@ -127,6 +127,21 @@ impl LibvirtBackend {
 }
 
 impl Shared {
+    /// Suspends (`pause`) or resumes a guest.
+    fn set_paused(&self, name: &str, pause: bool) -> Result<(), BackendError> {
+        let h = self.handle(name)?;
+        let lv = h.name.clone();
+        let what = if pause { "suspending" } else { "resuming" };
+        self.conn(&h.uri)
+            .call(&format!("{what} the guest"), move |l| {
+                let d = lookup(l, &lv)?;
+                let done = if pause { d.suspend() } else { d.resume() };
+                done.map_err(|e| l.err(format!("{what} {lv}"), e))?;
+                Ok(())
+            })?;
+        Ok(())
+    }
+
     fn conn(&self, uri: &str) -> Arc<Conn> {
         let mut m = self.conns.lock();
         Arc::clone(m.entry(uri.to_string()).or_insert_with(|| {
@@ -595,16 +610,8 @@ impl Backend for LibvirtBackend {
     }
 
     fn freeze(&self, name: &str) -> Result<(), BackendError> {
-        let s = &self.shared;
-        let h = s.handle(name)?;
-        let lv = h.name.clone();
-        s.conn(&h.uri).call("suspending the guest", move |l| {
-            let d = lookup(l, &lv)?;
-            d.suspend()
-                .map_err(|e| l.err(format!("suspending {lv}"), e))?;
-            Ok(())
-        })?;
-        if let Some(g) = s.guests.lock().get_mut(name) {
+        self.shared.set_paused(name, true)?;
+        if let Some(g) = self.shared.guests.lock().get_mut(name) {
             g.paused = true;
         }
         Ok(())
@@ -612,13 +619,7 @@ impl Backend for LibvirtBackend {
 
     fn thaw(&self, name: &str) -> Result<(), BackendError> {
         let s = &self.shared;
-        let h = s.handle(name)?;
-        let lv = h.name.clone();
-        s.conn(&h.uri).call("resuming the guest", move |l| {
-            let d = lookup(l, &lv)?;
-            d.resume().map_err(|e| l.err(format!("resuming {lv}"), e))?;
-            Ok(())
-        })?;
+        s.set_paused(name, false)?;
         if let Some(g) = s.guests.lock().get_mut(name) {
             g.paused = false;
             if g.last_alive.is_some() {
