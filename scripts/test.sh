@@ -30,5 +30,5 @@ echo "== cgroup v2 integration tests (cgroups, namespaces, joining) in a QEMU gu
 testbin=$(cargo test -p dms-integration --test root --no-run --message-format=json 2>/dev/null |
 	sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$testbin" ] || { echo "test.sh: integration test binary not found" >&2; exit 1; }
-DMS_BIN_DIR=$PWD/target/release tests/vm/run-v2.sh --timeout 1800 "$testbin" --test-threads=1 \
+DMS_BIN_DIR=$PWD/target/release tests/vm/run-v2.sh --timeout 1500 "$testbin" --test-threads=1 \
 	--skip nat_network --skip bandwidth_limits --skip bridge_name_clash --skip no_leftovers_after_many_networked

@@ -430,6 +430,7 @@ impl ContainerBackend {
             private_paths: domain.isolation.paths.private.clone(),
             readonly_paths: domain.isolation.paths.readonly.clone(),
             resolv_conf: self.resolv_conf.clone(),
+            userns: domain.isolation.userns,
         };
         let pid = self.spawner.start_init(&spec)?;
         let start = dms_join::start_time(pid).map_err(|e| {
@@ -445,12 +446,6 @@ impl Backend for ContainerBackend {
     }
 
     fn create(&self, domain: &mut Domain) -> Result<(), BackendError> {
-        if domain.isolation.userns {
-            return Err(BackendError::Unsupported(
-                "userns = true: user namespaces are not supported by the container backend yet"
-                    .into(),
-            ));
-        }
         self.cgroups.create(&domain.name, &domain.limits)?;
         let made = (|| {
             let init = self.start_init(domain)?;
@@ -541,7 +536,7 @@ impl Backend for ContainerBackend {
             init_pid: init.pid,
             init_start: init.start,
             procs_files: self.cgroups.procs_files(&domain.name),
-            namespaces: Namespace::DOMAIN.to_vec(),
+            namespaces: dms_join::namespaces_of(init.pid),
         })
     }
 

@@ -5,6 +5,12 @@
 //! hostname, brings up loopback and reports success by closing a pipe. Failures come back as
 //! `[step, index, errno]` through the same pipe and the half-started init exits; its mounts
 //! die with its mount namespace, so nothing is left behind.
+//!
+//! With `userns`, the init unshares a user namespace as its last step and the zygote maps every
+//! uid and gid onto itself ([`IDENTITY`]), so files, logins and `getuid() == 0` checks (sshd's)
+//! work as on the host. The other namespaces stay owned by the host's user namespace: nothing
+//! in the domain, root included, holds a capability over them (mounts, network, hostname) or
+//! over the kernel. Joiners also set no_new_privs, so no setuid program raises privileges.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
@@ -23,6 +29,11 @@ const STEP_READONLY: u8 = 8;
 const STEP_RESOLV: u8 = 9;
 const STEP_HOSTNAME: u8 = 10;
 const STEP_LOOPBACK: u8 = 11;
+const STEP_USERNS: u8 = 12;
+
+/// The uid and gid map of a domain's user namespace: every id onto itself. Root must stay
+/// root: sshd, for one, decides by `getuid() == 0` whether to switch to the user.
+pub const IDENTITY: &str = "0 0 4294967295\n";
 
 fn cstring(s: &std::ffi::OsStr, what: &str) -> Result<CString, String> {
     CString::new(s.as_encoded_bytes()).map_err(|_| format!("{what} {s:?} contains a NUL byte"))
@@ -34,6 +45,7 @@ struct Prepared {
     readonly: Vec<CString>,
     resolv: Option<CString>,
     hostname: Vec<u8>,
+    userns: bool,
 }
 
 fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
@@ -81,6 +93,7 @@ fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
         readonly,
         resolv,
         hostname,
+        userns: spec.userns,
     })
 }
 
@@ -128,7 +141,20 @@ pub(crate) fn start(spec: &InitSpec) -> Result<i32, String> {
     drop(wr);
     let mut msg = [0u8; 4];
     if crate::spawn::read_report(&rd, &mut msg) == 0 {
-        return Ok(pid);
+        if !spec.userns {
+            return Ok(pid);
+        }
+        // The maps are written from here, with CAP_SETUID/CAP_SETGID in the parent namespace:
+        // the init itself could map only its own id, and setgroups(2) stays allowed inside.
+        return match write_id_maps(pid) {
+            Ok(()) => Ok(pid),
+            Err(e) => {
+                // SAFETY: kill and wait on our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                Err(format!("domain init: mapping its user namespace: {e}"))
+            }
+        };
     }
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     let errno = nix::errno::Errno::from_raw(i32::from(msg[2]) | (i32::from(msg[3]) << 8));
@@ -155,9 +181,19 @@ pub(crate) fn start(spec: &InitSpec) -> Result<i32, String> {
         STEP_RESOLV => "mounting resolv.conf".into(),
         STEP_HOSTNAME => "setting the hostname".into(),
         STEP_LOOPBACK => "bringing up loopback".into(),
+        STEP_USERNS => "creating the user namespace".into(),
         s => format!("step {s}"),
     };
     Err(format!("domain init: {step}: {}", errno.desc()))
+}
+
+/// Writes [`IDENTITY`] to the uid and gid maps of `pid`'s user namespace.
+fn write_id_maps(pid: i32) -> Result<(), String> {
+    for file in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, IDENTITY).map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Reports a failed step through the pipe and exits.
@@ -291,6 +327,10 @@ unsafe fn child(prep: &Prepared, pipe: RawFd, devnull: RawFd) -> ! {
         }
         if !loopback_up() {
             fail(pipe, STEP_LOOPBACK, 0);
+        }
+        // Last: everything above needed the host's privileges.
+        if prep.userns && libc::unshare(libc::CLONE_NEWUSER) != 0 {
+            fail(pipe, STEP_USERNS, 0);
         }
         libc::setsid();
         libc::chdir(c"/".as_ptr());

@@ -83,6 +83,9 @@ pub struct InitSpec {
     pub readonly_paths: Vec<PathBuf>,
     /// A file bind-mounted over `/etc/resolv.conf`, if any.
     pub resolv_conf: Option<PathBuf>,
+    /// Enter a user namespace of its own once everything else is set up (policy `userns`).
+    #[serde(default)]
+    pub userns: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -653,10 +656,20 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result
                     }
                     libc::close(fd);
                 }
+                let mut in_userns = false;
                 if let Some((pidfd, flags)) = other_ns {
-                    if libc::setns(pidfd, flags) != 0 {
+                    let (flags, user) = dms_join::split_user_last(flags);
+                    if flags != 0 && libc::setns(pidfd, flags) != 0 {
                         fail(6);
                     }
+                    if user != 0 && libc::setns(pidfd, user) != 0 {
+                        fail(7);
+                    }
+                    in_userns = user != 0;
+                }
+                // As dms_join::join: nothing in a userns domain gains privileges by exec.
+                if in_userns && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    fail(7);
                 }
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
                     fail(3);
@@ -697,6 +710,7 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result
                 3 => format!("switching to uid {} gid {}", req.uid, req.gid),
                 4 => format!("changing to directory {}", req.cwd.display()),
                 6 => "entering the domain's namespaces".to_string(),
+                7 => "entering the domain's user namespace".to_string(),
                 _ => format!("executing {:?}", req.argv[0]),
             };
             Err(format!("{step}: {}", errno.desc()))

@@ -15,6 +15,12 @@
 //!   write the domain's `cgroup.procs` files.
 //! - The **pid namespace applies to children** created after the call; the caller itself keeps
 //!   its pid. Fork (and exec the user's program in the child) to run inside it.
+//! - In a domain with a **user namespace** (policy `userns`), the caller enters it last: its
+//!   ids stay the same (every id maps onto itself) but its capabilities hold only inside, so
+//!   it can still switch users (as sshd, su and slurmstepd do after the PAM session opens) but
+//!   no longer mount, configure the network or change the hostname. It also gets
+//!   `no_new_privs`, inherited by everything it starts: setuid programs do not raise
+//!   privileges in such a domain. The caller must not be chrooted.
 //! - The working directory is restored by path after entering the mount namespace (the domain
 //!   sees the host filesystem, except for its private paths); when that fails it is `/`.
 //!
@@ -89,6 +95,28 @@ impl Namespace {
     }
 }
 
+/// The namespaces of a domain whose init is `pid`: [`Namespace::DOMAIN`], plus
+/// [`Namespace::User`] when the init's user namespace is not the caller's (policy `userns`).
+/// When `/proc` cannot tell, the user namespace is included, so that entering fails rather
+/// than leaving the caller with more privileges than the domain's processes.
+pub fn namespaces_of(pid: i32) -> Vec<Namespace> {
+    let mut all = Namespace::DOMAIN.to_vec();
+    let ns = |p: String| {
+        std::fs::metadata(p).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        })
+    };
+    match (
+        ns(format!("/proc/{pid}/ns/user")),
+        ns("/proc/self/ns/user".into()),
+    ) {
+        (Ok(theirs), Ok(ours)) if theirs == ours => {}
+        _ => all.push(Namespace::User),
+    }
+    all
+}
+
 /// Everything needed to enter a domain; `dmsd` hands it out (`dmsctl domain join-info`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinTarget {
@@ -109,6 +137,20 @@ impl JoinTarget {
     pub fn clone_flags(&self) -> libc::c_int {
         self.namespaces.iter().fold(0, |f, n| f | n.clone_flag())
     }
+
+    /// [`clone_flags`](Self::clone_flags) split in two `setns` calls: every namespace but the
+    /// user namespace, then `CLONE_NEWUSER` (or 0). A domain's other namespaces belong to the
+    /// host's user namespace; entered in one call, the kernel would check them against the
+    /// domain's user namespace, where the caller has no rights over them.
+    pub fn clone_flags_user_last(&self) -> (libc::c_int, libc::c_int) {
+        split_user_last(self.clone_flags())
+    }
+}
+
+/// `(flags without CLONE_NEWUSER, CLONE_NEWUSER or 0)`; see
+/// [`JoinTarget::clone_flags_user_last`].
+pub fn split_user_last(flags: libc::c_int) -> (libc::c_int, libc::c_int) {
+    (flags & !libc::CLONE_NEWUSER, flags & libc::CLONE_NEWUSER)
 }
 
 /// Why joining failed.
@@ -259,13 +301,29 @@ pub fn join(target: &JoinTarget) -> Result<(), JoinError> {
     // cgroups first: on cgroup v2 a process inside a cgroup namespace may not move itself
     // from a cgroup outside that namespace.
     write_procs_files(target)?;
-    let flags = target.clone_flags();
+    let (flags, user) = target.clone_flags_user_last();
     // SAFETY: setns on a valid pidfd with CLONE_NEW* flags; the kernel enters all or none.
     if unsafe { libc::setns(pidfd.as_raw_fd(), flags) } != 0 {
         return Err(sys(
             format!("entering namespaces of init {}", target.init_pid),
             io::Error::last_os_error(),
         ));
+    }
+    if user != 0 {
+        // SAFETY: as above, for the user namespace alone; then a prctl without pointers.
+        if unsafe { libc::setns(pidfd.as_raw_fd(), user) } != 0 {
+            return Err(sys(
+                format!("entering the user namespace of init {}", target.init_pid),
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: see above.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(sys(
+                "setting no_new_privs".into(),
+                io::Error::last_os_error(),
+            ));
+        }
     }
     let back_to = cwd
         .as_deref()
@@ -319,6 +377,29 @@ fn write_self(procs: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_user_namespace_is_entered_on_its_own_and_last() {
+        let t = JoinTarget {
+            domain: "d".into(),
+            init_pid: 1,
+            init_start: 1,
+            procs_files: vec![],
+            namespaces: vec![Namespace::User, Namespace::Mnt, Namespace::Pid],
+        };
+        assert_eq!(
+            t.clone_flags_user_last(),
+            (libc::CLONE_NEWNS | libc::CLONE_NEWPID, libc::CLONE_NEWUSER)
+        );
+        assert_eq!(split_user_last(libc::CLONE_NEWNET), (libc::CLONE_NEWNET, 0));
+    }
+
+    #[test]
+    fn a_process_in_our_user_namespace_needs_no_user_namespace_join() {
+        assert_eq!(namespaces_of(std::process::id() as i32), Namespace::DOMAIN);
+        // No such process: /proc cannot tell, so the user namespace is included (fail closed).
+        assert!(namespaces_of(i32::MAX).contains(&Namespace::User));
+    }
 
     #[test]
     fn start_time_skips_odd_command_names() {

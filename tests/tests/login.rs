@@ -184,6 +184,7 @@ memory = { limit = "48M" }
 granularity = "user"
 network = { mode = "none" }
 idle = { action = "destroy", after = "0s" }
+userns = true
 "#;
 
 const GRID_MAPFILE: &str = r#"# test identities
@@ -668,6 +669,7 @@ fn a_flood_of_concurrent_logins_makes_one_domain_and_leaks_nothing() {
 /// A real sshd on 127.0.0.1 under its own binary name (so its own PAM service), in the world.
 struct Sshd {
     child: Child,
+    log: PathBuf,
     port: u16,
     key: PathBuf,
     made_run_sshd: bool,
@@ -704,12 +706,13 @@ impl Sshd {
         let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
         let child = w
             .cmd(exe.to_str().unwrap())
-            .args(["-D", "-f"])
+            .args(["-D", "-e", "-f"])
             .arg(dir.join("sshd_config"))
             .stderr(log)
             .spawn()
             .unwrap();
         let s = Sshd {
+            log: dir.join("sshd.log"),
             child,
             port,
             key: dir.join("client"),
@@ -732,9 +735,19 @@ impl Sshd {
         }
     }
 
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     fn ssh(&self, user: &str, cmd: &str) -> Command {
+        self.ssh_with(&[], user, cmd)
+    }
+
+    /// `ssh` with extra options before the destination.
+    fn ssh_with(&self, options: &[&str], user: &str, cmd: &str) -> Command {
         let mut c = Command::new("ssh");
-        c.arg("-i")
+        c.args(options)
+            .arg("-i")
             .arg(&self.key)
             .args(["-p", &self.port.to_string()])
             .args([
@@ -859,12 +872,28 @@ fn ssh_logins_land_in_the_users_domain() {
     );
     assert!(d.ctl(&["status"]).status.success());
 
-    // Another VO's user gets another domain.
-    let o = sshd.ssh(&olga, "hostname").output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    // Another VO's user gets another domain, which has a user namespace and no_new_privs.
+    let o = sshd
+        .ssh(&olga, "hostname; id -u; grep NoNewPrivs /proc/self/status")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\nsshd: {}", text(&o), sshd.log());
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim(),
-        format!("dmsother.{olga}"),
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [&format!("dmsother.{olga}"), "47101", "NoNewPrivs:", "1"],
+        "{}",
+        text(&o)
+    );
+    // With a terminal too.
+    let o = sshd
+        .ssh_with(&["-tt"], &olga, "tty; hostname")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\nsshd: {}", text(&o), sshd.log());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("dmsother.{olga}")),
         "{}",
         text(&o)
     );

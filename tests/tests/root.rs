@@ -1030,6 +1030,149 @@ fn join_moves_the_caller_into_cgroups_and_namespaces() {
     );
 }
 
+const USERNS_POLICY: &str = r#"
+[vo.dmsuserns]
+userns = true
+network = { mode = "none" }
+[vo.dmsplain]
+network = { mode = "none" }
+"#;
+
+/// A setuid-root copy of `id` in a directory every domain sees and that allows setuid (the
+/// domains' /tmp is private and nosuid); removed on drop.
+struct SetuidId(PathBuf);
+
+impl SetuidId {
+    fn new() -> SetuidId {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = ["/var/tmp", "/run"]
+            .into_iter()
+            .find(|d| {
+                nix::sys::statvfs::statvfs(*d).is_ok_and(|v| {
+                    !v.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID)
+                        && !v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
+                })
+            })
+            .expect("a writable directory without nosuid (/var/tmp or /run)");
+        let path = PathBuf::from(format!("{dir}/dmstest-suid-id-{}", std::process::id()));
+        std::fs::copy("/usr/bin/id", &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        SetuidId(path)
+    }
+}
+
+impl Drop for SetuidId {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn user_namespace_domains_confine_root_and_setuid() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start_extra("userns", USERNS_POLICY);
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmsuserns"]);
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmsplain"]);
+    let (us, plain) = ("dmsuserns.nobody", "dmsplain.nobody");
+    let run = |domain: &str, user: &str, script: &str| {
+        d.ctl(&["exec", "--user", user, domain, "--", "sh", "-c", script])
+    };
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).trim().to_string();
+    // Every id maps onto itself: the owner is who it is outside, root is root.
+    let map = out(&run(
+        us,
+        "nobody",
+        "cat /proc/self/uid_map /proc/self/gid_map",
+    ));
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "4294967295", "0", "0", "4294967295"],
+        "{map}"
+    );
+    assert_eq!(out(&run(us, "nobody", "id -u")), NOBODY.to_string());
+    assert_eq!(out(&run(us, "root", "id -u")), "0");
+    // The domain's other namespaces are those of the init, as without a user namespace.
+    let init = d.json(&["domain", "join-info", us])["init_pid"]
+        .as_i64()
+        .unwrap();
+    let init_ns = ns_links(&init.to_string());
+    let user_ns = |pid: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/user"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    assert_ne!(user_ns(&init.to_string()), user_ns("self"));
+    let seen = out(&run(
+        us,
+        "nobody",
+        "readlink /proc/self/ns/uts /proc/self/ns/user; hostname",
+    ));
+    let uts = init_ns.iter().find(|(n, _)| n == "uts").unwrap().1.clone();
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        [uts.as_str(), user_ns(&init.to_string()).as_str(), us]
+    );
+    // A setuid-root program raises privileges in a plain domain, not in a userns domain.
+    let suid = SetuidId::new();
+    let prog = suid.0.display().to_string();
+    let o = run(plain, "nobody", &prog);
+    assert!(
+        out(&o).contains("euid=0"),
+        "setuid works in a plain domain: {o:?}"
+    );
+    let o = run(
+        us,
+        "nobody",
+        &format!("{prog}; grep NoNewPrivs /proc/self/status"),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        out(&o).starts_with(&format!("uid={NOBODY}"))
+            && !out(&o).contains("euid=")
+            && out(&o).ends_with("NoNewPrivs:\t1"),
+        "setuid-root raised privileges in a userns domain: {o:?}"
+    );
+    // An admin's command as root keeps root's files, but no capability over the domain's
+    // namespaces (network, hostname, mounts); in a plain domain it has them.
+    let files = "touch /tmp/f && chown 1 /tmp/f && echo files";
+    assert_eq!(out(&run(us, "root", files)), "files");
+    let privileged = "ip link set lo down && hostname renamed && echo done";
+    let o = run(plain, "root", privileged);
+    assert_eq!(out(&o), "done", "{o:?}");
+    let o = run(us, "root", privileged);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+        "{o:?}"
+    );
+    let o = run(us, "root", "mount -t tmpfs none /mnt");
+    assert!(!o.status.success(), "{o:?}");
+    assert_eq!(out(&run(us, "nobody", "hostname")), us);
+    // The join library (pam_dms, dms-enter) enters the user namespace too, last; the
+    // caller then switches users as sshd or su would.
+    let tfile = d.dir.join("target.json");
+    std::fs::write(&tfile, d.ok(&["domain", "join-info", us])).unwrap();
+    let o = Command::new(bin("dms-enter"))
+        .args(["--user", "nobody"])
+        .arg(&tfile)
+        .args(["sh", "-c", "readlink /proc/self/ns/user; id -u; hostname"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        out(&o).lines().collect::<Vec<_>>(),
+        [user_ns(&init.to_string()).as_str(), "65534", us]
+    );
+    // Destroying it leaves nothing behind, as for any domain.
+    d.ok(&["domain", "destroy", us]);
+    assert!(cgroup_procs(&d.subtree, us).is_empty());
+    let o = d.ctl(&["exec", us, "--", "true"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+}
+
 /// A network namespace outside DMS, linked to the host by a veth pair on 198.18.<200+n>.0/30
 /// (host .1, peer .2); removed on drop.
 struct PeerNs {

@@ -10,7 +10,8 @@
 #   - environment: DMS_*, RUST_* and PATH are passed through; TMPDIR=/run (a guest tmpfs);
 #     /tmp is writable (tmpfs overlay on the host's /tmp); everything else is read-only.
 #   - the guest console is streamed to stdout; the script exits with the executable's exit
-#     code, 124 on timeout (default 900 s), 1 if the guest died without reporting one.
+#     code, 124 on timeout (default 900 s, per boot), 1 if the guest died without reporting one.
+#   - a guest kernel that locks up or panics (the console shows it) is booted once more.
 #   - vmlinux + initramfs are cached in ${DMS_VM_CACHE:-/var/tmp/dms-vm-cache}/<kernel>-<hash>.
 #   - DMS_VM_KERNEL=<version> picks a kernel; default: newest with /boot/vmlinuz-V and
 #     /lib/modules/V.
@@ -219,30 +220,48 @@ fi
 chmod 0755 "$W/wrapper.sh"
 
 # ---- boot ----------------------------------------------------------------------------------
-mkfifo "$W/console"
-start=$(date +%s%N)
-timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg -smp 2 -m 1536 \
-	-nodefaults -no-user-config -nic none -display none -monitor none -serial stdio \
-	-kernel "$cache/vmlinux" -initrd "$cache/initramfs.cpio.gz" \
-	-append "console=ttyS0 panic=-1 quiet run=$W/wrapper.sh" -no-reboot \
-	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-	</dev/null >"$W/console" 2>&1 &
-qpid=$!
+# One boot of the guest; sets rc (empty when the guest reported none), qrc and elapsed.
+#   - thread=single: one host thread runs both vCPUs in turn. Multi-threaded TCG once left
+#     both vCPUs spinning in the kernel for the rest of a CI run (a soft lockup that never
+#     ended), which no guest workload should be able to cause.
+#   - softlockup_panic + panic=-1 + -no-reboot: should the guest kernel still lock up, QEMU
+#     exits at once instead of running into the timeout; loglevel=5 prints the stack traces.
+boot_guest() {
+	mkfifo "$W/console"
+	start=$(date +%s%N)
+	timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg,thread=single -smp 2 -m 1536 \
+		-nodefaults -no-user-config -nic none -display none -monitor none -serial stdio \
+		-kernel "$cache/vmlinux" -initrd "$cache/initramfs.cpio.gz" \
+		-append "console=ttyS0 panic=-1 quiet loglevel=5 softlockup_panic=1 watchdog_thresh=30 run=$W/wrapper.sh" \
+		-no-reboot \
+		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+		</dev/null >"$W/console" 2>&1 &
+	qpid=$!
 
-# Stream the console: strip CRs, escape codes and boot noise; keep a copy for the rc marker.
-set +e
-sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[a-zA-Z]//g' -e 's/\x1bc//g' <"$W/console" |
-	grep -av --line-buffered -e '^$' -e SeaBIOS -e iPXE -e 'Booting from' -e 'Press Ctrl-B' \
-		-e 'reboot: Power down' |
-	tee "$W/console.log"
-wait "$qpid"
-qrc=$?
-set -e
-qpid=
-elapsed=$((($(date +%s%N) - start) / 1000000))
+	# Stream the console: strip CRs, escape codes and boot noise; keep a copy for the rc marker.
+	set +e
+	sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[a-zA-Z]//g' -e 's/\x1bc//g' <"$W/console" |
+		grep -av --line-buffered -e '^$' -e SeaBIOS -e iPXE -e 'Booting from' -e 'Press Ctrl-B' \
+			-e 'reboot: Power down' |
+		tee "$W/console.log"
+	wait "$qpid"
+	qrc=$?
+	set -e
+	qpid=
+	rm -f "$W/console"
+	elapsed=$((($(date +%s%N) - start) / 1000000))
+	rc=$(sed -n 's/^== guest: rc=\([0-9]\{1,3\}\)$/\1/p' "$W/console.log" | tail -1)
+	boot=$(sed -n 's/^== guest: up after \([0-9.]*\) s.*/\1/p' "$W/console.log" | tail -1)
+}
 
-rc=$(sed -n 's/^== guest: rc=\([0-9]\{1,3\}\)$/\1/p' "$W/console.log" | tail -1)
-boot=$(sed -n 's/^== guest: up after \([0-9.]*\) s.*/\1/p' "$W/console.log" | tail -1)
+boot_guest
+# A guest kernel that locked up or panicked says nothing about the executable: boot once more
+# (the executable's own failures and timeouts are never retried).
+if [[ -z $rc && $qrc -ne 124 && $qrc -ne 137 ]] &&
+	grep -aqE 'soft lockup|hard LOCKUP|Kernel panic' "$W/console.log"; then
+	echo "$prog: the guest KERNEL locked up or panicked (see above), not the executable; booting it once more" >&2
+	boot_guest
+fi
 if [[ -n $rc ]]; then
 	echo "$prog: guest rc=$rc, guest up after ${boot:-?} s (guest clock), total $((elapsed / 1000)).$(printf '%03d' $((elapsed % 1000))) s" >&2
 	exit "$rc"
