@@ -95,6 +95,9 @@ struct Watch {
     oom: Option<(EventFd, File)>,
     /// inotify watches on its event files.
     wds: Vec<WatchDescriptor>,
+    /// A freeze or kill that failed (e.g. processes still dying after an OOM kill), tried
+    /// again at each check until it succeeds or the domain is gone.
+    retry: Option<(LimitKind, dms_policies::LimitAction)>,
 }
 
 fn register_oom(memory_dir: &Path) -> std::io::Result<(EventFd, File)> {
@@ -250,6 +253,7 @@ fn sync(
             last,
             oom: None,
             wds: Vec::new(),
+            retry: None,
         };
         for src in s.backend_event_sources(&name) {
             match src {
@@ -286,19 +290,32 @@ fn check(s: &Service, name: &str, watches: &mut HashMap<String, Watch>) {
     let now = Counters::of(&u);
     let events = events_between(&w.last, &now, policy.cpu_throttled_ratio());
     w.last = now;
+    if let Some((kind, action)) = w.retry.take() {
+        let pointless = state == DomainState::Frozen && action == dms_policies::LimitAction::Freeze;
+        if !pointless && !s.limit_action(name, kind, action) {
+            w.retry = Some((kind, action));
+        }
+    }
     for (kind, count) in events {
         let mut action = policy.action(kind);
         // A frozen domain is not frozen again; killing still applies.
         if state == DomainState::Frozen && action == dms_policies::LimitAction::Freeze {
             action = dms_policies::LimitAction::Notify;
         }
-        s.limit_event(LimitEvent {
+        let applied = s.limit_event(LimitEvent {
             domain: name.to_string(),
             kind,
             count,
             action,
             detail: detail(kind, count),
         });
+        // A kill outranks a freeze still waiting to be retried.
+        if !applied
+            && w.retry
+                .is_none_or(|(_, a)| a != dms_policies::LimitAction::Kill)
+        {
+            w.retry = Some((kind, action));
+        }
     }
 }
 

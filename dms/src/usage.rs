@@ -422,8 +422,9 @@ impl Service {
         }
     }
 
-    /// Counts a limit event, logs it, signals it and applies the policy's action.
-    pub fn limit_event(&self, ev: LimitEvent) {
+    /// Counts a limit event, logs it, signals it and applies the policy's action. False when
+    /// the action failed (the monitor tries it again later).
+    pub fn limit_event(&self, ev: LimitEvent) -> bool {
         {
             let mut book = self.usage_book.lock();
             *book
@@ -442,19 +443,26 @@ impl Service {
             "domain limit event"
         );
         (self.on_change)(crate::service::Signal::Limit(ev.clone()));
+        self.limit_action(&ev.domain, ev.kind, ev.action)
+    }
+
+    /// Applies a limit event's action to a domain; false (and logged) when it failed.
+    pub fn limit_action(&self, domain: &str, kind: LimitKind, action: LimitAction) -> bool {
         let admin = Caller {
             uid: 0,
             gids: vec![0],
         };
-        let done = match ev.action {
-            LimitAction::Notify => return,
-            LimitAction::Freeze => self.freeze(&admin, &ev.domain),
-            LimitAction::Kill => {
-                self.destroy_because(&admin, &ev.domain, EndCause::Killed(ev.kind))
-            }
+        let done = match action {
+            LimitAction::Notify => return true,
+            LimitAction::Freeze => self.freeze(&admin, domain),
+            LimitAction::Kill => self.destroy_because(&admin, domain, EndCause::Killed(kind)),
         };
-        if let Err(e) = done {
-            tracing::warn!(domain = %ev.domain, action = ev.action.as_str(), error = %e.message, "limit action failed");
+        match done {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(domain = %domain, action = action.as_str(), error = %e.message, "limit action failed; trying again at the next check");
+                false
+            }
         }
     }
 
