@@ -290,18 +290,20 @@ fn check(s: &Service, name: &str, watches: &mut HashMap<String, Watch>) {
     let now = Counters::of(&u);
     let events = events_between(&w.last, &now, policy.cpu_throttled_ratio());
     w.last = now;
+    // A frozen domain is not frozen again; killing still applies.
+    let in_state = |action| match (state, action) {
+        (DomainState::Frozen, dms_policies::LimitAction::Freeze) => {
+            dms_policies::LimitAction::Notify
+        }
+        _ => action,
+    };
     if let Some((kind, action)) = w.retry.take() {
-        let pointless = state == DomainState::Frozen && action == dms_policies::LimitAction::Freeze;
-        if !pointless && !s.limit_action(name, kind, action) {
+        if !s.limit_action(name, kind, in_state(action)) {
             w.retry = Some((kind, action));
         }
     }
     for (kind, count) in events {
-        let mut action = policy.action(kind);
-        // A frozen domain is not frozen again; killing still applies.
-        if state == DomainState::Frozen && action == dms_policies::LimitAction::Freeze {
-            action = dms_policies::LimitAction::Notify;
-        }
+        let action = in_state(policy.action(kind));
         let applied = s.limit_event(LimitEvent {
             domain: name.to_string(),
             kind,

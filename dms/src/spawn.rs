@@ -656,20 +656,13 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result
                     }
                     libc::close(fd);
                 }
-                let mut in_userns = false;
                 if let Some((pidfd, flags)) = other_ns {
-                    let (flags, user) = dms_join::split_user_last(flags);
-                    if flags != 0 && libc::setns(pidfd, flags) != 0 {
-                        fail(6);
+                    let pidfd = std::os::fd::BorrowedFd::borrow_raw(pidfd);
+                    match dms_join::enter_namespaces(pidfd, flags) {
+                        Ok(()) => {}
+                        Err((dms_join::EnterStep::Namespaces, _)) => fail(6),
+                        Err(_) => fail(7),
                     }
-                    if user != 0 && libc::setns(pidfd, user) != 0 {
-                        fail(7);
-                    }
-                    in_userns = user != 0;
-                }
-                // As dms_join::join: nothing in a userns domain gains privileges by exec.
-                if in_userns && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    fail(7);
                 }
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
                     fail(3);

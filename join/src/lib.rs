@@ -32,7 +32,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -151,6 +151,44 @@ impl JoinTarget {
 /// [`JoinTarget::clone_flags_user_last`].
 pub fn split_user_last(flags: libc::c_int) -> (libc::c_int, libc::c_int) {
     (flags & !libc::CLONE_NEWUSER, flags & libc::CLONE_NEWUSER)
+}
+
+/// The step of [`enter_namespaces`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnterStep {
+    /// `setns` into every namespace but the user namespace.
+    Namespaces,
+    /// `setns` into the user namespace.
+    UserNamespace,
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` after it.
+    NoNewPrivs,
+}
+
+/// Enters the namespaces `flags` names of the process behind `pidfd`: all but the user
+/// namespace in one `setns`, then the user namespace, then `no_new_privs`, so that nothing in
+/// a userns domain gains privileges by exec (see the crate documentation). Plain syscalls
+/// without allocation: also safe in a forked child.
+pub fn enter_namespaces(
+    pidfd: BorrowedFd<'_>,
+    flags: libc::c_int,
+) -> Result<(), (EnterStep, io::Error)> {
+    let (others, user) = split_user_last(flags);
+    // SAFETY: setns on a valid pidfd with CLONE_NEW* flags; the kernel enters all or none.
+    if others != 0 && unsafe { libc::setns(pidfd.as_raw_fd(), others) } != 0 {
+        return Err((EnterStep::Namespaces, io::Error::last_os_error()));
+    }
+    if user == 0 {
+        return Ok(());
+    }
+    // SAFETY: as above, for the user namespace alone.
+    if unsafe { libc::setns(pidfd.as_raw_fd(), user) } != 0 {
+        return Err((EnterStep::UserNamespace, io::Error::last_os_error()));
+    }
+    // SAFETY: a prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err((EnterStep::NoNewPrivs, io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Why joining failed.
@@ -301,30 +339,14 @@ pub fn join(target: &JoinTarget) -> Result<(), JoinError> {
     // cgroups first: on cgroup v2 a process inside a cgroup namespace may not move itself
     // from a cgroup outside that namespace.
     write_procs_files(target)?;
-    let (flags, user) = target.clone_flags_user_last();
-    // SAFETY: setns on a valid pidfd with CLONE_NEW* flags; the kernel enters all or none.
-    if unsafe { libc::setns(pidfd.as_raw_fd(), flags) } != 0 {
-        return Err(sys(
-            format!("entering namespaces of init {}", target.init_pid),
-            io::Error::last_os_error(),
-        ));
-    }
-    if user != 0 {
-        // SAFETY: as above, for the user namespace alone; then a prctl without pointers.
-        if unsafe { libc::setns(pidfd.as_raw_fd(), user) } != 0 {
-            return Err(sys(
-                format!("entering the user namespace of init {}", target.init_pid),
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: see above.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(sys(
-                "setting no_new_privs".into(),
-                io::Error::last_os_error(),
-            ));
-        }
-    }
+    enter_namespaces(pidfd.as_fd(), target.clone_flags()).map_err(|(step, e)| {
+        let what = match step {
+            EnterStep::Namespaces => "entering namespaces",
+            EnterStep::UserNamespace => "entering the user namespace",
+            EnterStep::NoNewPrivs => "setting no_new_privs after entering the user namespace",
+        };
+        sys(format!("{what} of init {}", target.init_pid), e)
+    })?;
     let back_to = cwd
         .as_deref()
         .and_then(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok());
