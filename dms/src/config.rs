@@ -28,6 +28,11 @@ system_bus = "auto"
 freeze_timeout_ms = 5000
 # How long a request waits for a busy domain before giving up.
 lock_timeout_ms = 10000
+# Container domain inits kept started ahead of time, each holding fresh namespaces (pid, mount,
+# uts, ipc, net) and mounts that no domain has used; a new domain without policy paths takes
+# one instead of waiting for them to be made (about 2 ms less per creation). 0 = start every
+# init on demand. At most 64.
+spare_inits = 2
 
 # Networking of container domains with network mode "nat" (set per VO in the policies).
 [network]
@@ -147,6 +152,9 @@ unmanaged = "allow"
 [accounts.pools]
 "#;
 
+/// The most spare inits a daemon keeps.
+pub const MAX_SPARE_INITS: usize = 64;
+
 /// Effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +179,8 @@ pub struct Config {
     pub freeze_timeout_ms: u64,
     /// Per-domain lock bound.
     pub lock_timeout_ms: u64,
+    /// Domain inits started ahead of time.
+    pub spare_inits: usize,
     /// Domain networking.
     pub network: crate::net::NetConfig,
     /// Account mapping and PAM sessions.
@@ -277,6 +287,12 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         cfg.metrics_addr()?;
+        if cfg.spare_inits > MAX_SPARE_INITS {
+            anyhow::bail!(
+                "config: spare_inits = {}: at most {MAX_SPARE_INITS}",
+                cfg.spare_inits
+            );
+        }
         if cfg.metrics.monitor_interval_ms < 100 {
             anyhow::bail!(
                 "config: metrics.monitor_interval_ms = {}: must be at least 100",
@@ -346,6 +362,10 @@ mod tests {
             .metrics_addr()
             .unwrap()
             .is_none());
+        assert_eq!(d.spare_inits, 2);
+        std::fs::write(t.path(), "spare_inits = 65\n").unwrap();
+        let e = format!("{:#}", Config::load(Some(t.path())).unwrap_err());
+        assert!(e.contains("spare_inits = 65"), "{e}");
         std::fs::write(t.path(), "sockett = \"/x\"\n").unwrap();
         let e = format!("{:#}", Config::load(Some(t.path())).unwrap_err());
         assert!(e.contains("sockett"), "{e}");

@@ -1,10 +1,15 @@
 //! The domain init: a minimal pid 1 that holds a container domain's namespaces and reaps
-//! orphans. The zygote starts it with a raw `clone` (new pid, mount, uts, ipc and net
-//! namespaces); the child joins the domain's cgroups, unshares its cgroup namespace, builds the
-//! domain's filesystem view (private /tmp and /dev/shm, its own /proc, policy paths), sets the
-//! hostname, brings up loopback and reports success by closing a pipe. Failures come back as
-//! `[step, index, errno]` through the same pipe and the half-started init exits; its mounts
-//! die with its mount namespace, so nothing is left behind.
+//! orphans. The zygote starts it with a raw `clone` (new pid, mount, uts and ipc namespaces,
+//! and net); the child builds the filesystem view every domain gets (private /tmp and /dev/shm,
+//! its own /proc, policy paths, resolv.conf, loopback up), then its domain's part: it joins the
+//! domain's cgroups, unshares its cgroup namespace and sets the hostname. It reports success by
+//! closing a pipe. Failures come back as `[step, index, errno]` through the same pipe and the
+//! half-started init exits; its mounts die with its mount namespace, so nothing is left behind.
+//!
+//! Spares ([`Spares`], `spare_inits`): the zygote starts inits ahead of time that do the first
+//! half (making their network namespace themselves, so the zygote does not wait for it) and then
+//! block on a claim pipe. A domain without policy paths takes one by writing its part (the
+//! claim) to that pipe. A spare exits when the pipe closes, so spares never outlive the zygote.
 //!
 //! With `userns`, the init unshares a user namespace as its last step and the zygote maps every
 //! uid and gid onto itself ([`IDENTITY`]), so files, logins and `getuid() == 0` checks (sshd's)
@@ -12,9 +17,11 @@
 //! in the domain, root included, holds a capability over them (mounts, network, hostname) or
 //! over the kernel. Joiners also set no_new_privs, so no setuid program raises privileges.
 
+use std::collections::{HashSet, VecDeque};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
 
 use crate::spawn::InitSpec;
 
@@ -30,6 +37,7 @@ const STEP_RESOLV: u8 = 9;
 const STEP_HOSTNAME: u8 = 10;
 const STEP_LOOPBACK: u8 = 11;
 const STEP_USERNS: u8 = 12;
+const STEP_NETNS: u8 = 13;
 
 /// The uid and gid map of a domain's user namespace: every id onto itself. Root must stay
 /// root: sshd, for one, decides by `getuid() == 0` whether to switch to the user.
@@ -40,20 +48,12 @@ fn cstring(s: &std::ffi::OsStr, what: &str) -> Result<CString, String> {
 }
 
 struct Prepared {
-    procs: Vec<CString>,
     private: Vec<(CString, CString)>,
     readonly: Vec<CString>,
     resolv: Option<CString>,
-    hostname: Vec<u8>,
-    userns: bool,
 }
 
 fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
-    let procs = spec
-        .procs_files
-        .iter()
-        .map(|p| cstring(p.as_os_str(), "cgroup file"))
-        .collect::<Result<_, _>>()?;
     let mut private = Vec::new();
     for p in &spec.private_paths {
         let meta = std::fs::metadata(p)
@@ -85,41 +85,161 @@ fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
         Some(r) => Some(cstring(r.as_os_str(), "resolv.conf")?),
         None => None,
     };
-    let mut hostname = spec.hostname.as_bytes().to_vec();
-    hostname.truncate(64);
     Ok(Prepared {
-        procs,
         private,
         readonly,
         resolv,
-        hostname,
-        userns: spec.userns,
     })
 }
 
-/// Starts an init for `spec`; returns its host pid once its setup has succeeded. Called in
-/// the single-threaded zygote only.
-pub(crate) fn start(spec: &InitSpec) -> Result<i32, String> {
-    let prep = prepare(spec)?;
-    let devnull = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("/dev/null: {e}"))?;
-    let (rd, wr) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let flags = libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET
-        | libc::SIGCHLD;
+/// The longest claim a spare reads in one go (writes up to PIPE_BUF are atomic).
+const CLAIM_MAX: usize = libc::PIPE_BUF;
+
+/// The part of an init's setup that names its domain, as the init reads it (from memory when
+/// started on demand, from its claim pipe when it was a spare): a user-namespace byte, then the
+/// hostname and each `cgroup.procs` file, NUL-terminated.
+fn claim_message(spec: &InitSpec) -> Result<Vec<u8>, String> {
+    let mut hostname = spec.hostname.as_bytes();
+    hostname = &hostname[..hostname.len().min(64)];
+    if hostname.is_empty() || hostname.contains(&0) {
+        return Err(format!(
+            "hostname {:?}: empty or with a NUL byte",
+            spec.hostname
+        ));
+    }
+    let mut m = vec![u8::from(spec.userns)];
+    m.extend_from_slice(hostname);
+    m.push(0);
+    for p in &spec.procs_files {
+        let b = p.as_os_str().as_encoded_bytes();
+        if b.is_empty() || b.contains(&0) {
+            return Err(format!("cgroup file {p:?}: empty or with a NUL byte"));
+        }
+        m.extend_from_slice(b);
+        m.push(0);
+    }
+    Ok(m)
+}
+
+/// A spare init: its namespaces and mounts are made; it waits for a claim on `claim`.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    pid: i32,
+    claim: OwnedFd,
+    report: OwnedFd,
+    born: Instant,
+}
+
+/// How long a spare waits for a domain before it is replaced by a fresh one, so that a
+/// domain's copy of the host's mounts is never much older than the domain.
+const SPARE_MAX_AGE: Duration = Duration::from_secs(600);
+/// After a spare failed, how long to wait before starting another.
+const SPARE_RETRY: Duration = Duration::from_secs(5);
+
+/// The zygote's spare inits (`spare_inits` in the configuration).
+#[derive(Debug, Default)]
+pub(crate) struct Spares {
+    target: usize,
+    resolv: Option<std::path::PathBuf>,
+    ready: VecDeque<Spare>,
+    retry_at: Option<Instant>,
+}
+
+impl Spares {
+    /// Keeps `target` spares whose `/etc/resolv.conf` is `resolv`. Spares that no longer fit
+    /// are dropped: closing their claim pipe makes them exit, and the zygote reaps them.
+    pub(crate) fn configure(&mut self, target: usize, resolv: Option<std::path::PathBuf>) {
+        if resolv != self.resolv {
+            self.ready.clear();
+            self.resolv = resolv;
+        }
+        self.target = target;
+        self.ready.truncate(target);
+        self.retry_at = None;
+    }
+
+    /// The poll timeout (ms) until the zygote has spare work: 0 when a spare is due now, -1
+    /// when none is.
+    pub(crate) fn poll_timeout(&self) -> i32 {
+        let now = Instant::now();
+        let until = |t: Instant| {
+            i32::try_from(
+                t.saturating_duration_since(now)
+                    .as_millis()
+                    .saturating_add(1),
+            )
+            .unwrap_or(i32::MAX)
+        };
+        if self.ready.len() < self.target {
+            return self
+                .retry_at
+                .map_or(0, |t| if t <= now { 0 } else { until(t) });
+        }
+        self.ready
+            .front()
+            .map_or(-1, |s| until(s.born + SPARE_MAX_AGE))
+    }
+
+    /// Replaces a spare past its age, or starts one more if fewer than wanted (one per call,
+    /// so requests waiting on the socket come first).
+    pub(crate) fn tend(&mut self, inits: &mut HashSet<i32>) {
+        let now = Instant::now();
+        if self
+            .ready
+            .front()
+            .is_some_and(|s| s.born + SPARE_MAX_AGE <= now)
+        {
+            self.ready.pop_front();
+        }
+        if self.ready.len() >= self.target || self.retry_at.is_some_and(|t| t > now) {
+            return;
+        }
+        match start_spare(self.resolv.as_deref()) {
+            Ok(s) => {
+                inits.insert(s.pid);
+                self.ready.push_back(s);
+                self.retry_at = None;
+            }
+            Err(_) => self.retry_at = Some(now + SPARE_RETRY),
+        }
+    }
+
+    /// A reaped init: if it was a spare waiting for a claim, it failed; wait before the next.
+    pub(crate) fn reaped(&mut self, pid: i32) {
+        if let Some(i) = self.ready.iter().position(|s| s.pid == pid) {
+            self.ready.remove(i);
+            self.retry_at = Some(Instant::now() + SPARE_RETRY);
+        }
+    }
+
+    /// A spare for `spec`, if one fits: the policy paths are mounted before the claim, so
+    /// only a domain without them (and with the spares' resolv.conf) can take one.
+    fn take(&mut self, spec: &InitSpec) -> Option<Spare> {
+        if spec.private_paths.is_empty()
+            && spec.readonly_paths.is_empty()
+            && spec.resolv_conf == self.resolv
+        {
+            self.ready.pop_front()
+        } else {
+            None
+        }
+    }
+}
+
+/// The namespaces an init is cloned with; a spare makes its network namespace itself, so the
+/// zygote does not wait for it.
+const CLONE_NS: libc::c_int =
+    libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+
+/// A raw fork-like clone into new namespaces. Returns the child's pid in the parent and 0 in
+/// the child.
+fn clone_init(flags: libc::c_int) -> Result<i32, String> {
     // SAFETY: a fork-like clone (no new stack, no shared memory) from the single-threaded
-    // zygote; the child only makes syscalls on data prepared above and never returns.
+    // zygote; the child only makes syscalls on data prepared before and never returns.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
-            flags as libc::c_ulong,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
             0usize,
             0usize,
             0usize,
@@ -132,31 +252,144 @@ pub(crate) fn start(spec: &InitSpec) -> Result<i32, String> {
             std::io::Error::last_os_error()
         ));
     }
+    Ok(pid as i32)
+}
+
+fn open_devnull() -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))
+}
+
+fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+}
+
+/// Starts a spare init: new namespaces and the filesystem view every domain gets, no domain
+/// yet. Until it is claimed it exits when the zygote closes its claim pipe or dies.
+fn start_spare(resolv: Option<&std::path::Path>) -> Result<Spare, String> {
+    let prep = prepare(&InitSpec {
+        resolv_conf: resolv.map(std::path::Path::to_path_buf),
+        ..InitSpec::default()
+    })?;
+    let devnull = open_devnull()?;
+    let (report_rd, report_wr) = cloexec_pipe()?;
+    let (claim_rd, claim_wr) = cloexec_pipe()?;
+    let pid = clone_init(CLONE_NS)?;
+    if pid == 0 {
+        drop(report_rd);
+        drop(claim_wr);
+        let claim = Claim::FromPipe {
+            fd: claim_rd.as_raw_fd(),
+        };
+        // SAFETY: see clone_init; `child` never returns.
+        unsafe { child(&prep, &claim, report_wr.as_raw_fd(), devnull.as_raw_fd()) }
+    }
+    Ok(Spare {
+        pid,
+        claim: claim_wr,
+        report: report_rd,
+        born: Instant::now(),
+    })
+}
+
+/// Starts an init for `spec`; returns its host pid once its setup has succeeded. Takes a
+/// spare when one fits, else makes everything now. Called in the single-threaded zygote only;
+/// `inits` is the zygote's set of init pids (reaped silently).
+pub(crate) fn start(
+    spec: &InitSpec,
+    spares: &mut Spares,
+    inits: &mut HashSet<i32>,
+) -> Result<i32, String> {
+    let claim = claim_message(spec)?;
+    if claim.len() <= CLAIM_MAX {
+        if let Some(spare) = spares.take(spec) {
+            let pid = spare.pid;
+            match claim_spare(spare, &claim, spec) {
+                Ok(()) => return Ok(pid),
+                Err(_) => {
+                    // A broken spare: start this domain's init on demand, which reports what
+                    // fails, if anything; no new spare for a while.
+                    inits.remove(&pid);
+                    spares.retry_at = Some(Instant::now() + SPARE_RETRY);
+                }
+            }
+        }
+    }
+    let pid = start_now(spec, &claim)?;
+    inits.insert(pid);
+    Ok(pid)
+}
+
+/// Hands `claim` to a spare and waits for its report; kills and reaps it on failure.
+fn claim_spare(spare: Spare, claim: &[u8], spec: &InitSpec) -> Result<(), String> {
+    let Spare {
+        pid,
+        claim: wr,
+        report,
+        ..
+    } = spare;
+    let written = nix::unistd::write(&wr, claim);
+    drop(wr);
+    let outcome = match written {
+        Ok(n) if n == claim.len() => finish(pid, &report, spec),
+        Ok(_) => Err("short write of the claim".to_string()),
+        Err(e) => Err(format!("writing the claim: {e}")),
+    };
+    if outcome.is_err() {
+        // SAFETY: kill and wait on our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    }
+    outcome
+}
+
+/// Starts an init and does its whole setup now.
+fn start_now(spec: &InitSpec, claim: &[u8]) -> Result<i32, String> {
+    let prep = prepare(spec)?;
+    let devnull = open_devnull()?;
+    let (rd, wr) = cloexec_pipe()?;
+    let pid = clone_init(CLONE_NS | libc::CLONE_NEWNET)?;
     if pid == 0 {
         drop(rd);
-        // SAFETY: see above; `child` never returns.
-        unsafe { child(&prep, wr.as_raw_fd(), devnull.as_raw_fd()) }
+        // SAFETY: see clone_init; `child` never returns.
+        unsafe {
+            child(
+                &prep,
+                &Claim::Given(claim),
+                wr.as_raw_fd(),
+                devnull.as_raw_fd(),
+            )
+        }
     }
-    let pid = pid as i32;
     drop(wr);
+    match finish(pid, &rd, spec) {
+        Ok(()) => Ok(pid),
+        Err(e) => {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            Err(e)
+        }
+    }
+}
+
+/// Reads an init's report: EOF is success (then its user namespace gets its maps), else the
+/// failed step, turned into a message. Does not reap the init.
+fn finish(pid: i32, report: &OwnedFd, spec: &InitSpec) -> Result<(), String> {
     let mut msg = [0u8; 4];
-    if crate::spawn::read_report(&rd, &mut msg) == 0 {
+    if crate::spawn::read_report(report, &mut msg) == 0 {
         if !spec.userns {
-            return Ok(pid);
+            return Ok(());
         }
         // The maps are written from here, with CAP_SETUID/CAP_SETGID in the parent namespace:
         // the init itself could map only its own id, and setgroups(2) stays allowed inside.
-        return match write_id_maps(pid) {
-            Ok(()) => Ok(pid),
-            Err(e) => {
-                // SAFETY: kill and wait on our own child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                Err(format!("domain init: mapping its user namespace: {e}"))
-            }
-        };
+        return write_id_maps(pid).map_err(|e| {
+            // SAFETY: kill our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            format!("domain init: mapping its user namespace: {e}")
+        });
     }
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     let errno = nix::errno::Errno::from_raw(i32::from(msg[2]) | (i32::from(msg[3]) << 8));
     let idx = usize::from(msg[1]);
     let path = |v: &[std::path::PathBuf]| {
@@ -182,6 +415,7 @@ pub(crate) fn start(spec: &InitSpec) -> Result<i32, String> {
         STEP_HOSTNAME => "setting the hostname".into(),
         STEP_LOOPBACK => "bringing up loopback".into(),
         STEP_USERNS => "creating the user namespace".into(),
+        STEP_NETNS => "creating the network namespace".into(),
         s => format!("step {s}"),
     };
     Err(format!("domain init: {step}: {}", errno.desc()))
@@ -212,28 +446,64 @@ unsafe fn fail(pipe: RawFd, step: u8, index: usize) -> ! {
     }
 }
 
-/// The init's body.
+/// Where an init finds its domain's part of the setup.
+enum Claim<'a> {
+    /// Started on demand: given.
+    Given(&'a [u8]),
+    /// A spare: read from this pipe, written by the zygote when a domain takes it.
+    FromPipe { fd: RawFd },
+}
+
+/// Closes every fd from 3 up except `a` and `b` (which may be equal).
+unsafe fn close_all_but(a: RawFd, b: RawFd) {
+    let (lo, hi) = (a.min(b), a.max(b));
+    let mut from: libc::c_uint = 3;
+    for k in [lo, hi] {
+        let Ok(k) = libc::c_uint::try_from(k) else {
+            continue;
+        };
+        if k < from {
+            continue;
+        }
+        if k > from {
+            // SAFETY: closing fds of this process; close_range has no memory arguments.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0 as libc::c_uint) };
+        }
+        from = k + 1;
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            from,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+}
+
+/// The init's body: the filesystem view every domain gets, then its domain's part (cgroups,
+/// cgroup namespace, hostname, user namespace), then reaping.
 ///
 /// # Safety
-/// Only in the child of the raw clone in [`start`].
-unsafe fn child(prep: &Prepared, pipe: RawFd, devnull: RawFd) -> ! {
-    // SAFETY: plain syscalls on NUL-terminated strings owned by `prep` and on our own fds.
+/// Only in the child of the raw clone in [`start_now`] or [`start_spare`], a fork of the
+/// single-threaded zygote.
+unsafe fn child(prep: &Prepared, claim: &Claim<'_>, pipe: RawFd, devnull: RawFd) -> ! {
+    // SAFETY: plain syscalls on NUL-terminated strings owned by `prep`, `claim` or this frame
+    // and on our own fds.
     unsafe {
         for i in 0..3 {
             libc::dup2(devnull, i);
         }
-        // `ps` inside the domain shows pid 1 as what it is.
-        libc::prctl(libc::PR_SET_NAME, c"dms-init".as_ptr());
-        for (i, p) in prep.procs.iter().enumerate() {
-            let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                fail(pipe, STEP_CGROUP, i);
+        match claim {
+            Claim::Given(_) => close_all_but(pipe, pipe),
+            Claim::FromPipe { fd } => {
+                close_all_but(pipe, *fd);
+                libc::prctl(libc::PR_SET_NAME, c"dms-spare".as_ptr());
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    fail(pipe, STEP_NETNS, 0);
+                }
             }
-            libc::close(fd);
-        }
-        // Now that we are in the domain's cgroups, they become the namespace's root.
-        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
-            fail(pipe, STEP_CGROUPNS, 0);
         }
         let none = std::ptr::null::<libc::c_char>();
         // Host mounts keep propagating in; nothing done here leaks out.
@@ -322,21 +592,59 @@ unsafe fn child(prep: &Prepared, pipe: RawFd, devnull: RawFd) -> ! {
                 fail(pipe, STEP_RESOLV, 0);
             }
         }
-        if libc::sethostname(prep.hostname.as_ptr().cast(), prep.hostname.len()) != 0 {
-            fail(pipe, STEP_HOSTNAME, 0);
-        }
         if !loopback_up() {
             fail(pipe, STEP_LOOPBACK, 0);
         }
+        let mut buf = [0u8; CLAIM_MAX];
+        let msg: &[u8] = match claim {
+            Claim::Given(m) => m,
+            Claim::FromPipe { fd, .. } => {
+                let n = loop {
+                    let n = libc::read(*fd, buf.as_mut_ptr().cast(), buf.len());
+                    if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                        break n;
+                    }
+                };
+                // EOF: the zygote no longer wants this spare, or it died (it holds the only
+                // write end).
+                if n <= 0 {
+                    libc::_exit(0);
+                }
+                libc::close(*fd);
+                &buf[..n as usize]
+            }
+        };
+        // [userns] hostname \0 (procs file \0)*
+        let Some((&userns, rest)) = msg.split_first() else {
+            libc::_exit(0)
+        };
+        let mut fields = rest.split(|b| *b == 0);
+        let hostname = fields.next().unwrap_or_default();
+        for (i, p) in fields.take_while(|f| !f.is_empty()).enumerate() {
+            // Every field is followed by its NUL in `msg`.
+            let fd = libc::open(p.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(pipe, STEP_CGROUP, i);
+            }
+            libc::close(fd);
+        }
+        // Now that we are in the domain's cgroups, they become the namespace's root.
+        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+            fail(pipe, STEP_CGROUPNS, 0);
+        }
+        if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
+            fail(pipe, STEP_HOSTNAME, 0);
+        }
         // Last: everything above needed the host's privileges.
-        if prep.userns && libc::unshare(libc::CLONE_NEWUSER) != 0 {
+        if userns != 0 && libc::unshare(libc::CLONE_NEWUSER) != 0 {
             fail(pipe, STEP_USERNS, 0);
         }
+        // `ps` inside the domain shows pid 1 as what it is.
+        libc::prctl(libc::PR_SET_NAME, c"dms-init".as_ptr());
         libc::setsid();
         libc::chdir(c"/".as_ptr());
-        // Success: the zygote sees EOF. Then drop every inherited fd (the zygote's socket...).
+        // Success: the zygote sees EOF.
         libc::close(pipe);
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         reap_forever()
     }
 }
@@ -381,5 +689,82 @@ unsafe fn reap_forever() -> ! {
             }
             while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_message_is_userns_hostname_and_procs_files_nul_terminated() {
+        let spec = InitSpec {
+            hostname: "atlas.alice".into(),
+            procs_files: vec!["/a/cgroup.procs".into(), "/b/cgroup.procs".into()],
+            userns: true,
+            ..InitSpec::default()
+        };
+        assert_eq!(
+            claim_message(&spec).unwrap(),
+            b"\x01atlas.alice\0/a/cgroup.procs\0/b/cgroup.procs\0"
+        );
+        let long = InitSpec {
+            hostname: "h".repeat(100),
+            ..InitSpec::default()
+        };
+        let m = claim_message(&long).unwrap();
+        assert_eq!(m, [&[0u8][..], "h".repeat(64).as_bytes(), b"\0"].concat());
+        let nul = InitSpec {
+            procs_files: vec!["/a\0b".into()],
+            hostname: "x".into(),
+            ..InitSpec::default()
+        };
+        assert!(claim_message(&nul).unwrap_err().contains("NUL"));
+        let empty = InitSpec::default();
+        assert!(claim_message(&empty).unwrap_err().contains("hostname"));
+    }
+
+    #[test]
+    fn spares_are_due_only_when_missing_and_not_backing_off() {
+        let mut s = Spares::default();
+        assert_eq!(s.poll_timeout(), -1, "none wanted");
+        s.configure(2, None);
+        assert_eq!(s.poll_timeout(), 0, "two missing");
+        s.retry_at = Some(Instant::now() + Duration::from_secs(5));
+        let t = s.poll_timeout();
+        assert!((4000..=5001).contains(&t), "{t}");
+        s.configure(0, None);
+        assert_eq!(s.poll_timeout(), -1);
+    }
+
+    #[test]
+    fn only_specs_without_policy_paths_and_with_the_spares_resolv_take_a_spare() {
+        let mut s = Spares::default();
+        s.configure(1, Some("/run/dms/resolv.conf".into()));
+        let plain = InitSpec {
+            resolv_conf: Some("/run/dms/resolv.conf".into()),
+            ..InitSpec::default()
+        };
+        // Nothing ready: nothing taken, whatever the spec.
+        assert!(s.take(&plain).is_none());
+        let with_paths = InitSpec {
+            private_paths: vec!["/var/tmp".into()],
+            ..plain.clone()
+        };
+        let other_resolv = InitSpec {
+            resolv_conf: None,
+            ..plain.clone()
+        };
+        let (rd, wr) = cloexec_pipe().unwrap();
+        s.ready.push_back(Spare {
+            pid: 0,
+            claim: wr,
+            report: rd,
+            born: Instant::now(),
+        });
+        assert!(s.take(&with_paths).is_none());
+        assert!(s.take(&other_resolv).is_none());
+        assert!(s.take(&plain).is_some());
     }
 }

@@ -92,6 +92,11 @@ pub struct InitSpec {
 enum Job {
     Spawn(SpawnRequest),
     Init(InitSpec),
+    /// Keep this many spare inits whose `/etc/resolv.conf` is `resolv_conf`.
+    Spares {
+        count: usize,
+        resolv_conf: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -219,6 +224,18 @@ impl Spawner {
     /// restart, when they are no longer the zygote's children.
     pub fn start_init(&self, spec: &InitSpec) -> Result<i32, SpawnError> {
         self.request(Job::Init(spec.clone()), &[])
+    }
+
+    /// Makes the zygote keep `count` spare domain inits (see `spare_inits` in the
+    /// configuration) for domains whose `/etc/resolv.conf` is `resolv_conf`. It starts them
+    /// when it has no request to serve; [`Self::start_init`] takes one when the spec fits.
+    pub fn keep_spare_inits(
+        &self,
+        count: usize,
+        resolv_conf: Option<PathBuf>,
+    ) -> Result<(), SpawnError> {
+        self.request(Job::Spares { count, resolv_conf }, &[])
+            .map(|_| ())
     }
 
     /// Starts a process; `stdio` fds (if any) become its stdin, stdout, stderr.
@@ -385,6 +402,8 @@ struct Zygote {
     own_pidns: Option<OwnedFd>,
     /// Domain inits: reaped silently.
     inits: std::collections::HashSet<i32>,
+    /// Inits started ahead of time.
+    spares: crate::init::Spares,
 }
 
 fn zygote_main(sock: OwnedFd) -> ! {
@@ -397,6 +416,7 @@ fn zygote_main(sock: OwnedFd) -> ! {
             .ok()
             .map(OwnedFd::from),
         inits: std::collections::HashSet::new(),
+        spares: crate::init::Spares::default(),
     };
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -419,14 +439,20 @@ fn zygote_main(sock: OwnedFd) -> ! {
                 revents: 0,
             },
         ];
+        let timeout = zygote.spares.poll_timeout();
         // SAFETY: fds is a valid array of two pollfd for the duration of the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
         if r < 0 {
+            continue;
+        }
+        if r == 0 {
+            // Nothing to serve: spare work.
+            zygote.spares.tend(&mut zygote.inits);
             continue;
         }
         if fds[1].revents != 0 {
             while let Ok(Some(_)) = sfd.read_signal() {}
-            reap(&sock, &mut zygote.inits);
+            reap(&sock, &mut zygote);
         }
         if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0
             && fds[0].revents & libc::POLLIN == 0
@@ -466,9 +492,13 @@ fn zygote_main(sock: OwnedFd) -> ! {
                 Ok(env) => {
                     let started = match &env.job {
                         Job::Spawn(req) => spawn_child(req, &fds_in, &zygote),
-                        Job::Init(spec) => crate::init::start(spec).inspect(|pid| {
-                            zygote.inits.insert(*pid);
-                        }),
+                        Job::Init(spec) => {
+                            crate::init::start(spec, &mut zygote.spares, &mut zygote.inits)
+                        }
+                        Job::Spares { count, resolv_conf } => {
+                            zygote.spares.configure(*count, resolv_conf.clone());
+                            Ok(0)
+                        }
                     };
                     match started {
                         Ok(pid) => Reply::Started { id: env.id, pid },
@@ -492,11 +522,14 @@ fn send_reply(sock: &OwnedFd, reply: &Reply) {
     }
 }
 
-fn reap(sock: &OwnedFd, inits: &mut std::collections::HashSet<i32>) {
+fn reap(sock: &OwnedFd, zygote: &mut Zygote) {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _))
-                if inits.remove(&pid.as_raw()) => {}
+                if zygote.inits.remove(&pid.as_raw()) =>
+            {
+                zygote.spares.reaped(pid.as_raw());
+            }
             Ok(WaitStatus::Exited(pid, code)) => send_reply(
                 sock,
                 &Reply::Exited {

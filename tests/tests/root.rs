@@ -1744,3 +1744,158 @@ fn no_leftovers_after_many_networked_domains_and_a_crash() {
         "nft table left"
     );
 }
+
+/// Processes whose parent is `ppid` and whose name is `comm`.
+fn children_named(ppid: i32, comm: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ..."; comm may hold spaces, so split at the last ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n);
+        let parent = tail.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if name == comm && parent == Some(ppid) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, t)| t.trim_start().starts_with('Z'))
+        })
+}
+
+#[test]
+fn spare_inits_become_domain_inits_and_die_with_the_daemon() {
+    if !can_run() {
+        return;
+    }
+    let mut d = Daemon::start_extra(
+        "spare",
+        "[vo.dmsspare]\nnetwork = { mode = \"none\" }\n\
+         [vo.dmssparepaths]\nnetwork = { mode = \"none\" }\npaths = { private = [\"/var/tmp\"] }\n",
+    );
+    let dmsd = d.child.as_ref().unwrap().id() as i32;
+    let zygote = children_named(dmsd, "dmsd");
+    assert_eq!(
+        zygote.len(),
+        1,
+        "the zygote is dmsd's only child named dmsd"
+    );
+    let zygote = zygote[0];
+    // The default spare_inits = 2, started while the zygote has nothing else to do.
+    let mut spares = Vec::new();
+    wait_until("2 spare inits", Duration::from_secs(60), || {
+        spares = children_named(zygote, "dms-spare");
+        spares.len() == 2
+    });
+    // A spare holds namespaces of its own, none of a domain yet.
+    for ns in ["pid_for_children", "mnt", "net", "uts"] {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let its = std::fs::read_link(format!("/proc/{}/ns/{ns}", spares[0])).unwrap();
+        assert_ne!(ours, its, "{ns}");
+    }
+    // A domain without policy paths takes one: it is then the domain's init, named so, with the
+    // domain's hostname and cgroups, and a new spare replaces it.
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmsspare"]);
+    let init = d.json(&["domain", "join-info", "dmsspare.nobody"])["init_pid"]
+        .as_i64()
+        .unwrap() as i32;
+    assert!(
+        spares.contains(&init),
+        "init {init} was not one of the spares {spares:?}"
+    );
+    assert_eq!(children_named(zygote, "dms-init"), [init]);
+    assert_eq!(
+        d.ok(&["exec", "dmsspare.nobody", "--", "hostname"]).trim(),
+        "dmsspare.nobody"
+    );
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "dmsspare.nobody",
+            "--",
+            "ps",
+            "-e",
+            "-o",
+            "pid=,comm="
+        ])
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>(),
+        ["1", "dms-init"]
+    );
+    assert_eq!(cgroup_procs(&d.subtree, "dmsspare.nobody"), [init]);
+    assert_eq!(
+        d.ok(&["exec", "dmsspare.nobody", "--", "cat", "/proc/self/cgroup"])
+            .lines()
+            .filter(|l| !l.ends_with(":/"))
+            .collect::<Vec<_>>(),
+        Vec::<&str>::new(),
+        "the cgroup namespace is rooted at the domain's groups"
+    );
+    let mut refilled = Vec::new();
+    wait_until("a new spare", Duration::from_secs(60), || {
+        refilled = children_named(zygote, "dms-spare");
+        refilled.len() == 2
+    });
+    assert!(!refilled.contains(&init));
+    // A domain with private paths gets an init made for it; the spares stay.
+    d.ok(&[
+        "domain",
+        "create",
+        "--user",
+        "nobody",
+        "--vo",
+        "dmssparepaths",
+    ]);
+    let init2 = d.json(&["domain", "join-info", "dmssparepaths.nobody"])["init_pid"]
+        .as_i64()
+        .unwrap() as i32;
+    assert!(!refilled.contains(&init2));
+    assert_eq!(children_named(zygote, "dms-spare"), refilled);
+    // kill -9 of the daemon: the spares go with the zygote, the domains' inits stay and the
+    // restarted daemon adopts them.
+    d.kill9();
+    wait_until("spares gone", Duration::from_secs(10), || {
+        refilled.iter().all(|p| !alive(*p))
+    });
+    assert!(alive(init) && alive(init2));
+    d.spawn();
+    let v = d.json(&["domain", "show", "dmsspare.nobody"]);
+    assert_eq!(v["state"], "running", "{v}");
+    d.ok(&["domain", "destroy", "dmsspare.nobody"]);
+    d.ok(&["domain", "destroy", "dmssparepaths.nobody"]);
+    assert!(!alive(init) && !alive(init2));
+    drop(d);
+
+    // spare_inits = 0: none.
+    let d = Daemon::start_prepared(
+        "nospare",
+        Vec::new(),
+        vec!["--system-bus".into(), "no".into()],
+        |dir| {
+            let conf = dir.join("dmsd.toml");
+            let text = std::fs::read_to_string(&conf).unwrap();
+            std::fs::write(&conf, format!("spare_inits = 0\n{text}")).unwrap();
+        },
+    );
+    let dmsd = d.child.as_ref().unwrap().id() as i32;
+    let zygote = children_named(dmsd, "dmsd")[0];
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmsexec"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(children_named(zygote, "dms-spare"), Vec::<i32>::new());
+    assert_eq!(children_named(zygote, "dms-init").len(), 1);
+}

@@ -134,6 +134,9 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     tracing::info!(version, subtree = %cfg.cgroup_subtree, "cgroups detected");
     let network = Network::new(&cfg.network, spawner.clone(), cfg.state_dir.clone())?;
     let resolv_conf = write_resolv_conf(&cfg)?;
+    spawner
+        .keep_spare_inits(cfg.spare_inits, resolv_conf.clone())
+        .context("configuring spare_inits")?;
     let backend = Arc::new(ContainerBackend::new(
         cgroups.clone(),
         spawner.clone(),
