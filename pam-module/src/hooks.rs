@@ -212,13 +212,7 @@ fn guarded(op: Op, f: impl FnOnce(&Cell<bool>) -> PamResultCode) -> c_int {
         Ok(code) => code as c_int,
         Err(payload) => {
             let allowed = allow.get() && op != Op::Account;
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
-            // Dropping a panic payload can panic in turn: contain that, too.
-            let _ = catch_unwind(AssertUnwindSafe(|| drop(payload))).map_err(std::mem::forget);
+            let what = dms_session_client::panic_message(payload);
             let _ = catch_unwind(|| {
                 syslog::log(
                     LOG_ERR,

@@ -115,13 +115,7 @@ pub unsafe extern "C" fn slurm_spank_task_init_privileged(
     match r {
         Ok(rc) => rc,
         Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
-            // Dropping a panic payload can panic in turn: contain that, too.
-            let _ = catch_unwind(AssertUnwindSafe(|| drop(payload))).map_err(std::mem::forget);
+            let what = dms_session_client::panic_message(payload);
             let allowed = allow.get();
             let _ = catch_unwind(|| {
                 slurm::log(

@@ -438,6 +438,11 @@ pub fn cgroup_procs(subtree: &str, domain: &str) -> Vec<i32> {
     .collect()
 }
 
+/// Whether `pid` runs (exists and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+}
+
 /// The namespace links of a process, by name.
 pub fn ns_links(pid: &str) -> Vec<(String, String)> {
     ["mnt", "uts", "ipc", "net", "cgroup", "pid"]
