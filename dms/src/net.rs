@@ -702,29 +702,26 @@ pub(crate) fn rate_limit_batch(
     rate: u64,
     policy: &NetworkPolicy,
 ) -> (String, &'static str) {
+    let burst = policy.burst.unwrap_or_else(|| default_burst(rate));
     match policy.shaper {
-        Shaper::Htb => {
-            let mut batch = format!(
-                "qdisc replace dev {dev} root handle 1: htb default 1\nclass replace dev {dev} parent 1: classid 1:1 htb rate {rate}bit ceil {rate}bit"
-            );
-            if let Some(b) = policy.burst {
-                batch.push_str(&format!(" burst {b}b cburst {b}b"));
-            }
-            (batch + "\n", "htb")
-        }
-        Shaper::Tbf => {
-            // At least 10 ms worth of data and 32 KiB, so TCP reaches the rate.
-            let b = policy
-                .burst
-                .unwrap_or_else(|| (rate / 8 / 100).max(32 * 1024));
-            (
-                format!(
-                    "qdisc replace dev {dev} root tbf rate {rate}bit burst {b}b latency 50ms\n"
-                ),
-                "tbf",
-            )
-        }
+        Shaper::Htb => (
+            format!(
+                "qdisc replace dev {dev} root handle 1: htb default 1\nclass replace dev {dev} parent 1: classid 1:1 htb rate {rate}bit ceil {rate}bit burst {burst}b cburst {burst}b\n"
+            ),
+            "htb",
+        ),
+        Shaper::Tbf => (
+            format!("qdisc replace dev {dev} root tbf rate {rate}bit burst {burst}b latency 50ms\n"),
+            "tbf",
+        ),
     }
+}
+
+/// Burst (bytes) when the policy names none: 10 ms of data at `rate` bits/s, at least 32 KiB.
+/// tc's own htb default is one timer tick (1 ms at 1000 Hz), so a sender woken a few ms late
+/// on a busy node can never catch up and TCP falls well short of the rate.
+pub(crate) fn default_burst(rate: u64) -> u64 {
+    (rate / 8 / 100).max(32 * 1024)
 }
 
 /// Advice for tc's error when the kernel lacks `qdisc`.
@@ -769,6 +766,16 @@ mod tests {
             link_prefix: "dmsv".into(),
             dns: vec![],
         }
+    }
+
+    #[test]
+    fn default_burst_is_ten_ms_of_data_and_at_least_32_kib() {
+        assert_eq!(default_burst(100_000_000), 125_000);
+        assert_eq!(default_burst(1_000_000), 32 * 1024);
+        let policy = NetworkPolicy::default();
+        let (batch, qdisc) = rate_limit_batch("dmsv1", 100_000_000, &policy);
+        assert_eq!(qdisc, "htb");
+        assert!(batch.contains("burst 125000b cburst 125000b"), "{batch}");
     }
 
     #[test]
