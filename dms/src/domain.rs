@@ -486,7 +486,12 @@ impl Backend for ContainerBackend {
     fn destroy(&self, name: &str) -> Result<(), BackendError> {
         self.readers.lock().remove(name);
         // Killing the init ends its pid namespace; that is expected, not a failure to report.
-        self.inits.unwatch(name);
+        if let Some(init) = self.inits.unwatch(name) {
+            // The init's death takes every process of its pid namespace with it, and its pidfd
+            // says when; usually nothing is left for the slower cgroup-wide kill (on v1 a
+            // freeze, signals, a thaw and polling) but processes attached from outside.
+            kill_and_wait(&init, std::time::Duration::from_secs(2));
+        }
         let killed = self.cgroups.exists(name);
         if killed {
             self.cgroups
@@ -657,12 +662,48 @@ impl InitWatcher {
         Ok(())
     }
 
-    fn unwatch(&self, name: &str) {
+    /// Stops watching `name`'s init; returns its pidfd (closing it removes it from the epoll
+    /// set).
+    fn unwatch(&self, name: &str) -> Option<std::os::fd::OwnedFd> {
         let mut st = self.state.lock();
-        if let Some(token) = st.by_name.remove(name) {
-            // Closing the pidfd removes it from the epoll set.
-            st.by_token.remove(&token);
+        let token = st.by_name.remove(name)?;
+        st.by_token.remove(&token).map(|(_, fd)| fd)
+    }
+}
+
+/// Sends SIGKILL through `pidfd` and waits up to `timeout` for the process to exit. For a
+/// domain init, the kernel first kills the rest of its pid namespace and waits for them.
+fn kill_and_wait(pidfd: &std::os::fd::OwnedFd, timeout: std::time::Duration) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal with a valid pidfd, SIGKILL, no siginfo and no flags.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if sent != 0 {
+        return; // Already gone (ESRCH): nothing to wait for.
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
         }
+        // Exited, timed out or poll failed: the cgroup-wide kill that follows handles the rest.
+        return;
     }
 }
 

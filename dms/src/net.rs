@@ -179,6 +179,8 @@ impl Settings {
 #[derive(Debug, Default)]
 struct State {
     host_ready: bool,
+    /// The bridge's interface index, as of `ensure_host` (re-read if the bridge was replaced).
+    bridge_index: u32,
     /// Live attachments by domain.
     by_domain: BTreeMap<String, NetAttachment>,
     /// Indices reserved (also during a creation in progress).
@@ -265,7 +267,10 @@ impl Network {
             ))
         })?;
         self.load_rules()?;
-        self.state.lock().host_ready = true;
+        let mut st = self.state.lock();
+        st.host_ready = true;
+        st.bridge_index = index;
+        drop(st);
         tracing::info!(bridge = %bridge, pool = %s.cfg.pool, "domain network ready");
         Ok(())
     }
@@ -468,21 +473,39 @@ table bridge {t} {{
             .into();
         let bridge = self.settings.cfg.bridge.clone();
         let host_if = att.host_if.clone();
-        self.with_rtnl(|r| {
-            // A stale link of that name (from a crash) would block the pair.
-            r.delete_link_by_name(&host_if)?;
-            let idx = r.create_veth(&host_if, "eth0", netns.as_fd())?;
-            let br =
-                r.link(&bridge)?
-                    .map(|l| l.index)
-                    .ok_or_else(|| dms_net::NetError::Protocol {
-                        op: format!("looking up bridge {bridge}"),
-                        detail: "it vanished".into(),
-                    })?;
-            r.set_master(idx, br)?;
-            r.set_up(idx)?;
-            Ok(())
+        let mut bridge_index = self.state.lock().bridge_index;
+        // One request: the pair, the host end up on the bridge, the peer in the domain.
+        let new_bridge_index = self.with_rtnl(|r| {
+            let mut retried = false;
+            loop {
+                let e = match r.create_veth_on_bridge(&host_if, bridge_index, "eth0", netns.as_fd())
+                {
+                    Ok(()) => return Ok(bridge_index),
+                    Err(e) if retried => return Err(e),
+                    Err(e) => e,
+                };
+                retried = true;
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    // A stale link of that name (from a crash) blocks the pair.
+                    if !r.delete_link_by_name(&host_if)? {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                // The bridge may have been replaced since it was looked up.
+                match r.link(&bridge)? {
+                    Some(l) if l.index != bridge_index => bridge_index = l.index,
+                    Some(_) => return Err(e),
+                    None => {
+                        return Err(dms_net::NetError::Protocol {
+                            op: format!("looking up bridge {bridge}"),
+                            detail: "it vanished".into(),
+                        })
+                    }
+                }
+            }
         })?;
+        self.state.lock().bridge_index = new_bridge_index;
         let mut inner =
             Rtnl::open_in_netns(netns.as_fd()).map_err(|e| NetError::Failed(e.to_string()))?;
         let fail =
@@ -490,10 +513,10 @@ table bridge {t} {{
         let eth0 = inner.link("eth0").map_err(fail)?.ok_or_else(|| {
             NetError::Failed(format!("inside domain {domain:?}: eth0 is missing"))
         })?;
+        inner.set_up(eth0.index).map_err(fail)?;
         inner
             .add_address(eth0.index, att.address, att.prefix)
             .map_err(fail)?;
-        inner.set_up(eth0.index).map_err(fail)?;
         inner.add_default_route(att.gateway).map_err(fail)?;
         if let Some(rate) = policy.ingress {
             self.shape(&att.host_if, rate, policy, None, domain, "ingress")?;

@@ -280,8 +280,39 @@ impl Rtnl {
             value: peer_netns.as_raw_fd().to_string(),
             reason: "is negative".into(),
         })?;
-        self.request(msg::new_veth(host_name, peer_name, fd), &op)?;
+        self.request(
+            msg::new_veth(host_name, peer_name, fd, msg::VethExtra::default()),
+            &op,
+        )?;
         self.created_index(host_name, &op)
+    }
+
+    /// Creates a veth pair in one request: `host_name` in this socket's namespace, up and
+    /// enslaved to the bridge `bridge_index`, and `peer_name` in `peer_netns`, down (veth
+    /// cannot open an end before the pair is linked). The kernel applies all of it or nothing:
+    /// on any error no link is left.
+    pub fn create_veth_on_bridge(
+        &mut self,
+        host_name: &str,
+        bridge_index: u32,
+        peer_name: &str,
+        peer_netns: BorrowedFd<'_>,
+    ) -> Result<()> {
+        validate_ifname(host_name)?;
+        validate_ifname(peer_name)?;
+        let op =
+            || format!("creating veth {host_name} (peer {peer_name}) on bridge {bridge_index}");
+        let fd = u32::try_from(peer_netns.as_raw_fd()).map_err(|_| NetError::InvalidArgument {
+            what: "network namespace fd",
+            value: peer_netns.as_raw_fd().to_string(),
+            reason: "is negative".into(),
+        })?;
+        let extra = msg::VethExtra {
+            up: true,
+            master: Some(bridge_index),
+        };
+        self.request(msg::new_veth(host_name, peer_name, fd, extra), &op)?;
+        Ok(())
     }
 
     /// Enslaves link `index` to `master_index` (a bridge); `master_index` 0 releases it.

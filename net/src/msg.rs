@@ -380,18 +380,30 @@ pub(crate) fn new_bridge(name: &str) -> MsgBuilder {
 }
 
 /// `RTM_NEWLINK` creating a veth pair whose peer is created in the netns of `peer_netns_fd`.
-pub(crate) fn new_veth(host: &str, peer: &str, peer_netns_fd: u32) -> MsgBuilder {
+pub(crate) fn new_veth(host: &str, peer: &str, peer_netns_fd: u32, extra: VethExtra) -> MsgBuilder {
+    let flags = if extra.up { IFF_UP } else { 0 };
     let mut m = MsgBuilder::new(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
-    m.ifinfomsg(0, 0, 0).attr_str(IFLA_IFNAME, host);
+    m.ifinfomsg(0, flags, flags).attr_str(IFLA_IFNAME, host);
+    if let Some(master) = extra.master {
+        m.attr_u32(IFLA_MASTER, master);
+    }
     let info = m.begin_nest(IFLA_LINKINFO);
     m.attr_str(IFLA_INFO_KIND, "veth");
     let data = m.begin_nest(IFLA_INFO_DATA);
     let peer_info = m.begin_nest(VETH_INFO_PEER);
+    // The peer cannot be created up: veth refuses to open an end before the pair is linked.
     m.ifinfomsg(0, 0, 0)
         .attr_str(IFLA_IFNAME, peer)
         .attr_u32(IFLA_NET_NS_FD, peer_netns_fd);
     m.end_nest(peer_info).end_nest(data).end_nest(info);
     m
+}
+
+/// What a veth creation request sets besides the names: the host end up, and its master.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct VethExtra {
+    pub(crate) up: bool,
+    pub(crate) master: Option<u32>,
 }
 
 /// `RTM_SETLINK` on `index`; the caller adds attributes.

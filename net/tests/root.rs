@@ -168,6 +168,40 @@ fn bridge_with_alias_lookup_and_delete() {
 }
 
 #[test]
+fn veth_created_up_on_a_bridge_in_one_request() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let mut host = Rtnl::open().unwrap();
+    let mut inside = ns.rtnl();
+    let (br, vh) = (link_name("b"), link_name("v"));
+    let _guards = (HostLink(vh.clone()), HostLink(br.clone()));
+    let bridge = host.create_bridge(&br, "dms-net test").unwrap();
+
+    host.create_veth_on_bridge(&vh, bridge, "eth0", ns.fd())
+        .unwrap();
+    let link = must_link(&mut host, &vh);
+    assert_eq!((link.master, link.up), (Some(bridge), true));
+    let peer = must_link(&mut inside, "eth0");
+    assert!(!peer.up);
+
+    // A missing bridge: refused, and neither end is left behind.
+    let vh2 = link_name("v");
+    let _guard2 = HostLink(vh2.clone());
+    let e = host
+        .create_veth_on_bridge(&vh2, u32::MAX - 1, "eth1", ns.fd())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("creating veth {vh2} (peer eth1) on bridge")),
+        "{e}"
+    );
+    assert_eq!(host.link(&vh2).unwrap(), None);
+    assert_eq!(inside.link("eth1").unwrap(), None);
+}
+
+#[test]
 fn veth_peer_created_inside_the_netns() {
     if !can_run() {
         return;

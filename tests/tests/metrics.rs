@@ -393,7 +393,7 @@ fn monitor_actions_freeze_or_kill_a_domain_on_oom_and_signal_it() {
         .unwrap()
         .contains("monitoring"));
     d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmsmon"]);
-    let _ = d.ctl(&[
+    d.ok(&[
         "domain",
         "run",
         "dmsmon.nobody",
@@ -403,11 +403,19 @@ fn monitor_actions_freeze_or_kill_a_domain_on_oom_and_signal_it() {
         "-c",
         "x=$(head -c 100000000 /dev/zero | tr '\\0' a)",
     ]);
-    wait_until(
-        "domain frozen by the monitor",
-        Duration::from_secs(20),
-        || d.json(&["domain", "show", "dmsmon.nobody"])["state"] == "frozen",
-    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = d.json(&["domain", "show", "dmsmon.nobody"]);
+        if shown["state"] == "frozen" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "domain not frozen by the monitor within 20 s: {shown}\ndmsd log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -428,7 +436,7 @@ fn monitor_actions_freeze_or_kill_a_domain_on_oom_and_signal_it() {
 
     // "kill": the domain is destroyed, and its usage record says why.
     d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmskill"]);
-    let _ = d.ctl(&[
+    d.ok(&[
         "domain",
         "run",
         "dmskill.nobody",
