@@ -532,8 +532,28 @@ mod tests {
     }
 
     #[test]
+    fn veth_request_can_bring_the_host_end_up_on_a_master() {
+        let extra = VethExtra {
+            up: true,
+            master: Some(5),
+        };
+        let mut m = new_veth("dmsh7", "eth0", 9, extra);
+        let bytes = m.finish(3).to_vec();
+        let msg = parse_messages(&bytes).unwrap()[0];
+        // Host end: IFF_UP in both flags and change; the peer's header stays zero.
+        let flags = |at: usize| u32::from_ne_bytes(msg.payload[at..at + 4].try_into().unwrap());
+        assert_eq!((flags(8), flags(12)), (IFF_UP, IFF_UP));
+        let top = parse_attrs(&msg.payload[IFINFOMSG_LEN..]).unwrap();
+        assert_eq!(top[1].0, IFLA_MASTER);
+        assert_eq!(read_u32(top[1].1).unwrap(), 5);
+        let info = parse_attrs(top[2].1).unwrap();
+        let data = parse_attrs(info[1].1).unwrap();
+        assert_eq!(&data[0].1[..IFINFOMSG_LEN], &[0u8; IFINFOMSG_LEN]);
+    }
+
+    #[test]
     fn veth_request_nests_the_peer() {
-        let mut m = new_veth("dmsh7", "eth0", 9);
+        let mut m = new_veth("dmsh7", "eth0", 9, VethExtra::default());
         let bytes = m.finish(3).to_vec();
         let msg = parse_messages(&bytes).unwrap()[0];
         assert_eq!(msg.ty, RTM_NEWLINK);
