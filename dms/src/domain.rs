@@ -674,18 +674,8 @@ impl InitWatcher {
 /// Sends SIGKILL through `pidfd` and waits up to `timeout` for the process to exit. For a
 /// domain init, the kernel first kills the rest of its pid namespace and waits for them.
 fn kill_and_wait(pidfd: &std::os::fd::OwnedFd, timeout: std::time::Duration) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: pidfd_send_signal with a valid pidfd, SIGKILL, no siginfo and no flags.
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if sent != 0 {
+    use std::os::fd::{AsFd, AsRawFd};
+    if dms_join::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL).is_err() {
         return; // Already gone (ESRCH): nothing to wait for.
     }
     let deadline = std::time::Instant::now() + timeout;

@@ -283,20 +283,29 @@ pub fn open_process(domain: &str, pid: i32, start: u64) -> Result<OwnedFd, JoinE
         Err(e) => return Err(gone(format!("has exited ({e})"))),
     }
     // The pidfd pins the process we checked; a zero signal tells whether it is still alive.
-    // SAFETY: pidfd_send_signal with a valid fd, signal 0 and no siginfo.
+    if let Err(e) = pidfd_send_signal(fd.as_fd(), 0) {
+        return Err(gone(format!("has exited ({e})")));
+    }
+    Ok(fd)
+}
+
+/// Sends `signal` (0: only check that the process lives) to the process behind `pidfd`.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a valid fd, no siginfo and no flags.
     let r = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            0,
+            pidfd.as_raw_fd(),
+            signal,
             std::ptr::null::<libc::siginfo_t>(),
             0,
         )
     };
-    if r != 0 {
-        return Err(gone(format!("has exited ({})", io::Error::last_os_error())));
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    Ok(fd)
 }
 
 /// Threads of the calling process.

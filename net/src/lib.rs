@@ -272,16 +272,12 @@ impl Rtnl {
         peer_name: &str,
         peer_netns: BorrowedFd<'_>,
     ) -> Result<u32> {
-        validate_ifname(host_name)?;
-        validate_ifname(peer_name)?;
         let op = || format!("creating veth {host_name} (peer {peer_name})");
-        let fd = u32::try_from(peer_netns.as_raw_fd()).map_err(|_| NetError::InvalidArgument {
-            what: "network namespace fd",
-            value: peer_netns.as_raw_fd().to_string(),
-            reason: "is negative".into(),
-        })?;
-        self.request(
-            msg::new_veth(host_name, peer_name, fd, msg::VethExtra::default()),
+        self.new_veth(
+            host_name,
+            peer_name,
+            peer_netns,
+            msg::VethExtra::default(),
             &op,
         )?;
         self.created_index(host_name, &op)
@@ -298,20 +294,32 @@ impl Rtnl {
         peer_name: &str,
         peer_netns: BorrowedFd<'_>,
     ) -> Result<()> {
-        validate_ifname(host_name)?;
-        validate_ifname(peer_name)?;
         let op =
             || format!("creating veth {host_name} (peer {peer_name}) on bridge {bridge_index}");
+        let extra = msg::VethExtra {
+            up: true,
+            master: Some(bridge_index),
+        };
+        self.new_veth(host_name, peer_name, peer_netns, extra, &op)
+    }
+
+    /// The veth creation request both of the above send.
+    fn new_veth(
+        &mut self,
+        host_name: &str,
+        peer_name: &str,
+        peer_netns: BorrowedFd<'_>,
+        extra: msg::VethExtra,
+        op: &dyn Fn() -> String,
+    ) -> Result<()> {
+        validate_ifname(host_name)?;
+        validate_ifname(peer_name)?;
         let fd = u32::try_from(peer_netns.as_raw_fd()).map_err(|_| NetError::InvalidArgument {
             what: "network namespace fd",
             value: peer_netns.as_raw_fd().to_string(),
             reason: "is negative".into(),
         })?;
-        let extra = msg::VethExtra {
-            up: true,
-            master: Some(bridge_index),
-        };
-        self.request(msg::new_veth(host_name, peer_name, fd, extra), &op)?;
+        self.request(msg::new_veth(host_name, peer_name, fd, extra), op)?;
         Ok(())
     }
 

@@ -412,7 +412,17 @@ pub fn cgroup_dir(subtree: &str, controller: &str) -> PathBuf {
     }
 }
 
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    wait_until_or(what, timeout, f, String::new);
+}
+
+/// [`wait_until`], adding `context()` (e.g. the daemon's log) to the panic message.
+pub fn wait_until_or(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if f() {
@@ -420,7 +430,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("timed out waiting for {what}");
+    panic!("timed out waiting for {what}\n{}", context());
 }
 
 pub const NOBODY: u32 = 65534;

@@ -403,19 +403,13 @@ fn monitor_actions_freeze_or_kill_a_domain_on_oom_and_signal_it() {
         "-c",
         "x=$(head -c 100000000 /dev/zero | tr '\\0' a)",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let shown = d.json(&["domain", "show", "dmsmon.nobody"]);
-        if shown["state"] == "frozen" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "domain not frozen by the monitor within 20 s: {shown}\ndmsd log:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let shown = || d.json(&["domain", "show", "dmsmon.nobody"]);
+    wait_until_or(
+        "domain frozen by the monitor",
+        Duration::from_secs(20),
+        || shown()["state"] == "frozen",
+        || format!("{}\ndmsd log:\n{}", shown(), d.log()),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -446,15 +440,12 @@ fn monitor_actions_freeze_or_kill_a_domain_on_oom_and_signal_it() {
         "-c",
         "x=$(head -c 100000000 /dev/zero | tr '\\0' a)",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.ok(&["domain", "list"]).contains("dmskill.nobody") {
-        assert!(
-            Instant::now() < deadline,
-            "domain not destroyed by the monitor within 20 s; dmsd log:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_or(
+        "domain destroyed by the monitor",
+        Duration::from_secs(20),
+        || !d.ok(&["domain", "list"]).contains("dmskill.nobody"),
+        || format!("dmsd log:\n{}", d.log()),
+    );
     let recs = d.json(&["usage", "--domain", "dmskill.nobody"]);
     assert_eq!(recs[0]["exit_cause"], "oom-killed", "{recs}");
 }
