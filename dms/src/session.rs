@@ -58,6 +58,18 @@ pub struct Job {
     pub started_at: u64,
 }
 
+/// How long a domain's idle action waits for the processes that closed its last sessions to
+/// exit.
+const CLOSING_GRACE_SECS: u64 = 10;
+
+/// A process that closed a session (identified by pid and start time, as pids are reused).
+#[derive(Debug, Clone, Copy)]
+struct ClosingProcess {
+    pid: i32,
+    start: u64,
+    give_up_at: u64,
+}
+
 /// Open sessions and idle actions waiting for their time.
 #[derive(Debug, Default)]
 pub struct SessionBook {
@@ -65,6 +77,10 @@ pub struct SessionBook {
     next: u64,
     /// Domain → unix second when its idle action is due.
     idle_due: BTreeMap<String, u64>,
+    /// Domain → processes that closed its sessions and may still be exiting inside it. Its idle
+    /// action waits for them (up to [`CLOSING_GRACE_SECS`]): a freeze would stop `su` or sshd
+    /// before they return, a destroy would kill them and lose the command's exit status.
+    closing: BTreeMap<String, Vec<ClosingProcess>>,
     last_lease_check: u64,
 }
 
@@ -91,8 +107,17 @@ impl SessionBook {
             sessions: all.into_iter().map(|s| (s.id.clone(), s)).collect(),
             next,
             idle_due: BTreeMap::new(),
+            closing: BTreeMap::new(),
             last_lease_check: 0,
         })
+    }
+
+    /// Forgets the closing processes that have exited or whose grace has run out.
+    fn prune_closing(&mut self, t: u64) {
+        self.closing.retain(|_, procs| {
+            procs.retain(|p| t < p.give_up_at && dms_join::start_time(p.pid).ok() == Some(p.start));
+            !procs.is_empty()
+        });
     }
 
     fn count(&self, domain: &str) -> usize {
@@ -673,8 +698,10 @@ impl Service {
             job,
         };
         // A domain destroyed, frozen or saved by its idle action between ensure and recording
-        // the session is created, thawed or restored again once.
-        for attempt in 0..2 {
+        // the session is created, thawed or restored again (up to twice).
+        const ATTEMPTS: usize = 3;
+        for attempt in 0..ATTEMPTS {
+            let retry = attempt + 1 < ATTEMPTS;
             let d = self.ensure(&admin(), &ensure)?;
             if d.state == DomainState::Saved {
                 match self.restore(&admin(), &d.name) {
@@ -682,6 +709,7 @@ impl Service {
                         tracing::info!(domain = %d.name, user = %req.user, "restored for a login")
                     }
                     Err(e) if e.kind == ErrorKind::Conflict => {}
+                    Err(e) if e.kind == ErrorKind::NotFound && retry => continue,
                     Err(e) => return Err(e),
                 }
             }
@@ -691,6 +719,7 @@ impl Service {
                         tracing::info!(domain = %d.name, user = %req.user, "thawed for a login")
                     }
                     Err(e) if e.kind == ErrorKind::Conflict => {}
+                    Err(e) if e.kind == ErrorKind::NotFound && retry => continue,
                     Err(e) => return Err(e),
                 }
             }
@@ -699,7 +728,16 @@ impl Service {
             let target = if d.backend == dms_policies::BackendKind::Libvirt {
                 None
             } else {
-                Some(self.join_info(&admin(), &d.name)?)
+                match self.join_info(&admin(), &d.name) {
+                    Ok(t) => Some(t),
+                    // Destroyed or frozen by its idle action since ensure: again from ensure.
+                    Err(e)
+                        if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Conflict) && retry =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(e),
+                }
             };
             let mut book = self.sessions.lock();
             // The idle action runs under the sessions lock: checked here, the domain cannot be
@@ -712,7 +750,7 @@ impl Service {
             };
             if !usable {
                 drop(book);
-                if attempt == 0 {
+                if retry {
                     continue;
                 }
                 return Err(err(
@@ -740,6 +778,7 @@ impl Service {
                 .put_record(Table::Sessions, &session.id, &session)?;
             book.next += 1;
             book.idle_due.remove(&d.name);
+            book.closing.remove(&d.name);
             book.sessions.insert(session.id.clone(), session.clone());
             drop(book);
             // Lease expiry counts in days: persisting the last use once a minute is plenty, and
@@ -787,6 +826,14 @@ impl Service {
             return Ok(None);
         };
         let s = self.end_session(&mut book, &id, "closed")?;
+        book.closing
+            .entry(s.domain.clone())
+            .or_default()
+            .push(ClosingProcess {
+                pid: s.pid,
+                start: s.pid_start,
+                give_up_at: now() + CLOSING_GRACE_SECS,
+            });
         Ok(Some(s))
     }
 
@@ -840,7 +887,11 @@ impl Service {
             .filter(|(_, at)| **at <= t)
             .map(|(d, _)| d.clone())
             .collect();
+        book.prune_closing(t);
         for name in due {
+            if book.closing.contains_key(&name) {
+                continue;
+            }
             book.idle_due.remove(&name);
             if book.count(&name) > 0 {
                 continue;
@@ -995,6 +1046,7 @@ impl Service {
                 }
             }
             book.idle_due.remove(&name);
+            book.closing.remove(&name);
             drop(book);
             match self.destroy_because(&admin(), &name, crate::usage::EndCause::JobFinished) {
                 Ok(()) => done.push(name),

@@ -592,6 +592,28 @@ fn pamtester_runuser_and_su_put_sessions_into_domains() {
     wait_until("idle destroy after logout", Duration::from_secs(10), || {
         domain_state(&d, &dom_o).is_none()
     });
+    // Logins racing that idle destroy (due at once after each close) still open: for 3 s
+    // (three idle checks), back-to-back sessions, each closing before the next opens.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut logins = 0;
+    while std::time::Instant::now() < until {
+        let o = w.run(
+            "pamtester",
+            &["dmstest-pam", &olga, "open_session", "close_session"],
+        );
+        assert!(
+            o.status.success(),
+            "login {logins}: {}\n{}",
+            text(&o),
+            d.log()
+        );
+        logins += 1;
+    }
+    wait_until(
+        "idle destroy after the last login",
+        Duration::from_secs(10),
+        || domain_state(&d, &dom_o).is_none(),
+    );
 
     // A VO without a policy is refused at account and session time, with the reason.
     let o = w.run("pamtester", &["dmstest-pam", &nora, "acct_mgmt"]);
