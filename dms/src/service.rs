@@ -600,11 +600,20 @@ impl Service {
         // ensures of the same identity wait for the creation instead of racing it.
         let entry: Entry;
         let mut guard;
-        {
+        loop {
             let mut map = self.domains.write();
             if let Some(e) = map.get(&name).cloned() {
                 drop(map);
                 let d = self.lock(&e)?;
+                // Destroyed while this waited for its lock: make a new one.
+                let current = self
+                    .domains
+                    .read()
+                    .get(&name)
+                    .is_some_and(|now| Arc::ptr_eq(now, &e));
+                if !current {
+                    continue;
+                }
                 if d.key != key {
                     return Err(err(
                         ErrorKind::Conflict,
@@ -651,6 +660,7 @@ impl Service {
             entry = Arc::new(Mutex::new(d));
             guard = entry.lock_arc();
             map.insert(name.clone(), Arc::clone(&entry));
+            break;
         }
         let result = (|| {
             self.store.lock().put(&guard)?;

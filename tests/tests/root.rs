@@ -757,6 +757,27 @@ fn concurrent_ensures_of_one_identity_make_one_domain() {
     }
     let list = d.json(&["domain", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let name = list[0]["name"].as_str().unwrap().to_string();
+
+    // Creations racing destroys of the same domain: each either finds the live domain or
+    // makes a new one, never hands back the one being destroyed.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = d.ctl(&["domain", "destroy", &name]);
+            }
+        });
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < until {
+            let dom = d.json(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+            if dom["state"] != "running" {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                panic!("create returned a domain that is not running: {dom}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
 }
 
 #[test]
