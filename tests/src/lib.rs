@@ -87,11 +87,52 @@ thread_local! {
     static HOLDS_QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Waits until no other test runs a daemon, and keeps them out until dropped.
+/// Waits until no other test runs a daemon, and keeps them out until dropped; then waits (up
+/// to 30 s) for the CPUs to settle, as the kernel tears down earlier tests' namespaces and
+/// cgroups in the background after their daemons are gone.
 pub fn quiet_machine() -> std::sync::RwLockWriteGuard<'static, ()> {
     let g = QUIET.write().unwrap_or_else(|e| e.into_inner());
     HOLDS_QUIET.with(|h| h.set(true));
+    let started = std::time::Instant::now();
+    let mut idle = 0.0;
+    while started.elapsed() < Duration::from_secs(30) {
+        idle = cpu_idle_share(Duration::from_millis(500));
+        if idle >= 0.75 {
+            break;
+        }
+    }
+    eprintln!(
+        "quiet_machine: CPUs {:.0}% idle after {:.1} s",
+        idle * 100.0,
+        started.elapsed().as_secs_f64()
+    );
     g
+}
+
+/// The share of CPU time spent idle over `window` (from /proc/stat; steal counts as busy).
+fn cpu_idle_share(window: Duration) -> f64 {
+    fn sample() -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        (idle, fields.iter().sum())
+    }
+    let (idle0, total0) = sample();
+    std::thread::sleep(window);
+    let (idle1, total1) = sample();
+    let total = total1.saturating_sub(total0);
+    if total == 0 {
+        return 1.0;
+    }
+    idle1.saturating_sub(idle0) as f64 / total as f64
 }
 
 pub struct Daemon {
