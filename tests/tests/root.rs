@@ -761,22 +761,31 @@ fn concurrent_ensures_of_one_identity_make_one_domain() {
 
     // Creations racing destroys of the same domain: each either finds the live domain or
     // makes a new one, never hands back the one being destroyed.
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Stops the destroy loop however the create loop ends, a failed assertion included
+    /// (else the scope would wait for it forever).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let _ = d.ctl(&["domain", "destroy", &name]);
             }
         });
+        let _stop = StopOnDrop(&stop);
         let until = std::time::Instant::now() + Duration::from_secs(2);
         while std::time::Instant::now() < until {
             let dom = d.json(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
-            if dom["state"] != "running" {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                panic!("create returned a domain that is not running: {dom}");
-            }
+            assert_eq!(
+                dom["state"], "running",
+                "create returned a domain that is not running: {dom}"
+            );
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
 }
 
