@@ -5,6 +5,7 @@ use dms_accounting::Usage;
 use dms_policies::{BackendKind, Granularity, Permission, Priority, Quotas};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::{CgroupError, Cgroups, Limits, StuckProcess};
@@ -326,6 +327,9 @@ pub struct ContainerBackend {
     /// Stat files opened once per domain and re-read with pread.
     readers: parking_lot::Mutex<std::collections::HashMap<String, DomainReaders>>,
     inits: InitWatcher,
+    /// Control sockets of the inits this daemon started (not of those adopted after a
+    /// restart): commands are forked by the init itself.
+    controls: parking_lot::Mutex<std::collections::HashMap<String, std::sync::Arc<OwnedFd>>>,
     resolv_conf: Option<PathBuf>,
     network: crate::net::Network,
 }
@@ -347,6 +351,7 @@ impl ContainerBackend {
             readers: parking_lot::Mutex::new(std::collections::HashMap::new()),
             inits: InitWatcher::start()
                 .map_err(|e| BackendError::Unsupported(format!("watching domain inits: {e}")))?,
+            controls: parking_lot::Mutex::new(std::collections::HashMap::new()),
             resolv_conf,
             network,
         })
@@ -423,7 +428,7 @@ impl ContainerBackend {
         })
     }
 
-    fn start_init(&self, domain: &Domain) -> Result<InitHandle, BackendError> {
+    fn start_init(&self, domain: &Domain) -> Result<(InitHandle, OwnedFd), BackendError> {
         let spec = InitSpec {
             hostname: domain.name.clone(),
             procs_files: self.cgroups.procs_files(&domain.name),
@@ -432,11 +437,11 @@ impl ContainerBackend {
             resolv_conf: self.resolv_conf.clone(),
             userns: domain.isolation.userns,
         };
-        let pid = self.spawner.start_init(&spec)?;
+        let (pid, ctl) = self.spawner.start_init(&spec)?;
         let start = dms_join::start_time(pid).map_err(|e| {
             BackendError::NotRunning(format!("domain init {pid} exited during setup: {e}"))
         })?;
-        Ok(InitHandle { pid, start })
+        Ok((InitHandle { pid, start }, ctl))
     }
 }
 
@@ -448,9 +453,12 @@ impl Backend for ContainerBackend {
     fn create(&self, domain: &mut Domain) -> Result<(), BackendError> {
         self.cgroups.create(&domain.name, &domain.limits)?;
         let made = (|| {
-            let init = self.start_init(domain)?;
+            let (init, ctl) = self.start_init(domain)?;
             domain.runtime.init = Some(init);
             self.inits.watch(&domain.name, init)?;
+            self.controls
+                .lock()
+                .insert(domain.name.clone(), std::sync::Arc::new(ctl));
             if domain.isolation.network.mode == dms_policies::NetworkMode::Nat {
                 let att = self.network.attach(
                     &domain.name,
@@ -485,6 +493,7 @@ impl Backend for ContainerBackend {
 
     fn destroy(&self, name: &str) -> Result<(), BackendError> {
         self.readers.lock().remove(name);
+        self.controls.lock().remove(name);
         // Killing the init ends its pid namespace; that is expected, not a failure to report.
         if let Some(init) = self.inits.unwatch(name) {
             // The init's death takes every process of its pid namespace with it, and its pidfd
@@ -519,6 +528,15 @@ impl Backend for ContainerBackend {
     fn exec(&self, domain: &Domain, spec: &ExecSpec, stdio: &[i32]) -> Result<Child, BackendError> {
         if !self.cgroups.exists(&domain.name) {
             return Err(CgroupError::NotFound(domain.name.clone()).into());
+        }
+        let ctl = self.controls.lock().get(&domain.name).cloned();
+        if let Some(ctl) = ctl {
+            return Ok(crate::spawn::exec_via_init(
+                &ctl,
+                &domain.name,
+                spec,
+                stdio,
+            )?);
         }
         let target = self.join_target(domain)?;
         let req = SpawnRequest {

@@ -127,6 +127,8 @@ pub(crate) struct Spare {
     pid: i32,
     claim: OwnedFd,
     report: OwnedFd,
+    /// The daemon's end of its control socket.
+    ctl: OwnedFd,
     born: Instant,
 }
 
@@ -233,7 +235,7 @@ const CLONE_NS: libc::c_int =
 
 /// A raw fork-like clone into new namespaces. Returns the child's pid in the parent and 0 in
 /// the child.
-fn clone_init(flags: libc::c_int) -> Result<i32, String> {
+fn clone_init(flags: libc::c_int) -> std::io::Result<i32> {
     // SAFETY: a fork-like clone (no new stack, no shared memory) from the single-threaded
     // zygote; the child only makes syscalls on data prepared before and never returns.
     let pid = unsafe {
@@ -247,12 +249,13 @@ fn clone_init(flags: libc::c_int) -> Result<i32, String> {
         )
     };
     if pid < 0 {
-        return Err(format!(
-            "creating the domain's namespaces: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(pid as i32)
+}
+
+fn namespaces_failed(e: std::io::Error) -> String {
+    format!("creating the domain's namespaces: {e}")
 }
 
 fn open_devnull() -> Result<std::fs::File, String> {
@@ -267,6 +270,11 @@ fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
 }
 
+/// An init's control socket: the daemon's end and the init's.
+fn control_socket() -> Result<(OwnedFd, OwnedFd), String> {
+    crate::spawn::seqpacket_pair()
+}
+
 /// Starts a spare init: new namespaces and the filesystem view every domain gets, no domain
 /// yet. Until it is claimed it exits when the zygote closes its claim pipe or dies.
 fn start_spare(resolv: Option<&std::path::Path>) -> Result<Spare, String> {
@@ -277,38 +285,46 @@ fn start_spare(resolv: Option<&std::path::Path>) -> Result<Spare, String> {
     let devnull = open_devnull()?;
     let (report_rd, report_wr) = cloexec_pipe()?;
     let (claim_rd, claim_wr) = cloexec_pipe()?;
-    let pid = clone_init(CLONE_NS)?;
+    let (ctl, ctl_init) = control_socket()?;
+    let pid = clone_init(CLONE_NS).map_err(namespaces_failed)?;
     if pid == 0 {
         drop(report_rd);
         drop(claim_wr);
         let claim = Claim::FromPipe {
             fd: claim_rd.as_raw_fd(),
         };
+        let fds = Fds {
+            report: report_wr.as_raw_fd(),
+            devnull: devnull.as_raw_fd(),
+            ctl: ctl_init.as_raw_fd(),
+        };
         // SAFETY: see clone_init; `child` never returns.
-        unsafe { child(&prep, &claim, report_wr.as_raw_fd(), devnull.as_raw_fd()) }
+        unsafe { child(&prep, &claim, &fds) }
     }
     Ok(Spare {
         pid,
         claim: claim_wr,
         report: report_rd,
+        ctl,
         born: Instant::now(),
     })
 }
 
-/// Starts an init for `spec`; returns its host pid once its setup has succeeded. Takes a
-/// spare when one fits, else makes everything now. Called in the single-threaded zygote only;
-/// `inits` is the zygote's set of init pids (reaped silently).
+/// Starts an init for `spec`; returns its host pid and the daemon's end of its control
+/// socket once its setup has succeeded. Takes a spare when one fits, else makes everything
+/// now. Called in the single-threaded zygote only; `inits` is the zygote's set of init pids
+/// (reaped silently).
 pub(crate) fn start(
     spec: &InitSpec,
     spares: &mut Spares,
     inits: &mut HashSet<i32>,
-) -> Result<i32, String> {
+) -> Result<(i32, OwnedFd), String> {
     let claim = claim_message(spec)?;
     if claim.len() <= CLAIM_MAX {
         if let Some(spare) = spares.take(spec) {
             let pid = spare.pid;
             match claim_spare(spare, &claim, spec) {
-                Ok(()) => return Ok(pid),
+                Ok(ctl) => return Ok((pid, ctl)),
                 Err(_) => {
                     // A broken spare: start this domain's init on demand, which reports what
                     // fails, if anything; no new spare for a while.
@@ -318,17 +334,18 @@ pub(crate) fn start(
             }
         }
     }
-    let pid = start_now(spec, &claim)?;
+    let (pid, ctl) = start_now(spec, &claim)?;
     inits.insert(pid);
-    Ok(pid)
+    Ok((pid, ctl))
 }
 
 /// Hands `claim` to a spare and waits for its report; kills and reaps it on failure.
-fn claim_spare(spare: Spare, claim: &[u8], spec: &InitSpec) -> Result<(), String> {
+fn claim_spare(spare: Spare, claim: &[u8], spec: &InitSpec) -> Result<OwnedFd, String> {
     let Spare {
         pid,
         claim: wr,
         report,
+        ctl,
         ..
     } = spare;
     let written = nix::unistd::write(&wr, claim);
@@ -343,30 +360,29 @@ fn claim_spare(spare: Spare, claim: &[u8], spec: &InitSpec) -> Result<(), String
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     }
-    outcome
+    outcome.map(|()| ctl)
 }
 
 /// Starts an init and does its whole setup now.
-fn start_now(spec: &InitSpec, claim: &[u8]) -> Result<i32, String> {
+fn start_now(spec: &InitSpec, claim: &[u8]) -> Result<(i32, OwnedFd), String> {
     let prep = prepare(spec)?;
     let devnull = open_devnull()?;
     let (rd, wr) = cloexec_pipe()?;
-    let pid = clone_init(CLONE_NS | libc::CLONE_NEWNET)?;
+    let (ctl, ctl_init) = control_socket()?;
+    let pid = clone_init(CLONE_NS | libc::CLONE_NEWNET).map_err(namespaces_failed)?;
     if pid == 0 {
         drop(rd);
+        let fds = Fds {
+            report: wr.as_raw_fd(),
+            devnull: devnull.as_raw_fd(),
+            ctl: ctl_init.as_raw_fd(),
+        };
         // SAFETY: see clone_init; `child` never returns.
-        unsafe {
-            child(
-                &prep,
-                &Claim::Given(claim),
-                wr.as_raw_fd(),
-                devnull.as_raw_fd(),
-            )
-        }
+        unsafe { child(&prep, &Claim::Given(claim), &fds) }
     }
     drop(wr);
     match finish(pid, &rd, spec) {
-        Ok(()) => Ok(pid),
+        Ok(()) => Ok((pid, ctl)),
         Err(e) => {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
             Err(e)
@@ -454,11 +470,22 @@ enum Claim<'a> {
     FromPipe { fd: RawFd },
 }
 
-/// Closes every fd from 3 up except `a` and `b` (which may be equal).
-unsafe fn close_all_but(a: RawFd, b: RawFd) {
-    let (lo, hi) = (a.min(b), a.max(b));
+/// The fds an init starts with.
+struct Fds {
+    /// Its setup report pipe (closed on success).
+    report: RawFd,
+    /// /dev/null, its stdio.
+    devnull: RawFd,
+    /// Its end of the control socket.
+    ctl: RawFd,
+}
+
+/// Closes every fd from 3 up except those in `keep`.
+unsafe fn close_all_but(keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.to_vec();
+    keep.sort_unstable();
     let mut from: libc::c_uint = 3;
-    for k in [lo, hi] {
+    for k in keep {
         let Ok(k) = libc::c_uint::try_from(k) else {
             continue;
         };
@@ -488,17 +515,18 @@ unsafe fn close_all_but(a: RawFd, b: RawFd) {
 /// # Safety
 /// Only in the child of the raw clone in [`start_now`] or [`start_spare`], a fork of the
 /// single-threaded zygote.
-unsafe fn child(prep: &Prepared, claim: &Claim<'_>, pipe: RawFd, devnull: RawFd) -> ! {
+unsafe fn child(prep: &Prepared, claim: &Claim<'_>, fds: &Fds) -> ! {
+    let pipe = fds.report;
     // SAFETY: plain syscalls on NUL-terminated strings owned by `prep`, `claim` or this frame
     // and on our own fds.
     unsafe {
         for i in 0..3 {
-            libc::dup2(devnull, i);
+            libc::dup2(fds.devnull, i);
         }
         match claim {
-            Claim::Given(_) => close_all_but(pipe, pipe),
+            Claim::Given(_) => close_all_but(&[pipe, fds.ctl]),
             Claim::FromPipe { fd } => {
-                close_all_but(pipe, *fd);
+                close_all_but(&[pipe, fds.ctl, *fd]);
                 libc::prctl(libc::PR_SET_NAME, c"dms-spare".as_ptr());
                 if libc::unshare(libc::CLONE_NEWNET) != 0 {
                     fail(pipe, STEP_NETNS, 0);
@@ -645,7 +673,7 @@ unsafe fn child(prep: &Prepared, claim: &Claim<'_>, pipe: RawFd, devnull: RawFd)
         libc::chdir(c"/".as_ptr());
         // Success: the zygote sees EOF.
         libc::close(pipe);
-        reap_forever()
+        serve(fds.ctl, userns != 0)
     }
 }
 
@@ -670,9 +698,193 @@ unsafe fn loopback_up() -> bool {
     }
 }
 
-/// pid 1's loop: reap every child; exit on SIGTERM/SIGINT (which ends the pid namespace).
-unsafe fn reap_forever() -> ! {
-    // SAFETY: signal mask and wait calls on local, initialised sigset_t values.
+/// pid 1's loop once set up: starts the commands the daemon sends on `ctl` as its children
+/// (see `spawn::exec_via_init`; they inherit the domain's cgroups and namespaces, so nothing is
+/// joined), reports their exits, reaps every other child, and exits on SIGTERM/SIGINT (which
+/// ends the pid namespace). When the daemon goes (a restart), `ctl` closes and the init only
+/// reaps; the daemon then starts commands by joining. Commands in a domain with a user
+/// namespace get no_new_privs, as processes that join it do.
+unsafe fn serve(ctl: RawFd, no_new_privs: bool) -> ! {
+    // SAFETY: signal mask, signalfd, poll, read and close on local values and our own fds.
+    unsafe {
+        let wanted = block_signals();
+        let sfd = libc::signalfd(-1, &wanted, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if sfd < 0 {
+            libc::close(ctl);
+            reap_forever()
+        }
+        let mut ctl = Some(ctl);
+        let mut running: Vec<(libc::pid_t, OwnedFd)> = Vec::new();
+        let mut buf = vec![0u8; crate::spawn::INIT_REQUEST_MAX];
+        loop {
+            let mut pfds = [
+                libc::pollfd {
+                    fd: sfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: ctl.unwrap_or(-1),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if libc::poll(pfds.as_mut_ptr(), 2, -1) < 0 {
+                continue;
+            }
+            if pfds[0].revents != 0 {
+                let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+                let size = std::mem::size_of::<libc::signalfd_siginfo>();
+                while libc::read(sfd, (&raw mut info).cast(), size) == size as isize {
+                    if info.ssi_signo == libc::SIGTERM as u32
+                        || info.ssi_signo == libc::SIGINT as u32
+                    {
+                        libc::_exit(0);
+                    }
+                }
+                reap_commands(&mut running);
+            }
+            if let Some(fd) = ctl {
+                if pfds[1].revents != 0 && !take_command(fd, &mut buf, no_new_privs, &mut running) {
+                    libc::close(fd);
+                    ctl = None;
+                }
+            }
+        }
+    }
+}
+
+/// Reaps every exited child; tells the daemon of those that were its commands.
+fn reap_commands(running: &mut Vec<(libc::pid_t, OwnedFd)>) {
+    use crate::spawn::INIT_EXITED;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a local status word.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        if let Some(i) = running.iter().position(|(p, _)| *p == pid) {
+            let (_, sock) = running.swap_remove(i);
+            let (kind, value) = if libc::WIFSIGNALED(status) {
+                (1, libc::WTERMSIG(status))
+            } else {
+                (0, libc::WEXITSTATUS(status))
+            };
+            let mut msg = [INIT_EXITED, kind, 0, 0, 0, 0];
+            msg[2..].copy_from_slice(&value.to_le_bytes());
+            // Nobody waiting (a detached run) is fine.
+            let _ = nix::sys::socket::send(
+                sock.as_raw_fd(),
+                &msg,
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            );
+        }
+    }
+}
+
+/// Takes one command request from `ctl`: its own socket and stdio come as fds. Returns false
+/// when `ctl` is closed.
+fn take_command(
+    ctl: RawFd,
+    buf: &mut [u8],
+    no_new_privs: bool,
+    running: &mut Vec<(libc::pid_t, OwnedFd)>,
+) -> bool {
+    use crate::spawn::{INIT_FAILED, INIT_STARTED};
+    use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, MsgFlags};
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let (n, truncated, fds) = match recvmsg::<()>(
+        ctl,
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return true,
+        Err(_) => return false,
+        Ok(m) if m.bytes == 0 => return false,
+        Ok(m) => (
+            m.bytes,
+            m.flags.contains(MsgFlags::MSG_TRUNC),
+            crate::spawn::received_fds(&m),
+        ),
+    };
+    let Some((reply, stdio)) = fds.split_first() else {
+        return true;
+    };
+    let started = if truncated {
+        Err("the command request is too large".to_string())
+    } else {
+        start_command(&buf[..n], stdio, no_new_privs)
+    };
+    let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+    match started {
+        Ok((pid, pidfd)) => {
+            let pidfds = [pidfd.as_raw_fd()];
+            let _ = sendmsg::<()>(
+                reply.as_raw_fd(),
+                &[std::io::IoSlice::new(&[INIT_STARTED])],
+                &[ControlMessage::ScmRights(&pidfds)],
+                flags,
+                None,
+            );
+            if let Ok(reply) = reply.try_clone() {
+                running.push((pid, reply));
+            }
+        }
+        Err(e) => {
+            let mut msg = vec![INIT_FAILED];
+            msg.extend_from_slice(e.as_bytes());
+            let _ = nix::sys::socket::send(reply.as_raw_fd(), &msg, flags);
+        }
+    }
+    true
+}
+
+/// Forks and execs a command request (a JSON `ProcessSpec`); returns its pid and a pidfd on
+/// it once it has exec'd, or what failed.
+fn start_command(
+    request: &[u8],
+    stdio: &[OwnedFd],
+    no_new_privs: bool,
+) -> Result<(libc::pid_t, OwnedFd), String> {
+    use crate::spawn::{child_stdio, fail_child, PreparedExec, STEP_NO_NEW_PRIVS};
+    let spec: crate::spawn::ProcessSpec =
+        serde_json::from_slice(request).map_err(|e| format!("bad command request: {e}"))?;
+    let exec = PreparedExec::new(&spec)?;
+    let stdio: Vec<RawFd> = stdio.iter().map(AsRawFd::as_raw_fd).collect();
+    let (rd, wr) = cloexec_pipe()?;
+    // A raw fork-like clone: the init itself came from one, so glibc's fork bookkeeping is
+    // no better informed than this.
+    let pid = clone_init(0).map_err(|e| format!("fork: {e}"))?;
+    if pid == 0 {
+        let report = wr.as_raw_fd();
+        // SAFETY: a child of the single-threaded init, making only syscalls before exec.
+        unsafe {
+            // Without fds of its own the command keeps the init's /dev/null.
+            child_stdio(&stdio, report);
+            if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                fail_child(report, STEP_NO_NEW_PRIVS);
+            }
+            exec.exec(report)
+        }
+    }
+    drop(wr);
+    let mut msg = [0u8; 3];
+    if crate::spawn::read_report(&rd, &mut msg) != 0 {
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return Err(crate::spawn::failure_message(msg, &spec));
+    }
+    // Not reaped before this (only the loop reaps), so the pid is still this process.
+    let pidfd = dms_join::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+    Ok((pid, pidfd))
+}
+
+/// Blocks every signal; returns the set pid 1 waits for (SIGCHLD, SIGTERM, SIGINT).
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset operations on local, initialised values.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
@@ -682,6 +894,15 @@ unsafe fn reap_forever() -> ! {
         for s in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
             libc::sigaddset(&mut wanted, s);
         }
+        wanted
+    }
+}
+
+/// pid 1's loop: reap every child; exit on SIGTERM/SIGINT (which ends the pid namespace).
+unsafe fn reap_forever() -> ! {
+    // SAFETY: signal mask and wait calls on local, initialised sigset_t values.
+    unsafe {
+        let wanted = block_signals();
         loop {
             let sig = libc::sigwaitinfo(&wanted, std::ptr::null_mut());
             if sig == libc::SIGTERM || sig == libc::SIGINT {
@@ -757,10 +978,12 @@ mod tests {
             ..plain.clone()
         };
         let (rd, wr) = cloexec_pipe().unwrap();
+        let (ctl, _) = control_socket().unwrap();
         s.ready.push_back(Spare {
             pid: 0,
             claim: wr,
             report: rd,
+            ctl,
             born: Instant::now(),
         });
         assert!(s.take(&with_paths).is_none());

@@ -153,45 +153,186 @@ pub struct Spawner {
 struct Inner {
     sock: OwnedFd,
     next_id: Mutex<u64>,
-    pending: Mutex<HashMap<u64, mpsc::Sender<Result<i32, String>>>>,
+    pending: Mutex<HashMap<u64, mpsc::Sender<Result<Started, String>>>>,
     waiters: Mutex<HashMap<i32, mpsc::Sender<ExitStatus>>>,
     /// Exits that arrived before anyone waited for them.
     early_exits: Mutex<HashMap<i32, ExitStatus>>,
 }
 
-/// A started process; dropping it without waiting lets it run on (the zygote still reaps it).
+/// What the zygote answers to a request: a pid, and an init's control socket.
+type Started = (i32, Option<OwnedFd>);
+
+/// A started process; dropping it without waiting lets it run on (its parent, the zygote or
+/// a domain init, still reaps it).
 #[derive(Debug)]
 pub struct Child {
-    /// Its pid.
+    /// Its pid (host pid namespace; for a guest command, the guest's).
     pub pid: i32,
-    exit: mpsc::Receiver<ExitStatus>,
+    exit: ExitSource,
+}
+
+/// Where a child's exit status comes from.
+#[derive(Debug)]
+enum ExitSource {
+    /// The zygote's reader thread, or a guest agent poller.
+    Channel(mpsc::Receiver<ExitStatus>),
+    /// The domain init that forked it, on this command's own socket (see [`exec_via_init`]).
+    Init(OwnedFd),
 }
 
 impl Child {
     /// A "process" whose exit status arrives on `exit` (a guest command run through its agent:
     /// `pid` is the guest's).
     pub fn from_receiver(pid: i32, exit: mpsc::Receiver<ExitStatus>) -> Child {
-        Child { pid, exit }
+        Child {
+            pid,
+            exit: ExitSource::Channel(exit),
+        }
     }
 
     /// Waits for the process to end.
     pub fn wait(self) -> Result<ExitStatus, SpawnError> {
-        self.exit
-            .recv()
-            .map_err(|_| SpawnError::Unavailable("spawner exited".into()))
+        match self.exit {
+            ExitSource::Channel(rx) => rx
+                .recv()
+                .map_err(|_| SpawnError::Unavailable("spawner exited".into())),
+            ExitSource::Init(sock) => {
+                let mut buf = [0u8; 16];
+                loop {
+                    match nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Ok(6) if buf[0] == INIT_EXITED => {
+                            let v = i32::from_le_bytes([buf[2], buf[3], buf[4], buf[5]]);
+                            return Ok(if buf[1] == 0 {
+                                ExitStatus::Code(v)
+                            } else {
+                                ExitStatus::Signal(v)
+                            });
+                        }
+                        // The init is gone, and with it its pid namespace: the kernel killed
+                        // the command.
+                        Ok(_) | Err(_) => return Ok(ExitStatus::Signal(libc::SIGKILL)),
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Messages a domain init sends on a command's socket (see [`exec_via_init`]): started (with
+/// the command's pidfd), failed (then a text), exited (then a kind byte, 0 for a code and 1 for
+/// a signal, and the value as i32 little-endian).
+pub(crate) const INIT_STARTED: u8 = b'S';
+pub(crate) const INIT_FAILED: u8 = b'F';
+pub(crate) const INIT_EXITED: u8 = b'X';
+
+/// Starts `spec` as a child of a domain's init, which is already in the domain's cgroups and
+/// namespaces, so nothing is joined: the request goes over the init's control socket `ctl`
+/// with a socket of its own (and `stdio`, if any) attached; the init answers and later
+/// reports the exit on that socket.
+pub fn exec_via_init(
+    ctl: &OwnedFd,
+    domain: &str,
+    spec: &ProcessSpec,
+    stdio: &[RawFd],
+) -> Result<Child, SpawnError> {
+    let gone = |e: String| SpawnError::Failed(format!("domain {domain:?}: its init: {e}"));
+    let (ours, theirs) = seqpacket_pair().map_err(SpawnError::Unavailable)?;
+    let msg = serde_json::to_vec(spec).map_err(|e| SpawnError::Failed(e.to_string()))?;
+    if msg.len() > INIT_REQUEST_MAX {
+        return Err(SpawnError::Failed(format!(
+            "the command and its environment take {} bytes; at most {INIT_REQUEST_MAX} are allowed",
+            msg.len()
+        )));
+    }
+    let mut fds = vec![theirs.as_raw_fd()];
+    fds.extend_from_slice(stdio);
+    sendmsg::<()>(
+        ctl.as_raw_fd(),
+        &[IoSlice::new(&msg)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| gone(format!("sending the command: {e}")))?;
+    drop(theirs);
+    let mut pfd = libc::pollfd {
+        fd: ours.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    if unsafe { libc::poll(&mut pfd, 1, 10_000) } == 0 {
+        return Err(gone("no answer within 10 s (is the domain frozen?)".into()));
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let m = recvmsg::<()>(
+        ours.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg_buf),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| gone(format!("reading its answer: {e}")))?;
+    let n = m.bytes;
+    let pidfd = received_fds(&m).into_iter().next();
+    match (buf.first().copied(), pidfd) {
+        (Some(INIT_STARTED), Some(pidfd)) if n == 1 => Ok(Child {
+            // 0 when the command has already ended and been reaped (the kernel then says -1).
+            pid: pid_of_pidfd(&pidfd).filter(|p| *p > 0).unwrap_or(0),
+            exit: ExitSource::Init(ours),
+        }),
+        (Some(INIT_FAILED), _) if n > 1 => Err(SpawnError::Failed(
+            String::from_utf8_lossy(&buf[1..n]).into_owned(),
+        )),
+        _ => Err(gone("exited".into())),
+    }
+}
+
+/// A connected pair of CLOEXEC SOCK_SEQPACKET sockets (message boundaries kept, fds passed).
+pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), String> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {e}"))
+}
+
+/// The largest command request a domain init takes.
+pub(crate) const INIT_REQUEST_MAX: usize = 60_000;
+
+/// The fds a received message carries, owned.
+pub(crate) fn received_fds(m: &nix::sys::socket::RecvMsg<'_, '_, ()>) -> Vec<OwnedFd> {
+    let mut got = Vec::new();
+    if let Ok(cmsgs) = m.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the kernel just installed these fds for us.
+                got.extend(
+                    fds.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+    }
+    got
+}
+
+/// The pid (in our pid namespace) of the process a pidfd refers to.
+fn pid_of_pidfd(fd: &OwnedFd) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Spawner {
     /// Forks the zygote. Must be called while the process is still single-threaded.
     pub fn start() -> Result<Spawner, SpawnError> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| SpawnError::Unavailable(format!("socketpair: {e}")))?;
+        let (ours, theirs) = seqpacket_pair().map_err(SpawnError::Unavailable)?;
         // SAFETY: documented precondition: the process is single-threaded here (called from
         // main before any runtime or thread starts), so the child may run arbitrary code.
         match unsafe { fork() } {
@@ -219,11 +360,17 @@ impl Spawner {
         }
     }
 
-    /// Starts a domain init and returns its host pid. The zygote reaps it when it dies but
-    /// reports nothing: the daemon watches inits through pidfds, which also works after a
-    /// restart, when they are no longer the zygote's children.
-    pub fn start_init(&self, spec: &InitSpec) -> Result<i32, SpawnError> {
-        self.request(Job::Init(spec.clone()), &[])
+    /// Starts a domain init and returns its host pid and its control socket (for
+    /// [`exec_via_init`]). The zygote reaps it when it dies but reports nothing: the daemon
+    /// watches inits through pidfds, which also works after a restart, when they are no longer
+    /// the zygote's children.
+    pub fn start_init(&self, spec: &InitSpec) -> Result<(i32, OwnedFd), SpawnError> {
+        match self.request(Job::Init(spec.clone()), &[])? {
+            (pid, Some(ctl)) => Ok((pid, ctl)),
+            (pid, None) => Err(SpawnError::Failed(format!(
+                "domain init {pid} came without its control socket"
+            ))),
+        }
     }
 
     /// Makes the zygote keep `count` spare domain inits (see `spare_inits` in the
@@ -240,7 +387,7 @@ impl Spawner {
 
     /// Starts a process; `stdio` fds (if any) become its stdin, stdout, stderr.
     pub fn spawn(&self, req: &SpawnRequest, stdio: &[RawFd]) -> Result<Child, SpawnError> {
-        let pid = self.request(Job::Spawn(req.clone()), stdio)?;
+        let (pid, _) = self.request(Job::Spawn(req.clone()), stdio)?;
         let (etx, erx) = mpsc::channel();
         // Same lock order as the reader (waiters, then early_exits), so an exit that races
         // with this registration lands in exactly one of the two maps.
@@ -251,7 +398,7 @@ impl Spawner {
             waiters.insert(pid, etx);
         }
         drop(waiters);
-        Ok(Child { pid, exit: erx })
+        Ok(Child::from_receiver(pid, erx))
     }
 
     /// Runs a root tool (tc, nft, qemu-img, ...) through the zygote with `input` on its stdin
@@ -315,7 +462,7 @@ impl Spawner {
         }
     }
 
-    fn request(&self, job: Job, stdio: &[RawFd]) -> Result<i32, SpawnError> {
+    fn request(&self, job: Job, stdio: &[RawFd]) -> Result<Started, SpawnError> {
         let id = {
             let mut n = self.inner.next_id.lock();
             *n += 1;
@@ -338,7 +485,7 @@ impl Spawner {
             return Err(SpawnError::Unavailable(format!("send: {e}")));
         }
         match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(pid)) => Ok(pid),
+            Ok(Ok(started)) => Ok(started),
             Ok(Err(e)) => Err(SpawnError::Failed(e)),
             Err(_) => {
                 self.inner.pending.lock().remove(&id);
@@ -351,9 +498,16 @@ impl Spawner {
 fn reader_loop(inner: &Inner) {
     let mut buf = vec![0u8; 65536];
     loop {
-        let n = match nix::sys::socket::recv(inner.sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(0) => break,
-            Ok(n) => n,
+        let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let (n, fd) = match recvmsg::<()>(
+            inner.sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_buf),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) if m.bytes == 0 => break,
+            Ok(m) => (m.bytes, received_fds(&m).into_iter().next()),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => break,
         };
@@ -365,7 +519,7 @@ fn reader_loop(inner: &Inner) {
                 // An exit recorded earlier under this pid belongs to a process that is gone.
                 inner.early_exits.lock().remove(&pid);
                 if let Some(tx) = inner.pending.lock().remove(&id) {
-                    let _ = tx.send(Ok(pid));
+                    let _ = tx.send(Ok((pid, fd)));
                 }
             }
             Reply::Failed { id, error } => {
@@ -468,32 +622,25 @@ fn zygote_main(sock: OwnedFd) -> ! {
                 Some(&mut cmsg_buf),
                 MsgFlags::MSG_CMSG_CLOEXEC,
             ) {
-                Ok(m) => {
-                    let mut got = Vec::new();
-                    if let Ok(cmsgs) = m.cmsgs() {
-                        for c in cmsgs {
-                            if let ControlMessageOwned::ScmRights(fds) = c {
-                                // SAFETY: the kernel just installed these fds for us.
-                                got.extend(
-                                    fds.into_iter()
-                                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                                );
-                            }
-                        }
-                    }
-                    (m.bytes, got)
-                }
+                Ok(m) => (m.bytes, received_fds(&m)),
                 Err(_) => continue,
             };
             if n == 0 {
                 std::process::exit(0);
             }
+            // An init's control socket goes to the daemon with the reply.
+            let mut ctl = None;
             let reply = match serde_json::from_slice::<Envelope>(&buf[..n]) {
                 Ok(env) => {
                     let started = match &env.job {
                         Job::Spawn(req) => spawn_child(req, &fds_in, &zygote),
                         Job::Init(spec) => {
-                            crate::init::start(spec, &mut zygote.spares, &mut zygote.inits)
+                            crate::init::start(spec, &mut zygote.spares, &mut zygote.inits).map(
+                                |(pid, fd)| {
+                                    ctl = Some(fd);
+                                    pid
+                                },
+                            )
                         }
                         Job::Spares { count, resolv_conf } => {
                             zygote.spares.configure(*count, resolv_conf.clone());
@@ -511,7 +658,10 @@ fn zygote_main(sock: OwnedFd) -> ! {
                 },
             };
             drop(fds_in);
-            send_reply(&sock, &reply);
+            match &ctl {
+                Some(fd) => send_reply_with_fd(&sock, &reply, fd),
+                None => send_reply(&sock, &reply),
+            }
         }
     }
 }
@@ -519,6 +669,19 @@ fn zygote_main(sock: OwnedFd) -> ! {
 fn send_reply(sock: &OwnedFd, reply: &Reply) {
     if let Ok(b) = serde_json::to_vec(reply) {
         let _ = nix::sys::socket::send(sock.as_raw_fd(), &b, MsgFlags::empty());
+    }
+}
+
+fn send_reply_with_fd(sock: &OwnedFd, reply: &Reply, fd: &OwnedFd) {
+    if let Ok(b) = serde_json::to_vec(reply) {
+        let fds = [fd.as_raw_fd()];
+        let _ = sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(&b)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        );
     }
 }
 
@@ -566,10 +729,155 @@ fn cstr(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} {s:?} contains a NUL byte"))
 }
 
+/// A process's exec, prepared before fork so that the forked child only makes syscalls.
+pub(crate) struct PreparedExec {
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    /// Where the program may be: itself when it has a `/`, else each clean-PATH directory.
+    candidates: Vec<CString>,
+    cwd: CString,
+    groups: Vec<libc::gid_t>,
+    uid: u32,
+    gid: u32,
+}
+
+/// Steps a forked child reports failing, as the first byte of its 3-byte report.
+const STEP_STDIO: u8 = 1;
+const STEP_CGROUPS: u8 = 2;
+const STEP_CREDENTIALS: u8 = 3;
+const STEP_CWD: u8 = 4;
+const STEP_EXEC: u8 = 5;
+const STEP_NAMESPACES: u8 = 6;
+const STEP_USERNS: u8 = 7;
+pub(crate) const STEP_NO_NEW_PRIVS: u8 = 8;
+
+impl PreparedExec {
+    pub(crate) fn new(spec: &ProcessSpec) -> Result<PreparedExec, String> {
+        if spec.argv.is_empty() {
+            return Err("argv is empty".into());
+        }
+        let argv = spec
+            .argv
+            .iter()
+            .map(|a| cstr(a, "argument"))
+            .collect::<Result<_, _>>()?;
+        let envp = spec
+            .env
+            .iter()
+            .map(|(k, v)| cstr(&format!("{k}={v}"), "environment entry"))
+            .collect::<Result<_, _>>()?;
+        let prog = &spec.argv[0];
+        let candidates = if prog.contains('/') {
+            vec![cstr(prog, "program")?]
+        } else {
+            [
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+            .iter()
+            .map(|d| cstr(&format!("{d}/{prog}"), "program"))
+            .collect::<Result<_, _>>()?
+        };
+        Ok(PreparedExec {
+            argv,
+            envp,
+            candidates,
+            cwd: cstr(&spec.cwd.to_string_lossy(), "working directory")?,
+            groups: spec.groups.clone(),
+            uid: spec.uid,
+            gid: spec.gid,
+        })
+    }
+
+    /// In a forked child, after its stdio and domain are set up: takes the credentials, changes
+    /// directory and execs; a failure goes to `report` as `[step, errno]` and the child exits.
+    ///
+    /// # Safety
+    /// Only in a child forked from a single-threaded process, before exec.
+    pub(crate) unsafe fn exec(&self, report: RawFd) -> ! {
+        // SAFETY: plain syscalls on pointers into `self`, which outlives the call.
+        unsafe {
+            if libc::setgroups(self.groups.len(), self.groups.as_ptr()) != 0
+                || libc::setgid(self.gid) != 0
+                || libc::setuid(self.uid) != 0
+            {
+                fail_child(report, STEP_CREDENTIALS);
+            }
+            if libc::chdir(self.cwd.as_ptr()) != 0 {
+                fail_child(report, STEP_CWD);
+            }
+            let mut argv_p: Vec<*const libc::c_char> =
+                self.argv.iter().map(|a| a.as_ptr()).collect();
+            argv_p.push(std::ptr::null());
+            let mut env_p: Vec<*const libc::c_char> =
+                self.envp.iter().map(|a| a.as_ptr()).collect();
+            env_p.push(std::ptr::null());
+            for c in &self.candidates {
+                libc::execve(c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
+            }
+            fail_child(report, STEP_EXEC)
+        }
+    }
+}
+
+/// In a forked child: reports `step` and errno on the CLOEXEC pipe `report` and exits 127.
+///
+/// # Safety
+/// Only in a forked child.
+pub(crate) unsafe fn fail_child(report: RawFd, step: u8) -> ! {
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let msg = [step, (errno & 0xff) as u8, ((errno >> 8) & 0xff) as u8];
+    // SAFETY: writing a local buffer to our own pipe fd, then exiting.
+    unsafe {
+        libc::write(report, msg.as_ptr().cast(), 3);
+        libc::_exit(127)
+    }
+}
+
+/// Turns a child's 3-byte failure report into a message.
+pub(crate) fn failure_message(msg: [u8; 3], spec: &ProcessSpec) -> String {
+    let errno = nix::errno::Errno::from_raw(i32::from(msg[1]) | (i32::from(msg[2]) << 8));
+    let step = match msg[0] {
+        STEP_STDIO => "setting up stdin/stdout/stderr".to_string(),
+        STEP_CGROUPS => "joining the domain's cgroups".to_string(),
+        STEP_CREDENTIALS => format!("switching to uid {} gid {}", spec.uid, spec.gid),
+        STEP_CWD => format!("changing to directory {}", spec.cwd.display()),
+        STEP_NAMESPACES => "entering the domain's namespaces".to_string(),
+        STEP_USERNS => "entering the domain's user namespace".to_string(),
+        STEP_NO_NEW_PRIVS => "setting no_new_privs".to_string(),
+        _ => format!(
+            "executing {:?}",
+            spec.argv.first().map_or("", |a| a.as_str())
+        ),
+    };
+    format!("{step}: {}", errno.desc())
+}
+
+/// In a forked child: makes `stdio` (if given) its stdin, stdout and stderr and clears the
+/// signal mask.
+///
+/// # Safety
+/// Only in a forked child.
+pub(crate) unsafe fn child_stdio(stdio: &[RawFd], report: RawFd) {
+    // SAFETY: plain syscalls on our own fds and a local sigset.
+    unsafe {
+        let empty = SigSet::empty();
+        libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+        for (i, fd) in stdio.iter().enumerate().take(3) {
+            if libc::dup2(*fd, i as i32) < 0 {
+                fail_child(report, STEP_STDIO);
+            }
+        }
+    }
+}
+
 /// Forks one child. Everything the child needs is prepared before fork so the child only makes
 /// syscalls; its pre-exec failure comes back through a CLOEXEC pipe.
 fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result<i32, String> {
-    let procs_files = &req.procs_files;
     // The domain's init, pinned by a pidfd and checked against its start time.
     let enter = match &req.enter {
         Some(e) => Some((
@@ -579,43 +887,12 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result
         )),
         None => None,
     };
-    let req = &req.process;
-    if req.argv.is_empty() {
-        return Err("argv is empty".into());
-    }
-    let argv: Vec<CString> = req
-        .argv
-        .iter()
-        .map(|a| cstr(a, "argument"))
-        .collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = req
-        .env
-        .iter()
-        .map(|(k, v)| cstr(&format!("{k}={v}"), "environment entry"))
-        .collect::<Result<_, _>>()?;
-    let path_dirs = [
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-    ];
-    let prog = &req.argv[0];
-    let candidates: Vec<CString> = if prog.contains('/') {
-        vec![cstr(prog, "program")?]
-    } else {
-        path_dirs
-            .iter()
-            .map(|d| cstr(&format!("{d}/{prog}"), "program"))
-            .collect::<Result<_, _>>()?
-    };
-    let procs: Vec<CString> = procs_files
+    let exec = PreparedExec::new(&req.process)?;
+    let procs: Vec<CString> = req
+        .procs_files
         .iter()
         .map(|p| cstr(&p.to_string_lossy(), "cgroup file"))
         .collect::<Result<_, _>>()?;
-    let cwd = cstr(&req.cwd.to_string_lossy(), "working directory")?;
-    let groups: Vec<libc::gid_t> = req.groups.clone();
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // Without fds from the caller the child gets /dev/null, never the daemon's own stdio.
@@ -663,29 +940,15 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result
         Err(e) => Err(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
             drop(rd);
-            let fail = |step: u8| -> ! {
-                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-                let msg = [step, (errno & 0xff) as u8, ((errno >> 8) & 0xff) as u8];
-                // SAFETY: writing a local buffer to our own pipe fd, then exiting.
-                unsafe {
-                    libc::write(wr.as_raw_fd(), msg.as_ptr().cast(), 3);
-                    libc::_exit(127)
-                }
-            };
+            let report = wr.as_raw_fd();
             // SAFETY: every call below is a plain syscall wrapper on valid pointers owned by
             // this frame (CStrings built before fork), in a single-threaded child.
             unsafe {
-                let empty = SigSet::empty();
-                libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
-                for (i, fd) in stdio_raw.iter().enumerate().take(3) {
-                    if libc::dup2(*fd, i as i32) < 0 {
-                        fail(1);
-                    }
-                }
+                child_stdio(&stdio_raw, report);
                 for p in &procs {
                     let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                     if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        fail(2);
+                        fail_child(report, STEP_CGROUPS);
                     }
                     libc::close(fd);
                 }
@@ -693,31 +956,13 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result
                     let pidfd = std::os::fd::BorrowedFd::borrow_raw(pidfd);
                     match dms_join::enter_namespaces(pidfd, flags) {
                         Ok(()) => {}
-                        Err((dms_join::EnterStep::Namespaces, _)) => fail(6),
-                        Err(_) => fail(7),
+                        Err((dms_join::EnterStep::Namespaces, _)) => {
+                            fail_child(report, STEP_NAMESPACES)
+                        }
+                        Err(_) => fail_child(report, STEP_USERNS),
                     }
                 }
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
-                    fail(3);
-                }
-                if libc::setgid(req.gid) != 0 {
-                    fail(3);
-                }
-                if libc::setuid(req.uid) != 0 {
-                    fail(3);
-                }
-                if libc::chdir(cwd.as_ptr()) != 0 {
-                    fail(4);
-                }
-                let mut argv_p: Vec<*const libc::c_char> =
-                    argv.iter().map(|a| a.as_ptr()).collect();
-                argv_p.push(std::ptr::null());
-                let mut env_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
-                env_p.push(std::ptr::null());
-                for c in &candidates {
-                    libc::execve(c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
-                }
-                fail(5)
+                exec.exec(report)
             }
         }
         Ok(ForkResult::Parent { child }) => {
@@ -729,17 +974,7 @@ fn spawn_child(req: &SpawnRequest, stdio: &[OwnedFd], zygote: &Zygote) -> Result
             // The child already exited; reaping happens via SIGCHLD, but it must not be
             // reported as an exit of a started process: reap it here.
             let _ = waitpid(child, None);
-            let errno = nix::errno::Errno::from_raw(i32::from(msg[1]) | (i32::from(msg[2]) << 8));
-            let step = match msg[0] {
-                1 => "setting up stdin/stdout/stderr".to_string(),
-                2 => "joining the domain's cgroups".to_string(),
-                3 => format!("switching to uid {} gid {}", req.uid, req.gid),
-                4 => format!("changing to directory {}", req.cwd.display()),
-                6 => "entering the domain's namespaces".to_string(),
-                7 => "entering the domain's user namespace".to_string(),
-                _ => format!("executing {:?}", req.argv[0]),
-            };
-            Err(format!("{step}: {}", errno.desc()))
+            Err(failure_message(msg, &req.process))
         }
     }
 }

@@ -922,6 +922,23 @@ fn exec_passes_status_and_refuses_frozen_dead_and_foreign_callers() {
     // Exit status, clean environment, owner's uid.
     let o = d.ctl(&["exec", "dmstest.nobody", "--", "sh", "-c", "exit 42"]);
     assert_eq!(o.status.code(), Some(42));
+    // A signal comes back as 128 + its number.
+    let o = d.ctl(&["exec", "dmstest.nobody", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(o.status.code(), Some(143), "{o:?}");
+    // The domain's init forks the command (nothing is joined): its parent is pid 1.
+    assert_eq!(
+        d.ok(&["exec", "dmstest.nobody", "--", "sh", "-c", "echo $PPID"])
+            .trim(),
+        "1"
+    );
+    // A program that cannot be started: a clear error, and the domain serves on.
+    let o = d.ctl(&["exec", "dmstest.nobody", "--", "/no/such/program"]);
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("executing \"/no/such/program\"") && err.contains("No such file"),
+        "{err}"
+    );
     let env = d.ok(&["exec", "dmstest.nobody", "--", "env"]);
     assert!(
         env.contains("USER=nobody") && env.contains("DMS_DOMAIN=dmstest.nobody"),
