@@ -247,22 +247,30 @@ pub fn exec_via_init(
     }
     let mut fds = vec![theirs.as_raw_fd()];
     fds.extend_from_slice(stdio);
-    sendmsg::<()>(
-        ctl.as_raw_fd(),
-        &[IoSlice::new(&msg)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(|e| gone(format!("sending the command: {e}")))?;
+    // Never blocks on an init that does not read (frozen, or its queue full of a burst of
+    // commands): waits for room until the deadline instead.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sendmsg::<()>(
+            ctl.as_raw_fd(),
+            &[IoSlice::new(&msg)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
+                if !wait_ready(ctl, libc::POLLOUT, deadline) {
+                    return Err(gone(
+                        "takes no command within 10 s (is the domain frozen?)".into(),
+                    ));
+                }
+            }
+            Err(e) => return Err(gone(format!("sending the command: {e}"))),
+        }
+    }
     drop(theirs);
-    let mut pfd = libc::pollfd {
-        fd: ours.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    if unsafe { libc::poll(&mut pfd, 1, 10_000) } == 0 {
+    if !wait_ready(&ours, libc::POLLIN, deadline) {
         return Err(gone("no answer within 10 s (is the domain frozen?)".into()));
     }
     let mut buf = vec![0u8; 4096];
@@ -287,6 +295,30 @@ pub fn exec_via_init(
             String::from_utf8_lossy(&buf[1..n]).into_owned(),
         )),
         _ => Err(gone("exited".into())),
+    }
+}
+
+/// Waits until `fd` has `events` (or an error or hangup, which the next call reports); false
+/// when `deadline` passes first.
+fn wait_ready(fd: &OwnedFd, events: libc::c_short, deadline: Instant) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: one valid pollfd for the duration of the call.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            0 => return false,
+            n if n > 0 => return true,
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return true,
+        }
     }
 }
 
