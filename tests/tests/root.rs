@@ -1701,10 +1701,11 @@ network = { mode = "nat", egress = "100mbit", ingress = "20mbit", shaper = "tbf"
     ] {
         let dir = if reverse { "ingress" } else { "egress" };
         // The shaper must never let more than the limit through, on any run. Reaching the
-        // limit needs a sender that gets the CPU: a shared VM can stall it for seconds, so
-        // up to three runs, of which the best must come within 10 %.
+        // limit needs a sender that gets the CPU: a shared VM can stall it for seconds (a
+        // rehearsal saw 60 % steal), so up to five runs, of which the best must come within
+        // 10 %.
         let mut best: f64 = 0.0;
-        for attempt in 1..=3 {
+        for attempt in 1..=5 {
             let got = iperf(&d, domain, &peer, reverse);
             eprintln!(
                 "{domain} {dir}: limit {:.0} Mbit/s, run {attempt}: goodput {:.2} Mbit/s",
@@ -1727,7 +1728,7 @@ network = { mode = "nat", egress = "100mbit", ingress = "20mbit", shaper = "tbf"
     for (domain, dir, limit, got) in report {
         assert!(
             got / limit >= 0.9,
-            "{domain} {dir}: the best of three runs, {:.2} Mbit/s, is not within 10% of {:.0} Mbit/s",
+            "{domain} {dir}: the best of five runs, {:.2} Mbit/s, is not within 10% of {:.0} Mbit/s",
             got / 1e6,
             limit / 1e6
         );
@@ -1755,10 +1756,13 @@ fn no_leftovers_after_many_networked_domains_and_a_crash() {
         d.ok(&["domain", "destroy", &format!("dmsleak.nobody.job{i}")]);
     }
     wait_links_gone(&prefix);
-    // Now a crash in the middle of a burst of creations.
+    // Now a crash in the middle of a burst of creations, once some have been made (a fixed
+    // delay saw none on a VM whose host stole 60 % of its CPU).
+    let created = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let made = std::sync::Arc::clone(&created);
     let creator = std::thread::spawn(move || {
         for i in 1000..1040 {
-            let _ = Command::new(&ctl)
+            let o = Command::new(&ctl)
                 .args([
                     "--socket",
                     &sock,
@@ -1772,9 +1776,14 @@ fn no_leftovers_after_many_networked_domains_and_a_crash() {
                     &i.to_string(),
                 ])
                 .output();
+            if o.is_ok_and(|o| o.status.success()) {
+                made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
         }
     });
-    std::thread::sleep(Duration::from_millis(150));
+    wait_until("two domains created", Duration::from_secs(30), || {
+        created.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    });
     d.kill9();
     creator.join().unwrap();
     d.spawn();
