@@ -907,7 +907,10 @@ impl Service {
     /// Starts a command in a running domain as its owner (or as `user`, for admins).
     pub fn run(&self, caller: &Caller, req: &RunRequest, stdio: &[i32]) -> ApiResult<Child> {
         let e = self.entry(&req.name)?;
-        let d = self.lock(&e)?;
+        // A copy: the domain is not held while the command starts, so concurrent commands (and
+        // other operations) do not queue behind each other's fork and exec. A destroy racing
+        // with the start kills the command with the domain.
+        let d = self.lock(&e)?.clone();
         self.authorize(caller, &d, Permission::Exec)?;
         Self::require_running(&d)?;
         if req.argv.is_empty() || req.argv[0].is_empty() {

@@ -248,8 +248,8 @@ pub fn exec_via_init(
     let mut fds = vec![theirs.as_raw_fd()];
     fds.extend_from_slice(stdio);
     // Never blocks on an init that does not read (frozen, or its queue full of a burst of
-    // commands): waits for room until the deadline instead.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // commands): waits for room until the deadline (30 s) instead.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match sendmsg::<()>(
             ctl.as_raw_fd(),
@@ -271,7 +271,7 @@ pub fn exec_via_init(
     }
     drop(theirs);
     if !wait_ready(&ours, libc::POLLIN, deadline) {
-        return Err(gone("no answer within 10 s (is the domain frozen?)".into()));
+        return Err(gone("no answer within 30 s (is the domain frozen?)".into()));
     }
     let mut buf = vec![0u8; 4096];
     let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
