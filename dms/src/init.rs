@@ -756,7 +756,7 @@ unsafe fn serve(ctl: RawFd, no_new_privs: bool) -> ! {
 
 /// Reaps every exited child; tells the daemon of those that were its commands.
 fn reap_commands(running: &mut Vec<(libc::pid_t, OwnedFd)>) {
-    use crate::spawn::INIT_EXITED;
+    use crate::spawn::ExitStatus;
     loop {
         let mut status = 0;
         // SAFETY: waitpid with a local status word.
@@ -766,17 +766,15 @@ fn reap_commands(running: &mut Vec<(libc::pid_t, OwnedFd)>) {
         }
         if let Some(i) = running.iter().position(|(p, _)| *p == pid) {
             let (_, sock) = running.swap_remove(i);
-            let (kind, value) = if libc::WIFSIGNALED(status) {
-                (1, libc::WTERMSIG(status))
+            let status = if libc::WIFSIGNALED(status) {
+                ExitStatus::Signal(libc::WTERMSIG(status))
             } else {
-                (0, libc::WEXITSTATUS(status))
+                ExitStatus::Code(libc::WEXITSTATUS(status))
             };
-            let mut msg = [INIT_EXITED, kind, 0, 0, 0, 0];
-            msg[2..].copy_from_slice(&value.to_le_bytes());
             // Nobody waiting (a detached run) is fine.
             let _ = nix::sys::socket::send(
                 sock.as_raw_fd(),
-                &msg,
+                &crate::spawn::exited_message(status),
                 nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
             );
         }
@@ -810,13 +808,15 @@ fn take_command(
             crate::spawn::received_fds(&m),
         ),
     };
-    let Some((reply, stdio)) = fds.split_first() else {
+    let mut fds = fds.into_iter();
+    let Some(reply) = fds.next() else {
         return true;
     };
+    let stdio: Vec<OwnedFd> = fds.collect();
     let started = if truncated {
         Err("the command request is too large".to_string())
     } else {
-        start_command(&buf[..n], stdio, no_new_privs)
+        start_command(&buf[..n], &stdio, no_new_privs)
     };
     let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
     match started {
@@ -829,9 +829,7 @@ fn take_command(
                 flags,
                 None,
             );
-            if let Ok(reply) = reply.try_clone() {
-                running.push((pid, reply));
-            }
+            running.push((pid, reply));
         }
         Err(e) => {
             let mut msg = vec![INIT_FAILED];

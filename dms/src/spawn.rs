@@ -201,17 +201,13 @@ impl Child {
                 loop {
                     match nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
                         Err(nix::errno::Errno::EINTR) => continue,
-                        Ok(6) if buf[0] == INIT_EXITED => {
-                            let v = i32::from_le_bytes([buf[2], buf[3], buf[4], buf[5]]);
-                            return Ok(if buf[1] == 0 {
-                                ExitStatus::Code(v)
-                            } else {
-                                ExitStatus::Signal(v)
-                            });
+                        // Anything but an exit report means the init is gone, and with it its
+                        // pid namespace: the kernel killed the command.
+                        Ok(n) => {
+                            return Ok(parse_exited(&buf[..n])
+                                .unwrap_or(ExitStatus::Signal(libc::SIGKILL)))
                         }
-                        // The init is gone, and with it its pid namespace: the kernel killed
-                        // the command.
-                        Ok(_) | Err(_) => return Ok(ExitStatus::Signal(libc::SIGKILL)),
+                        Err(_) => return Ok(ExitStatus::Signal(libc::SIGKILL)),
                     }
                 }
             }
@@ -224,7 +220,36 @@ impl Child {
 /// a signal, and the value as i32 little-endian).
 pub(crate) const INIT_STARTED: u8 = b'S';
 pub(crate) const INIT_FAILED: u8 = b'F';
-pub(crate) const INIT_EXITED: u8 = b'X';
+const INIT_EXITED: u8 = b'X';
+
+/// The exit report a domain init sends for `status`.
+pub(crate) fn exited_message(status: ExitStatus) -> [u8; 6] {
+    let (kind, value) = match status {
+        ExitStatus::Code(c) => (0, c),
+        ExitStatus::Signal(s) => (1, s),
+    };
+    let mut msg = [INIT_EXITED, kind, 0, 0, 0, 0];
+    msg[2..].copy_from_slice(&value.to_le_bytes());
+    msg
+}
+
+/// The status in an exit report, if `msg` is one.
+fn parse_exited(msg: &[u8]) -> Option<ExitStatus> {
+    match *msg {
+        [INIT_EXITED, kind, a, b, c, d] => {
+            let value = i32::from_le_bytes([a, b, c, d]);
+            Some(if kind == 0 {
+                ExitStatus::Code(value)
+            } else {
+                ExitStatus::Signal(value)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// How long a domain init has to take a command and answer whether it started.
+const INIT_ANSWER_LIMIT: Duration = Duration::from_secs(30);
 
 /// Starts `spec` as a child of a domain's init, which is already in the domain's cgroups and
 /// namespaces, so nothing is joined: the request goes over the init's control socket `ctl`
@@ -248,8 +273,14 @@ pub fn exec_via_init(
     let mut fds = vec![theirs.as_raw_fd()];
     fds.extend_from_slice(stdio);
     // Never blocks on an init that does not read (frozen, or its queue full of a burst of
-    // commands): waits for room until the deadline (30 s) instead.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // commands): waits for room until the deadline instead.
+    let deadline = Instant::now() + INIT_ANSWER_LIMIT;
+    let late = |what: &str| {
+        gone(format!(
+            "{what} within {} s (is the domain frozen?)",
+            INIT_ANSWER_LIMIT.as_secs()
+        ))
+    };
     loop {
         match sendmsg::<()>(
             ctl.as_raw_fd(),
@@ -261,9 +292,7 @@ pub fn exec_via_init(
             Ok(_) => break,
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
                 if !wait_ready(ctl, libc::POLLOUT, deadline) {
-                    return Err(gone(
-                        "takes no command within 10 s (is the domain frozen?)".into(),
-                    ));
+                    return Err(late("takes no command"));
                 }
             }
             Err(e) => return Err(gone(format!("sending the command: {e}"))),
@@ -271,7 +300,7 @@ pub fn exec_via_init(
     }
     drop(theirs);
     if !wait_ready(&ours, libc::POLLIN, deadline) {
-        return Err(gone("no answer within 30 s (is the domain frozen?)".into()));
+        return Err(late("no answer"));
     }
     let mut buf = vec![0u8; 4096];
     let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
@@ -690,27 +719,20 @@ fn zygote_main(sock: OwnedFd) -> ! {
                 },
             };
             drop(fds_in);
-            match &ctl {
-                Some(fd) => send_reply_with_fd(&sock, &reply, fd),
-                None => send_reply(&sock, &reply),
-            }
+            send_reply(&sock, &reply, ctl.as_ref());
         }
     }
 }
 
-fn send_reply(sock: &OwnedFd, reply: &Reply) {
+/// Sends `reply` to the daemon, with `fd` attached if given (an init's control socket).
+fn send_reply(sock: &OwnedFd, reply: &Reply, fd: Option<&OwnedFd>) {
     if let Ok(b) = serde_json::to_vec(reply) {
-        let _ = nix::sys::socket::send(sock.as_raw_fd(), &b, MsgFlags::empty());
-    }
-}
-
-fn send_reply_with_fd(sock: &OwnedFd, reply: &Reply, fd: &OwnedFd) {
-    if let Ok(b) = serde_json::to_vec(reply) {
-        let fds = [fd.as_raw_fd()];
+        let fds = fd.map(|f| [f.as_raw_fd()]);
+        let cmsg = fds.as_ref().map(|f| ControlMessage::ScmRights(f));
         let _ = sendmsg::<()>(
             sock.as_raw_fd(),
             &[IoSlice::new(&b)],
-            &[ControlMessage::ScmRights(&fds)],
+            cmsg.as_slice(),
             MsgFlags::empty(),
             None,
         );
@@ -731,6 +753,7 @@ fn reap(sock: &OwnedFd, zygote: &mut Zygote) {
                     pid: pid.as_raw(),
                     status: ExitStatus::Code(code),
                 },
+                None,
             ),
             Ok(WaitStatus::Signaled(pid, sig, _)) => send_reply(
                 sock,
@@ -738,6 +761,7 @@ fn reap(sock: &OwnedFd, zygote: &mut Zygote) {
                     pid: pid.as_raw(),
                     status: ExitStatus::Signal(sig as i32),
                 },
+                None,
             ),
             Ok(WaitStatus::StillAlive) | Err(_) => break,
             Ok(_) => {}
@@ -763,8 +787,13 @@ fn cstr(s: &str, what: &str) -> Result<CString, String> {
 
 /// A process's exec, prepared before fork so that the forked child only makes syscalls.
 pub(crate) struct PreparedExec {
-    argv: Vec<CString>,
-    envp: Vec<CString>,
+    /// Own the strings that `argv_p` and `envp_p` point into (their heap buffers do not move
+    /// with the struct).
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    /// NULL-terminated argument and environment pointers for execve.
+    argv_p: Vec<*const libc::c_char>,
+    envp_p: Vec<*const libc::c_char>,
     /// Where the program may be: itself when it has a `/`, else each clean-PATH directory.
     candidates: Vec<CString>,
     cwd: CString,
@@ -788,16 +817,23 @@ impl PreparedExec {
         if spec.argv.is_empty() {
             return Err("argv is empty".into());
         }
-        let argv = spec
+        let argv: Vec<CString> = spec
             .argv
             .iter()
             .map(|a| cstr(a, "argument"))
             .collect::<Result<_, _>>()?;
-        let envp = spec
+        let envp: Vec<CString> = spec
             .env
             .iter()
             .map(|(k, v)| cstr(&format!("{k}={v}"), "environment entry"))
             .collect::<Result<_, _>>()?;
+        let pointers = |v: &[CString]| {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        let (argv_p, envp_p) = (pointers(&argv), pointers(&envp));
         let prog = &spec.argv[0];
         let candidates = if prog.contains('/') {
             vec![cstr(prog, "program")?]
@@ -815,8 +851,10 @@ impl PreparedExec {
             .collect::<Result<_, _>>()?
         };
         Ok(PreparedExec {
-            argv,
-            envp,
+            _argv: argv,
+            _envp: envp,
+            argv_p,
+            envp_p,
             candidates,
             cwd: cstr(&spec.cwd.to_string_lossy(), "working directory")?,
             groups: spec.groups.clone(),
@@ -842,14 +880,8 @@ impl PreparedExec {
             if libc::chdir(self.cwd.as_ptr()) != 0 {
                 fail_child(report, STEP_CWD);
             }
-            let mut argv_p: Vec<*const libc::c_char> =
-                self.argv.iter().map(|a| a.as_ptr()).collect();
-            argv_p.push(std::ptr::null());
-            let mut env_p: Vec<*const libc::c_char> =
-                self.envp.iter().map(|a| a.as_ptr()).collect();
-            env_p.push(std::ptr::null());
             for c in &self.candidates {
-                libc::execve(c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
+                libc::execve(c.as_ptr(), self.argv_p.as_ptr(), self.envp_p.as_ptr());
             }
             fail_child(report, STEP_EXEC)
         }
