@@ -336,6 +336,11 @@ impl Daemon {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// The `usage` object of `domain show NAME`.
+    pub fn usage(&self, name: &str) -> Value {
+        self.json(&["domain", "show", name])["usage"].clone()
+    }
+
     pub fn cpu_ns(&self, name: &str) -> u64 {
         self.json(&["domain", "show", name])["usage"]["cpu_usage_ns"]
             .as_u64()

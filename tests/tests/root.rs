@@ -37,16 +37,33 @@ fn cpu_limit_freeze_and_thaw() {
         ]);
     }
     std::thread::sleep(Duration::from_millis(500));
-    // No window may exceed the limit; the best of up to three must reach it (a VM whose host
-    // steals CPU time gives less than the limit, which says nothing about the limit).
+    // No window may exceed the limit; the best of up to five must reach it. A VM whose host
+    // steals CPU time gives less than the limit, which says nothing about the limit; so does an
+    // emulated guest (TCG) whose hrtimers fire late and stretch the kernel's 100 ms enforcement
+    // periods. The kernel counts those periods (cpu.stat nr_periods), so the share per elapsed
+    // period is the limit as the kernel enforced it, and counts as reaching it.
     let mut best = 0.0f64;
-    for window in 1..=3 {
-        let (c0, t0) = (d.cpu_ns(&name), Instant::now());
+    for window in 1..=5 {
+        let (u0, t0) = (d.usage(&name), Instant::now());
         std::thread::sleep(Duration::from_secs(4));
-        let share = (d.cpu_ns(&name) - c0) as f64 / t0.elapsed().as_nanos() as f64;
-        eprintln!("cpu share under a 50% limit, window {window}: {share:.3}");
+        let u1 = d.usage(&name);
+        let wall_ns = t0.elapsed().as_nanos() as f64;
+        let used_ns =
+            (u1["cpu_usage_ns"].as_u64().unwrap() - u0["cpu_usage_ns"].as_u64().unwrap()) as f64;
+        let periods = u1["cpu_periods"].as_u64().unwrap() - u0["cpu_periods"].as_u64().unwrap();
+        let share = used_ns / wall_ns;
+        let period_share = used_ns / (periods.max(1) as f64 * 100e6);
+        eprintln!(
+            "cpu share under a 50% limit, window {window}: {share:.3} of wall time, \
+             {period_share:.3} per period over {periods} periods ({:.0} expected from wall time)",
+            wall_ns / 100e6
+        );
         assert!(share <= 0.55, "cpu share {share:.3} above 50% +5%");
-        best = best.max(share);
+        assert!(
+            period_share <= 0.55,
+            "cpu share per period {period_share:.3} above 50% +5%"
+        );
+        best = best.max(share).max(period_share);
         if best >= 0.45 {
             break;
         }
