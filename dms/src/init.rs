@@ -816,7 +816,7 @@ fn take_command(
     let started = if truncated {
         Err("the command request is too large".to_string())
     } else {
-        start_command(&buf[..n], &stdio, no_new_privs)
+        start_command(&buf[..n], &stdio, reply.as_raw_fd(), no_new_privs)
     };
     let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
     match started {
@@ -845,6 +845,7 @@ fn take_command(
 fn start_command(
     request: &[u8],
     stdio: &[OwnedFd],
+    reply: RawFd,
     no_new_privs: bool,
 ) -> Result<(libc::pid_t, OwnedFd), String> {
     use crate::spawn::{child_stdio, fail_child, PreparedExec, STEP_NO_NEW_PRIVS};
@@ -860,6 +861,13 @@ fn start_command(
         let report = wr.as_raw_fd();
         // SAFETY: a child of the single-threaded init, making only syscalls before exec.
         unsafe {
+            // Its pid as the daemon sees it comes with this (see COMMAND_HELLO); best effort.
+            libc::send(
+                reply,
+                [crate::spawn::COMMAND_HELLO].as_ptr().cast(),
+                1,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            );
             // Without fds of its own the command keeps the init's /dev/null.
             child_stdio(&stdio, report);
             if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {

@@ -219,6 +219,9 @@ impl Child {
 /// the command's pidfd), failed (then a text), exited (then a kind byte, 0 for a code and 1 for
 /// a signal, and the value as i32 little-endian).
 pub(crate) const INIT_STARTED: u8 = b'S';
+/// Sent by the command itself, before its exec, so that the kernel attaches its pid as the
+/// daemon sees it; the init's own view of the pid is in the domain's pid namespace.
+pub(crate) const COMMAND_HELLO: u8 = b'P';
 pub(crate) const INIT_FAILED: u8 = b'F';
 const INIT_EXITED: u8 = b'X';
 
@@ -263,6 +266,9 @@ pub fn exec_via_init(
 ) -> Result<Child, SpawnError> {
     let gone = |e: String| SpawnError::Failed(format!("domain {domain:?}: its init: {e}"));
     let (ours, theirs) = seqpacket_pair().map_err(SpawnError::Unavailable)?;
+    // Credentials on what arrives: the command's hello then says its pid in our namespace.
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)
+        .map_err(|e| SpawnError::Unavailable(format!("SO_PASSCRED: {e}")))?;
     let msg = serde_json::to_vec(spec).map_err(|e| SpawnError::Failed(e.to_string()))?;
     if msg.len() > INIT_REQUEST_MAX {
         return Err(SpawnError::Failed(format!(
@@ -303,28 +309,53 @@ pub fn exec_via_init(
         return Err(late("no answer"));
     }
     let mut buf = vec![0u8; 4096];
-    let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let m = recvmsg::<()>(
-        ours.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg_buf),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| gone(format!("reading its answer: {e}")))?;
-    let n = m.bytes;
-    let pidfd = received_fds(&m).into_iter().next();
-    match (buf.first().copied(), pidfd) {
-        (Some(INIT_STARTED), Some(pidfd)) if n == 1 => Ok(Child {
-            // 0 when the command has already ended and been reaped (the kernel then says -1).
-            pid: pid_of_pidfd(&pidfd).filter(|p| *p > 0).unwrap_or(0),
-            exit: ExitSource::Init(ours),
-        }),
-        (Some(INIT_FAILED), _) if n > 1 => Err(SpawnError::Failed(
-            String::from_utf8_lossy(&buf[1..n]).into_owned(),
-        )),
-        _ => Err(gone("exited".into())),
+    // The command's own hello carries its pid as this process sees it (SO_PASSCRED); it comes
+    // before the init's answer, which it always precedes.
+    let mut pid = None;
+    loop {
+        let mut cmsg_buf = nix::cmsg_space!([RawFd; 1], nix::sys::socket::UnixCredentials);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let m = recvmsg::<()>(
+            ours.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_buf),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| gone(format!("reading its answer: {e}")))?;
+        let (n, sender, pidfd) = (m.bytes, sender_pid(&m), received_fds(&m).into_iter().next());
+        let first = buf.first().copied().filter(|_| n > 0);
+        if first == Some(COMMAND_HELLO) && n == 1 {
+            pid = sender;
+            if !wait_ready(&ours, libc::POLLIN, deadline) {
+                return Err(late("no answer"));
+            }
+            continue;
+        }
+        return match (first, pidfd) {
+            (Some(INIT_STARTED), Some(pidfd)) if n == 1 => Ok(Child {
+                // Without the hello (it could not be sent), from the pidfd: 0 when the command
+                // has already ended and been reaped (the kernel then says -1).
+                pid: pid
+                    .or_else(|| pid_of_pidfd(&pidfd).filter(|p| *p > 0))
+                    .unwrap_or(0),
+                exit: ExitSource::Init(ours),
+            }),
+            (Some(INIT_FAILED), _) if n > 1 => Err(SpawnError::Failed(
+                String::from_utf8_lossy(&buf[1..n]).into_owned(),
+            )),
+            _ => Err(gone("exited".into())),
+        };
     }
+}
+
+/// The pid in the credentials the kernel attached to a message (SO_PASSCRED).
+fn sender_pid(m: &nix::sys::socket::RecvMsg<'_, '_, ()>) -> Option<i32> {
+    m.cmsgs().ok()?.find_map(|c| match c {
+        nix::sys::socket::ControlMessageOwned::ScmCredentials(cred) if cred.pid() > 0 => {
+            Some(cred.pid())
+        }
+        _ => None,
+    })
 }
 
 /// Waits until `fd` has `events` (or an error or hangup, which the next call reports); false

@@ -955,6 +955,35 @@ fn exec_passes_status_and_refuses_frozen_dead_and_foreign_callers() {
             .trim(),
         "1"
     );
+    // A detached command's pid is its pid on the host, even when it has ended before the
+    // daemon answers.
+    let pid = d.ok(&[
+        "domain",
+        "run",
+        "dmstest.nobody",
+        "--no-wait",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    let pid = pid.trim();
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "sleep",
+        "pid {pid}"
+    );
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .contains("/dmstest.nobody"),
+        "pid {pid} is not in the domain's cgroups"
+    );
+    for _ in 0..5 {
+        let quick = d.ok(&["domain", "run", "dmstest.nobody", "--no-wait", "--", "true"]);
+        assert!(quick.trim().parse::<i32>().unwrap() > 0, "pid {quick:?}");
+    }
     // A burst of concurrent commands: each one runs and gets its own status back. (Eight:
     // the emulated cgroup v2 guest starts about one command per two seconds.)
     let codes: Vec<Option<i32>> = std::thread::scope(|s| {
