@@ -219,11 +219,12 @@ impl Child {
 /// the command's pidfd), failed (then a text), exited (then a kind byte, 0 for a code and 1 for
 /// a signal, and the value as i32 little-endian).
 pub(crate) const INIT_STARTED: u8 = b'S';
-/// Sent by the command itself, before its exec, so that the kernel attaches its pid as the
-/// daemon sees it; the init's own view of the pid is in the domain's pid namespace.
-pub(crate) const COMMAND_HELLO: u8 = b'P';
 pub(crate) const INIT_FAILED: u8 = b'F';
 const INIT_EXITED: u8 = b'X';
+/// Sent on the same socket by the command itself, before its exec and so before the init's
+/// answer, so that the kernel attaches its pid as the daemon sees it (the init knows only its
+/// pid in the domain's pid namespace).
+pub(crate) const COMMAND_HELLO: u8 = b'P';
 
 /// The exit report a domain init sends for `status`.
 pub(crate) fn exited_message(status: ExitStatus) -> [u8; 6] {
@@ -309,8 +310,7 @@ pub fn exec_via_init(
         return Err(late("no answer"));
     }
     let mut buf = vec![0u8; 4096];
-    // The command's own hello carries its pid as this process sees it (SO_PASSCRED); it comes
-    // before the init's answer, which it always precedes.
+    // First, normally, the command's hello (COMMAND_HELLO) with its pid as we see it.
     let mut pid = None;
     loop {
         let mut cmsg_buf = nix::cmsg_space!([RawFd; 1], nix::sys::socket::UnixCredentials);
