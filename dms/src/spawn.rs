@@ -306,13 +306,13 @@ pub fn exec_via_init(
         }
     }
     drop(theirs);
-    if !wait_ready(&ours, libc::POLLIN, deadline) {
-        return Err(late("no answer"));
-    }
     let mut buf = vec![0u8; 4096];
     // First, normally, the command's hello (COMMAND_HELLO) with its pid as we see it.
     let mut pid = None;
     loop {
+        if !wait_ready(&ours, libc::POLLIN, deadline) {
+            return Err(late("no answer"));
+        }
         let mut cmsg_buf = nix::cmsg_space!([RawFd; 1], nix::sys::socket::UnixCredentials);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let m = recvmsg::<()>(
@@ -326,9 +326,6 @@ pub fn exec_via_init(
         let first = buf.first().copied().filter(|_| n > 0);
         if first == Some(COMMAND_HELLO) && n == 1 {
             pid = sender;
-            if !wait_ready(&ours, libc::POLLIN, deadline) {
-                return Err(late("no answer"));
-            }
             continue;
         }
         return match (first, pidfd) {

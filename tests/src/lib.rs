@@ -342,9 +342,7 @@ impl Daemon {
     }
 
     pub fn cpu_ns(&self, name: &str) -> u64 {
-        self.json(&["domain", "show", name])["usage"]["cpu_usage_ns"]
-            .as_u64()
-            .unwrap()
+        self.usage(name)["cpu_usage_ns"].as_u64().unwrap()
     }
 
     pub fn kill9(&mut self) {
