@@ -256,7 +256,7 @@ pub struct Service {
     /// Last usage readings and limit events.
     pub(crate) usage_book: Mutex<crate::usage::UsageBook>,
     /// Where usage records go (None: not written).
-    pub(crate) records: Option<dms_accounting::records::RecordLog>,
+    pub(crate) records: Option<crate::usage::RecordWriter>,
     /// This node's name, for usage records and status.
     pub(crate) hostname: String,
     /// How long one collection may read before the rest is shown stale.
@@ -364,9 +364,12 @@ impl Service {
             jobs: Mutex::new(jobs),
             metrics: crate::metrics::DaemonMetrics::default(),
             usage_book: Mutex::new(crate::usage::UsageBook::default()),
-            records: opts
-                .usage_dir
-                .map(|d| dms_accounting::records::RecordLog::new(&d, opts.usage_rotate)),
+            records: opts.usage_dir.map(|d| {
+                crate::usage::RecordWriter::new(dms_accounting::records::RecordLog::new(
+                    &d,
+                    opts.usage_rotate,
+                ))
+            }),
             hostname: nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())

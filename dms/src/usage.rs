@@ -500,8 +500,13 @@ impl Service {
             processors: d.limits.cpu_millicores.map(|m| f64::from(m) / 1000.0),
             exit_cause: cause.label(d.state == DomainState::Failed || d.reason.is_some()),
         };
-        if let Err(e) = log.append(&rec) {
-            tracing::warn!(domain = %d.name, error = %e, "could not write the usage record");
+        log.append(rec);
+    }
+
+    /// Waits until the usage records of domains that ended are written (at shutdown).
+    pub fn flush_usage_records(&self) {
+        if let Some(r) = &self.records {
+            r.flush();
         }
     }
 
@@ -523,6 +528,82 @@ impl Service {
             .filter(|r| admin || r.uid == caller.uid)
             .filter(|r| filter.matches(r))
             .collect())
+    }
+}
+
+/// Usage records written by a thread of their own, off the request path: a destroy does not
+/// wait for the XML file, the JSON line and their fsync. Readers first wait until what was
+/// queued before them is written, so a record is there once its destroy has returned.
+#[derive(Debug)]
+pub(crate) struct RecordWriter {
+    log: std::sync::Arc<dms_accounting::records::RecordLog>,
+    queue: std::sync::mpsc::Sender<UsageRecord>,
+    /// Records queued and not yet written.
+    pending: std::sync::Arc<(parking_lot::Mutex<u64>, parking_lot::Condvar)>,
+}
+
+/// How long a reader (or shutdown) waits for queued records to be written.
+const RECORD_FLUSH_LIMIT: Duration = Duration::from_secs(10);
+
+impl RecordWriter {
+    pub(crate) fn new(log: dms_accounting::records::RecordLog) -> RecordWriter {
+        let log = std::sync::Arc::new(log);
+        let pending =
+            std::sync::Arc::new((parking_lot::Mutex::new(0u64), parking_lot::Condvar::new()));
+        let (queue, rx) = std::sync::mpsc::channel::<UsageRecord>();
+        let (l, p) = (std::sync::Arc::clone(&log), std::sync::Arc::clone(&pending));
+        let spawned = std::thread::Builder::new()
+            .name("usage-records".into())
+            .spawn(move || {
+                for rec in rx {
+                    if let Err(e) = l.append(&rec) {
+                        tracing::warn!(domain = %rec.domain, error = %e, "could not write the usage record");
+                    }
+                    let mut n = p.0.lock();
+                    *n = n.saturating_sub(1);
+                    p.1.notify_all();
+                }
+            });
+        if let Err(e) = spawned {
+            // Then sends fail and records are written on the caller's thread.
+            tracing::warn!(error = %e, "no thread for usage records; writing them inline");
+        }
+        RecordWriter {
+            log,
+            queue,
+            pending,
+        }
+    }
+
+    /// Queues `rec`; failures are logged, never fatal.
+    pub(crate) fn append(&self, rec: UsageRecord) {
+        *self.pending.0.lock() += 1;
+        if let Err(std::sync::mpsc::SendError(rec)) = self.queue.send(rec) {
+            *self.pending.0.lock() -= 1;
+            if let Err(e) = self.log.append(&rec) {
+                tracing::warn!(domain = %rec.domain, error = %e, "could not write the usage record");
+            }
+        }
+    }
+
+    /// Waits (bounded) until every queued record is written.
+    pub(crate) fn flush(&self) {
+        let deadline = Instant::now() + RECORD_FLUSH_LIMIT;
+        let mut n = self.pending.0.lock();
+        while *n > 0 {
+            if self.pending.1.wait_until(&mut n, deadline).timed_out() {
+                tracing::warn!(queued = *n, "usage records still being written");
+                return;
+            }
+        }
+    }
+
+    /// Every record, once those queued are written (see [`dms_accounting::records::RecordLog::read_all`]).
+    pub(crate) fn read_all(
+        &self,
+    ) -> Result<Vec<UsageRecord>, dms_accounting::records::RecordError> {
+        self.flush();
+        self.log.read_all()
     }
 }
 

@@ -302,6 +302,8 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
         }
     }
     tracing::info!("stopping; domains keep running and are adopted at the next start");
+    let s = Arc::clone(&svc);
+    let _ = tokio::task::spawn_blocking(move || s.flush_usage_records()).await;
     std::fs::remove_file(&cfg.socket).ok();
     std::fs::remove_file(&cfg.accounts.pam_socket).ok();
     // Leave no empty subtree behind; with domains present the rmdir fails and that is fine.
