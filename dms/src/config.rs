@@ -30,8 +30,10 @@ freeze_timeout_ms = 5000
 lock_timeout_ms = 10000
 # Container domain inits kept started ahead of time, each holding fresh namespaces (pid, mount,
 # uts, ipc, net) and mounts that no domain has used; a new domain without policy paths takes
-# one instead of waiting for them to be made (about 2 ms less per creation). 0 = start every
-# init on demand. At most 64.
+# one instead of waiting for them to be made (about 2 ms less per creation). Once a NAT domain
+# has been created, as many more are kept with their veth pair made (host end
+# <link_prefix>x<n>, down until a NAT domain takes it). 0 = start every init on demand. At
+# most 64.
 spare_inits = 2
 
 # Networking of container domains with network mode "nat" (set per VO in the policies).
@@ -44,7 +46,8 @@ bridge = "dms0"
 pool = "10.213.0.0/16"
 # nftables tables (inet and bridge family) DMS owns and rewrites.
 nft_table = "dms"
-# Host-side veth names are <link_prefix><n>; stray links with this prefix are removed.
+# Host-side veth names are <link_prefix><n>, or <link_prefix>x<n> when made by a spare init;
+# stray <link_prefix><n> links are removed.
 link_prefix = "dmsv"
 # DNS servers for domains; when set, every domain sees a resolv.conf with them. When empty the
 # host's /etc/resolv.conf is used (a loopback resolver such as 127.0.0.53 is not reachable

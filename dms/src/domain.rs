@@ -428,7 +428,14 @@ impl ContainerBackend {
         })
     }
 
-    fn start_init(&self, domain: &Domain) -> Result<(InitHandle, OwnedFd), BackendError> {
+    /// Starts the domain's init; `net` is its reserved NAT address, which an init taken from
+    /// the spares configures itself. Returns also the host end of the init's veth pair, if it
+    /// made one.
+    fn start_init(
+        &self,
+        domain: &Domain,
+        net: Option<&crate::net::NetAttachment>,
+    ) -> Result<(InitHandle, OwnedFd, Option<String>), BackendError> {
         let spec = InitSpec {
             hostname: domain.name.clone(),
             procs_files: self.cgroups.procs_files(&domain.name),
@@ -436,12 +443,18 @@ impl ContainerBackend {
             readonly_paths: domain.isolation.paths.readonly.clone(),
             resolv_conf: self.resolv_conf.clone(),
             userns: domain.isolation.userns,
+            network: net.map(|a| crate::spawn::InitNetwork {
+                address: a.address,
+                prefix: a.prefix,
+                gateway: a.gateway,
+            }),
         };
-        let (pid, ctl) = self.spawner.start_init(&spec)?;
+        let started = self.spawner.start_init(&spec)?;
+        let pid = started.pid;
         let start = dms_join::start_time(pid).map_err(|e| {
             BackendError::NotRunning(format!("domain init {pid} exited during setup: {e}"))
         })?;
-        Ok((InitHandle { pid, start }, ctl))
+        Ok((InitHandle { pid, start }, started.ctl, started.spare_link))
     }
 }
 
@@ -452,25 +465,38 @@ impl Backend for ContainerBackend {
 
     fn create(&self, domain: &mut Domain) -> Result<(), BackendError> {
         self.cgroups.create(&domain.name, &domain.limits)?;
+        // Reserved before the init starts, which then may configure its eth0 itself.
+        let mut reserved = None;
         let made = (|| {
-            let (init, ctl) = self.start_init(domain)?;
+            if domain.isolation.network.mode == dms_policies::NetworkMode::Nat {
+                reserved = Some(
+                    self.network
+                        .reserve(&domain.name, &domain.isolation.network)?,
+                );
+            }
+            let (init, ctl, spare_link) = self.start_init(domain, reserved.as_ref())?;
             domain.runtime.init = Some(init);
             self.inits.watch(&domain.name, init)?;
             self.controls
                 .lock()
                 .insert(domain.name.clone(), std::sync::Arc::new(ctl));
-            if domain.isolation.network.mode == dms_policies::NetworkMode::Nat {
+            if let Some(att) = reserved.take() {
                 let att = self.network.attach(
                     &domain.name,
+                    att,
                     init.pid,
                     init.start,
                     &domain.isolation.network,
+                    spare_link.as_deref(),
                 )?;
                 domain.runtime.net = Some(att);
             }
             Ok(())
         })();
         if let Err(e) = made {
+            if let Some(att) = reserved {
+                self.network.unreserve(&domain.name, &att);
+            }
             let _ = self.destroy(&domain.name);
             domain.runtime = Runtime::default();
             return Err(e);

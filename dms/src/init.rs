@@ -38,6 +38,8 @@ const STEP_HOSTNAME: u8 = 10;
 const STEP_LOOPBACK: u8 = 11;
 const STEP_USERNS: u8 = 12;
 const STEP_NETNS: u8 = 13;
+const STEP_LINK: u8 = 14;
+const STEP_VETH: u8 = 15;
 
 /// The uid and gid map of a domain's user namespace: every id onto itself. Root must stay
 /// root: sshd, for one, decides by `getuid() == 0` whether to switch to the user.
@@ -96,9 +98,11 @@ fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
 const CLAIM_MAX: usize = libc::PIPE_BUF;
 
 /// The part of an init's setup that names its domain, as the init reads it (from memory when
-/// started on demand, from its claim pipe when it was a spare): a user-namespace byte, then the
-/// hostname and each `cgroup.procs` file, NUL-terminated.
-fn claim_message(spec: &InitSpec) -> Result<Vec<u8>, String> {
+/// started on demand, from its claim pipe when it was a spare): a user-namespace byte, the
+/// length (u16, little endian) and bytes of the netlink requests that configure its `eth0`
+/// (only for a spare that made one), then the hostname and each `cgroup.procs` file,
+/// NUL-terminated.
+fn claim_message(spec: &InitSpec, link: &[u8]) -> Result<Vec<u8>, String> {
     let mut hostname = spec.hostname.as_bytes();
     hostname = &hostname[..hostname.len().min(64)];
     if hostname.is_empty() || hostname.contains(&0) {
@@ -108,6 +112,9 @@ fn claim_message(spec: &InitSpec) -> Result<Vec<u8>, String> {
         ));
     }
     let mut m = vec![u8::from(spec.userns)];
+    let len = u16::try_from(link.len()).map_err(|_| "link requests too long".to_string())?;
+    m.extend_from_slice(&len.to_le_bytes());
+    m.extend_from_slice(link);
     m.extend_from_slice(hostname);
     m.push(0);
     for p in &spec.procs_files {
@@ -130,6 +137,8 @@ pub(crate) struct Spare {
     /// The daemon's end of its control socket.
     ctl: OwnedFd,
     born: Instant,
+    /// The host end of its veth pair (whose other end is its `eth0`), if it made one.
+    link: Option<String>,
 }
 
 /// How long a spare waits for a domain before it is replaced by a fresh one, so that a
@@ -138,26 +147,101 @@ const SPARE_MAX_AGE: Duration = Duration::from_secs(600);
 /// After a spare failed, how long to wait before starting another.
 const SPARE_RETRY: Duration = Duration::from_secs(5);
 
-/// The zygote's spare inits (`spare_inits` in the configuration).
+/// The zygote's spare inits (`spare_inits` in the configuration): `target` without a network
+/// link, for domains with loopback only, and, once a NAT domain has asked for one, `target`
+/// with a veth pair made, for NAT domains.
 #[derive(Debug, Default)]
 pub(crate) struct Spares {
     target: usize,
     resolv: Option<std::path::PathBuf>,
     ready: VecDeque<Spare>,
-    retry_at: Option<Instant>,
+    linked: VecDeque<Spare>,
+    links: Option<SpareLinks>,
+    /// After a spare of a kind failed (index 1: linked), when to start another of that kind;
+    /// each kind backs off alone, so a host that cannot make veth pairs still gets the others.
+    retry_at: [Option<Instant>; 2],
+}
+
+/// How spares make their veth pair: the host end `<prefix>x<n>`, in the host's network
+/// namespace, keeps its name when a domain takes it (a rename costs an RCU grace period).
+#[derive(Debug)]
+struct SpareLinks {
+    prefix: String,
+    /// The zygote's (the host's) network namespace, where the host ends go.
+    host_netns: OwnedFd,
+    next: u32,
+    /// A NAT domain has asked for a spare: keep linked ones from now on.
+    wanted: bool,
+}
+
+/// Temporary host-end names stay within the 15 bytes of an interface name: a prefix of at most
+/// 8, `x`, and at most 6 digits.
+const SPARE_LINK_NUMBERS: u32 = 1_000_000;
+
+impl SpareLinks {
+    fn next_name(&mut self) -> String {
+        self.next = (self.next + 1) % SPARE_LINK_NUMBERS;
+        format!("{}x{}", self.prefix, self.next)
+    }
 }
 
 impl Spares {
-    /// Keeps `target` spares whose `/etc/resolv.conf` is `resolv`. Spares that no longer fit
-    /// are dropped: closing their claim pipe makes them exit, and the zygote reaps them.
-    pub(crate) fn configure(&mut self, target: usize, resolv: Option<std::path::PathBuf>) {
+    /// Keeps `target` spares whose `/etc/resolv.conf` is `resolv`, and whose veth pairs (for
+    /// NAT domains) have host ends named after `link_prefix`. Spares that no longer fit are
+    /// dropped: closing their claim pipe makes them exit, and the zygote reaps them.
+    pub(crate) fn configure(
+        &mut self,
+        target: usize,
+        resolv: Option<std::path::PathBuf>,
+        link_prefix: Option<String>,
+    ) {
         if resolv != self.resolv {
             self.ready.clear();
+            self.linked.clear();
             self.resolv = resolv;
+        }
+        if link_prefix.as_deref() != self.links.as_ref().map(|l| l.prefix.as_str()) {
+            self.linked.clear();
+            let wanted = self.links.as_ref().is_some_and(|l| l.wanted);
+            self.links = link_prefix.and_then(|prefix| {
+                let host_netns = std::fs::File::open("/proc/self/ns/net").ok()?;
+                Some(SpareLinks {
+                    prefix,
+                    host_netns: host_netns.into(),
+                    next: std::process::id() % SPARE_LINK_NUMBERS,
+                    wanted,
+                })
+            });
         }
         self.target = target;
         self.ready.truncate(target);
-        self.retry_at = None;
+        self.linked.truncate(target);
+        self.retry_at = [None; 2];
+    }
+
+    /// The kinds (linked: true) of which fewer spares are ready than wanted, plain first.
+    fn missing(&self) -> impl Iterator<Item = bool> + '_ {
+        let plain = self.ready.len() < self.target;
+        let linked =
+            self.links.as_ref().is_some_and(|l| l.wanted) && self.linked.len() < self.target;
+        [(false, plain), (true, linked)]
+            .into_iter()
+            .filter_map(|(kind, short)| short.then_some(kind))
+    }
+
+    /// The first missing kind not backing off at `now`.
+    fn due(&self, now: Instant) -> Option<bool> {
+        self.missing()
+            .find(|k| self.retry_at[usize::from(*k)].is_none_or(|t| t <= now))
+    }
+
+    /// The spare that has waited longest, of either kind.
+    fn oldest(&self) -> Option<Instant> {
+        let born = |q: &VecDeque<Spare>| q.front().map(|s| s.born);
+        match (born(&self.ready), born(&self.linked)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The poll timeout (ms) until the zygote has spare work: 0 when a spare is due now, -1
@@ -172,59 +256,79 @@ impl Spares {
             )
             .unwrap_or(i32::MAX)
         };
-        if self.ready.len() < self.target {
-            return self
-                .retry_at
-                .map_or(0, |t| if t <= now { 0 } else { until(t) });
+        if self.due(now).is_some() {
+            return 0;
         }
-        self.ready
-            .front()
-            .map_or(-1, |s| until(s.born + SPARE_MAX_AGE))
+        let retry = self
+            .missing()
+            .filter_map(|k| self.retry_at[usize::from(k)])
+            .min();
+        match (retry, self.oldest()) {
+            (Some(t), Some(born)) => until(t.min(born + SPARE_MAX_AGE)),
+            (Some(t), None) => until(t),
+            (None, Some(born)) => until(born + SPARE_MAX_AGE),
+            (None, None) => -1,
+        }
     }
 
     /// Replaces a spare past its age, or starts one more if fewer than wanted (one per call,
     /// so requests waiting on the socket come first).
     pub(crate) fn tend(&mut self, inits: &mut HashSet<i32>) {
         let now = Instant::now();
-        if self
-            .ready
-            .front()
-            .is_some_and(|s| s.born + SPARE_MAX_AGE <= now)
-        {
-            self.ready.pop_front();
+        for q in [&mut self.ready, &mut self.linked] {
+            if q.front().is_some_and(|s| s.born + SPARE_MAX_AGE <= now) {
+                q.pop_front();
+            }
         }
-        if self.ready.len() >= self.target || self.retry_at.is_some_and(|t| t > now) {
+        let Some(linked) = self.due(now) else {
             return;
-        }
-        match start_spare(self.resolv.as_deref()) {
+        };
+        let link = match (&mut self.links, linked) {
+            (Some(l), true) => Some((l.next_name(), l.host_netns.as_raw_fd())),
+            _ => None,
+        };
+        let link = link.as_ref().map(|(name, fd)| (name.as_str(), *fd));
+        match start_spare(self.resolv.as_deref(), link) {
             Ok(s) => {
                 inits.insert(s.pid);
-                self.ready.push_back(s);
-                self.retry_at = None;
+                if linked {
+                    self.linked.push_back(s);
+                } else {
+                    self.ready.push_back(s);
+                }
+                self.retry_at[usize::from(linked)] = None;
             }
-            Err(_) => self.retry_at = Some(now + SPARE_RETRY),
+            Err(_) => self.retry_at[usize::from(linked)] = Some(now + SPARE_RETRY),
         }
     }
 
     /// A reaped init: if it was a spare waiting for a claim, it failed; wait before the next.
     pub(crate) fn reaped(&mut self, pid: i32) {
-        if let Some(i) = self.ready.iter().position(|s| s.pid == pid) {
-            self.ready.remove(i);
-            self.retry_at = Some(Instant::now() + SPARE_RETRY);
+        for (kind, q) in [&mut self.ready, &mut self.linked].into_iter().enumerate() {
+            if let Some(i) = q.iter().position(|s| s.pid == pid) {
+                q.remove(i);
+                self.retry_at[kind] = Some(Instant::now() + SPARE_RETRY);
+            }
         }
     }
 
     /// A spare for `spec`, if one fits: the policy paths are mounted before the claim, so
-    /// only a domain without them (and with the spares' resolv.conf) can take one.
+    /// only a domain without them (and with the spares' resolv.conf) can take one; a NAT
+    /// domain takes one with a veth pair, any other one without.
     fn take(&mut self, spec: &InitSpec) -> Option<Spare> {
-        if spec.private_paths.is_empty()
+        if !(spec.private_paths.is_empty()
             && spec.readonly_paths.is_empty()
-            && spec.resolv_conf == self.resolv
+            && spec.resolv_conf == self.resolv)
         {
-            self.ready.pop_front()
-        } else {
-            None
+            return None;
         }
+        if spec.network.is_none() {
+            return self.ready.pop_front();
+        }
+        if let Some(l) = &mut self.links {
+            l.wanted = true;
+        }
+        self.linked.pop_front()
     }
 }
 
@@ -276,12 +380,24 @@ fn control_socket() -> Result<(OwnedFd, OwnedFd), String> {
 }
 
 /// Starts a spare init: new namespaces and the filesystem view every domain gets, no domain
-/// yet. Until it is claimed it exits when the zygote closes its claim pipe or dies.
-fn start_spare(resolv: Option<&std::path::Path>) -> Result<Spare, String> {
+/// yet; with `link` (a host-end name and the host's network namespace), a veth pair whose
+/// other end is its `eth0`. Until it is claimed it exits when the zygote closes its claim pipe
+/// or dies, and its network namespace, with the pair, goes with it.
+fn start_spare(
+    resolv: Option<&std::path::Path>,
+    link: Option<(&str, RawFd)>,
+) -> Result<Spare, String> {
     let prep = prepare(&InitSpec {
         resolv_conf: resolv.map(std::path::Path::to_path_buf),
         ..InitSpec::default()
     })?;
+    let link_request = match link {
+        Some((name, netns)) => Some((
+            dms_net::spare_link_request(name, netns.unsigned_abs()).map_err(|e| e.to_string())?,
+            netns,
+        )),
+        None => None,
+    };
     let devnull = open_devnull()?;
     let (report_rd, report_wr) = cloexec_pipe()?;
     let (claim_rd, claim_wr) = cloexec_pipe()?;
@@ -292,6 +408,7 @@ fn start_spare(resolv: Option<&std::path::Path>) -> Result<Spare, String> {
         drop(claim_wr);
         let claim = Claim::FromPipe {
             fd: claim_rd.as_raw_fd(),
+            link: link_request.as_ref().map(|(r, fd)| (r.as_slice(), *fd)),
         };
         let fds = Fds {
             report: report_wr.as_raw_fd(),
@@ -307,6 +424,7 @@ fn start_spare(resolv: Option<&std::path::Path>) -> Result<Spare, String> {
         report: report_rd,
         ctl,
         born: Instant::now(),
+        link: link.map(|(name, _)| name.to_string()),
     })
 }
 
@@ -318,25 +436,40 @@ pub(crate) fn start(
     spec: &InitSpec,
     spares: &mut Spares,
     inits: &mut HashSet<i32>,
-) -> Result<(i32, OwnedFd), String> {
-    let claim = claim_message(spec)?;
-    if claim.len() <= CLAIM_MAX {
+) -> Result<(i32, OwnedFd, Option<String>), String> {
+    let claim = claim_message(spec, &[])?;
+    // Only a spare with a veth pair gets its eth0 configured; on demand, the daemon does it.
+    let link = match &spec.network {
+        Some(n) => dms_net::domain_link_requests(n.address, n.prefix, n.gateway)
+            .map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    if claim.len() + link.len() <= CLAIM_MAX {
         if let Some(spare) = spares.take(spec) {
             let pid = spare.pid;
-            match claim_spare(spare, &claim, spec) {
-                Ok(ctl) => return Ok((pid, ctl)),
+            let host_link = spare.link.clone();
+            let kind = usize::from(host_link.is_some());
+            let linked_claim;
+            let claim = if host_link.is_some() {
+                linked_claim = claim_message(spec, &link)?;
+                &linked_claim
+            } else {
+                &claim
+            };
+            match claim_spare(spare, claim, spec) {
+                Ok(ctl) => return Ok((pid, ctl, host_link)),
                 Err(_) => {
                     // A broken spare: start this domain's init on demand, which reports what
                     // fails, if anything; no new spare for a while.
                     inits.remove(&pid);
-                    spares.retry_at = Some(Instant::now() + SPARE_RETRY);
+                    spares.retry_at[kind] = Some(Instant::now() + SPARE_RETRY);
                 }
             }
         }
     }
     let (pid, ctl) = start_now(spec, &claim)?;
     inits.insert(pid);
-    Ok((pid, ctl))
+    Ok((pid, ctl, None))
 }
 
 /// Hands `claim` to a spare and waits for its report; kills and reaps it on failure.
@@ -432,6 +565,8 @@ fn finish(pid: i32, report: &OwnedFd, spec: &InitSpec) -> Result<(), String> {
         STEP_LOOPBACK => "bringing up loopback".into(),
         STEP_USERNS => "creating the user namespace".into(),
         STEP_NETNS => "creating the network namespace".into(),
+        STEP_LINK => "configuring eth0 (up, address, default route)".into(),
+        STEP_VETH => "creating its veth pair".into(),
         s => format!("step {s}"),
     };
     Err(format!("domain init: {step}: {}", errno.desc()))
@@ -466,8 +601,13 @@ unsafe fn fail(pipe: RawFd, step: u8, index: usize) -> ! {
 enum Claim<'a> {
     /// Started on demand: given.
     Given(&'a [u8]),
-    /// A spare: read from this pipe, written by the zygote when a domain takes it.
-    FromPipe { fd: RawFd },
+    /// A spare: read from this pipe, written by the zygote when a domain takes it. With
+    /// `link`, it first makes its veth pair with this prepared request, whose peer goes to the
+    /// network namespace of the fd.
+    FromPipe {
+        fd: RawFd,
+        link: Option<(&'a [u8], RawFd)>,
+    },
 }
 
 /// The fds an init starts with.
@@ -525,11 +665,18 @@ unsafe fn child(prep: &Prepared, claim: &Claim<'_>, fds: &Fds) -> ! {
         }
         match claim {
             Claim::Given(_) => close_all_but(&[pipe, fds.ctl]),
-            Claim::FromPipe { fd } => {
-                close_all_but(&[pipe, fds.ctl, *fd]);
+            Claim::FromPipe { fd, link } => {
+                let host_netns = link.map_or(-1, |(_, n)| n);
+                close_all_but(&[pipe, fds.ctl, *fd, host_netns]);
                 libc::prctl(libc::PR_SET_NAME, c"dms-spare".as_ptr());
                 if libc::unshare(libc::CLONE_NEWNET) != 0 {
                     fail(pipe, STEP_NETNS, 0);
+                }
+                if let Some((request, netns)) = link {
+                    if !netlink_apply(request) {
+                        fail(pipe, STEP_VETH, 0);
+                    }
+                    libc::close(*netns);
                 }
             }
         }
@@ -642,8 +789,15 @@ unsafe fn child(prep: &Prepared, claim: &Claim<'_>, fds: &Fds) -> ! {
                 &buf[..n as usize]
             }
         };
-        // [userns] hostname \0 (procs file \0)*
+        // [userns] [link length u16 le] [link requests] hostname \0 (procs file \0)*
         let Some((&userns, rest)) = msg.split_first() else {
+            libc::_exit(0)
+        };
+        let Some((len, rest)) = rest.split_first_chunk::<2>() else {
+            libc::_exit(0)
+        };
+        let Some((link, rest)) = rest.split_at_checked(usize::from(u16::from_le_bytes(*len)))
+        else {
             libc::_exit(0)
         };
         let mut fields = rest.split(|b| *b == 0);
@@ -662,6 +816,9 @@ unsafe fn child(prep: &Prepared, claim: &Claim<'_>, fds: &Fds) -> ! {
         }
         if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
             fail(pipe, STEP_HOSTNAME, 0);
+        }
+        if !link.is_empty() && !netlink_apply(link) {
+            fail(pipe, STEP_LINK, 0);
         }
         // Last: everything above needed the host's privileges.
         if userns != 0 && libc::unshare(libc::CLONE_NEWUSER) != 0 {
@@ -693,6 +850,43 @@ unsafe fn loopback_up() -> bool {
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
             libc::ioctl(s, libc::SIOCSIFFLAGS, &req) == 0
         };
+        libc::close(s);
+        ok
+    }
+}
+
+/// Sends prepared rtnetlink requests (see `dms_net::domain_link_requests`) in one datagram
+/// and checks the kernel's acks; false, with errno set, when one failed. The kernel handles
+/// route requests while sending, so the acks are there when `send` returns: nothing waits.
+unsafe fn netlink_apply(requests: &[u8]) -> bool {
+    let wanted = dms_net::count_requests(requests);
+    // SAFETY: a socket we own and close, local buffers, and errno of this thread.
+    unsafe {
+        let s = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if s < 0 {
+            return false;
+        }
+        let mut ok =
+            libc::send(s, requests.as_ptr().cast(), requests.len(), 0) == requests.len() as isize;
+        let mut buf = [0u8; 4096];
+        let mut acks = 0;
+        while ok && acks < wanted {
+            let n = libc::recv(s, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT);
+            if n <= 0 {
+                ok = false;
+                break;
+            }
+            let (got, error) = dms_net::scan_acks(&buf[..n as usize]);
+            if let Some(e) = error {
+                *libc::__errno_location() = e;
+                ok = false;
+            }
+            acks += got;
+        }
         libc::close(s);
         ok
     }
@@ -848,34 +1042,20 @@ fn start_command(
     reply: RawFd,
     no_new_privs: bool,
 ) -> Result<(libc::pid_t, OwnedFd), String> {
-    use crate::spawn::{child_stdio, fail_child, PreparedExec, STEP_NO_NEW_PRIVS};
+    use crate::spawn::PreparedExec;
     let spec: crate::spawn::ProcessSpec =
         serde_json::from_slice(request).map_err(|e| format!("bad command request: {e}"))?;
     let exec = PreparedExec::new(&spec)?;
     let stdio: Vec<RawFd> = stdio.iter().map(AsRawFd::as_raw_fd).collect();
     let (rd, wr) = cloexec_pipe()?;
-    // A raw fork-like clone: the init itself came from one, so glibc's fork bookkeeping is
-    // no better informed than this.
-    let pid = clone_init(0).map_err(|e| format!("fork: {e}"))?;
-    if pid == 0 {
-        let report = wr.as_raw_fd();
-        // SAFETY: a child of the single-threaded init, making only syscalls before exec.
-        unsafe {
-            // Its pid as the daemon sees it comes with this (see COMMAND_HELLO); best effort.
-            libc::send(
-                reply,
-                [crate::spawn::COMMAND_HELLO].as_ptr().cast(),
-                1,
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            );
-            // Without fds of its own the command keeps the init's /dev/null.
-            child_stdio(&stdio, report);
-            if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                fail_child(report, STEP_NO_NEW_PRIVS);
-            }
-            exec.exec(report)
-        }
-    }
+    let child = CommandChild {
+        exec: &exec,
+        stdio: &stdio,
+        reply,
+        report: wr.as_raw_fd(),
+        no_new_privs,
+    };
+    let pid = vfork_command(&child).map_err(|e| format!("fork: {e}"))?;
     drop(wr);
     let mut msg = [0u8; 3];
     if crate::spawn::read_report(&rd, &mut msg) != 0 {
@@ -886,6 +1066,93 @@ fn start_command(
     // Not reaped before this (only the loop reaps), so the pid is still this process.
     let pidfd = dms_join::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
     Ok((pid, pidfd))
+}
+
+/// What a command's child needs between its clone and its exec; borrowed from the init,
+/// which is suspended meanwhile (CLONE_VFORK).
+struct CommandChild<'a> {
+    exec: &'a crate::spawn::PreparedExec,
+    stdio: &'a [RawFd],
+    reply: RawFd,
+    report: RawFd,
+    no_new_privs: bool,
+}
+
+/// The stack a command's child runs on until its exec. One per init: the init is single
+/// threaded and suspended until the child has exec'd or exited, so it is never used twice at
+/// once. Below it, an inaccessible guard page.
+const COMMAND_STACK_SIZE: usize = 256 * 1024;
+
+/// Starts a command's child sharing the init's memory and suspends the init until the child
+/// has exec'd or exited (CLONE_VM | CLONE_VFORK, as posix_spawn does): no page tables are
+/// copied and none torn down at exec, which a fork of the init would cost on every command.
+/// Returns the child's pid.
+fn vfork_command(child: &CommandChild<'_>) -> std::io::Result<i32> {
+    static STACK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let page = 4096;
+    let base = match STACK.get() {
+        Some(b) => *b,
+        None => {
+            // SAFETY: a fresh anonymous private mapping; its lowest page becomes the guard.
+            let b = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    COMMAND_STACK_SIZE + page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                    -1,
+                    0,
+                )
+            };
+            if b == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: the first page of the mapping just made.
+            unsafe { libc::mprotect(b, page, libc::PROT_NONE) };
+            *STACK.get_or_init(|| b as usize)
+        }
+    };
+    let top = (base + page + COMMAND_STACK_SIZE) as *mut libc::c_void;
+    // SAFETY: the child runs `command_child` on its own stack (`top` is the mapping's end,
+    // page aligned) with a pointer to `child`, which outlives it: CLONE_VFORK keeps this
+    // thread, the only one, suspended until the child has exec'd or exited. The child only
+    // makes syscalls; what it writes to shared memory (errno) nobody reads in between.
+    let pid = unsafe {
+        libc::clone(
+            command_child,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::from_ref(child).cast_mut().cast(),
+        )
+    };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
+/// The child of [`vfork_command`]: says hello on the command's socket, takes its stdio and
+/// credentials and execs; a failure goes to the report pipe.
+extern "C" fn command_child(arg: *mut libc::c_void) -> libc::c_int {
+    use crate::spawn::{child_stdio, fail_child, STEP_NO_NEW_PRIVS};
+    // SAFETY: `arg` is the `CommandChild` the suspended parent passed to clone; this child
+    // only makes syscalls and never returns (exec or _exit).
+    unsafe {
+        let c = &*arg.cast::<CommandChild<'_>>();
+        // Its pid as the daemon sees it comes with this (see COMMAND_HELLO); best effort.
+        libc::send(
+            c.reply,
+            [crate::spawn::COMMAND_HELLO].as_ptr().cast(),
+            1,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        );
+        // Without fds of its own the command keeps the init's /dev/null.
+        child_stdio(c.stdio, c.report);
+        if c.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail_child(c.report, STEP_NO_NEW_PRIVS);
+        }
+        c.exec.exec(c.report)
+    }
 }
 
 /// Blocks every signal; returns the set pid 1 waits for (SIGCHLD, SIGTERM, SIGINT).
@@ -925,7 +1192,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn claim_message_is_userns_hostname_and_procs_files_nul_terminated() {
+    fn claim_message_is_userns_link_hostname_and_procs_files_nul_terminated() {
         let spec = InitSpec {
             hostname: "atlas.alice".into(),
             procs_files: vec!["/a/cgroup.procs".into(), "/b/cgroup.procs".into()],
@@ -933,42 +1200,107 @@ mod tests {
             ..InitSpec::default()
         };
         assert_eq!(
-            claim_message(&spec).unwrap(),
-            b"\x01atlas.alice\0/a/cgroup.procs\0/b/cgroup.procs\0"
+            claim_message(&spec, &[]).unwrap(),
+            b"\x01\0\0atlas.alice\0/a/cgroup.procs\0/b/cgroup.procs\0"
+        );
+        assert_eq!(
+            claim_message(&spec, b"abc").unwrap(),
+            b"\x01\x03\0abcatlas.alice\0/a/cgroup.procs\0/b/cgroup.procs\0"
         );
         let long = InitSpec {
             hostname: "h".repeat(100),
             ..InitSpec::default()
         };
-        let m = claim_message(&long).unwrap();
-        assert_eq!(m, [&[0u8][..], "h".repeat(64).as_bytes(), b"\0"].concat());
+        let m = claim_message(&long, &[]).unwrap();
+        assert_eq!(
+            m,
+            [&[0u8, 0, 0][..], "h".repeat(64).as_bytes(), b"\0"].concat()
+        );
         let nul = InitSpec {
             procs_files: vec!["/a\0b".into()],
             hostname: "x".into(),
             ..InitSpec::default()
         };
-        assert!(claim_message(&nul).unwrap_err().contains("NUL"));
+        assert!(claim_message(&nul, &[]).unwrap_err().contains("NUL"));
         let empty = InitSpec::default();
-        assert!(claim_message(&empty).unwrap_err().contains("hostname"));
+        assert!(claim_message(&empty, &[]).unwrap_err().contains("hostname"));
     }
 
     #[test]
     fn spares_are_due_only_when_missing_and_not_backing_off() {
         let mut s = Spares::default();
         assert_eq!(s.poll_timeout(), -1, "none wanted");
-        s.configure(2, None);
+        s.configure(2, None, None);
         assert_eq!(s.poll_timeout(), 0, "two missing");
-        s.retry_at = Some(Instant::now() + Duration::from_secs(5));
+        s.retry_at[0] = Some(Instant::now() + Duration::from_secs(5));
         let t = s.poll_timeout();
         assert!((4000..=5001).contains(&t), "{t}");
-        s.configure(0, None);
+        s.configure(0, None, None);
         assert_eq!(s.poll_timeout(), -1);
+    }
+
+    #[test]
+    fn spare_link_names_fit_an_interface_name_and_wrap() {
+        let mut s = Spares::default();
+        s.configure(1, None, Some("abcdefgh".into()));
+        let l = s.links.as_mut().unwrap();
+        l.next = SPARE_LINK_NUMBERS - 2;
+        let longest = l.next_name();
+        assert_eq!(longest, "abcdefghx999999");
+        dms_net::validate_ifname(&longest).unwrap();
+        assert_eq!(l.next_name(), "abcdefghx0");
+    }
+
+    /// A spare without a link, for the bookkeeping (no process behind it).
+    fn unlinked_spare() -> Spare {
+        let (rd, wr) = cloexec_pipe().unwrap();
+        let (ctl, _) = control_socket().unwrap();
+        Spare {
+            pid: 0,
+            claim: wr,
+            report: rd,
+            ctl,
+            born: Instant::now(),
+            link: None,
+        }
+    }
+
+    #[test]
+    fn linked_spares_are_kept_once_a_nat_domain_asked_for_one() {
+        let mut s = Spares::default();
+        s.configure(1, None, Some("dmsv".into()));
+        s.ready.push_back(unlinked_spare());
+        assert_eq!(s.missing().count(), 0, "plain ones only, until asked");
+        let nat = InitSpec {
+            network: Some(crate::spawn::InitNetwork {
+                address: "10.1.0.2".parse().unwrap(),
+                prefix: 16,
+                gateway: "10.1.0.1".parse().unwrap(),
+            }),
+            ..InitSpec::default()
+        };
+        assert!(
+            s.take(&nat).is_none(),
+            "a NAT domain never takes a spare without a link"
+        );
+        assert_eq!(s.missing().collect::<Vec<_>>(), [true]);
+        // A linked spare that failed delays only more linked ones.
+        s.retry_at[1] = Some(Instant::now() + Duration::from_secs(5));
+        assert_eq!(s.due(Instant::now()), None);
+        assert!(s.poll_timeout() > 4000);
+        assert!(s.take(&InitSpec::default()).is_some());
+        assert_eq!(
+            s.due(Instant::now()),
+            Some(false),
+            "plain ones are not held back"
+        );
+        assert_eq!(s.poll_timeout(), 0);
     }
 
     #[test]
     fn only_specs_without_policy_paths_and_with_the_spares_resolv_take_a_spare() {
         let mut s = Spares::default();
-        s.configure(1, Some("/run/dms/resolv.conf".into()));
+        s.configure(1, Some("/run/dms/resolv.conf".into()), None);
         let plain = InitSpec {
             resolv_conf: Some("/run/dms/resolv.conf".into()),
             ..InitSpec::default()
@@ -983,15 +1315,7 @@ mod tests {
             resolv_conf: None,
             ..plain.clone()
         };
-        let (rd, wr) = cloexec_pipe().unwrap();
-        let (ctl, _) = control_socket().unwrap();
-        s.ready.push_back(Spare {
-            pid: 0,
-            claim: wr,
-            report: rd,
-            ctl,
-            born: Instant::now(),
-        });
+        s.ready.push_back(unlinked_spare());
         assert!(s.take(&with_paths).is_none());
         assert!(s.take(&other_resolv).is_none());
         assert!(s.take(&plain).is_some());

@@ -373,16 +373,10 @@ table bridge {t} {{
         )
     }
 
-    /// Gives a domain (whose init holds its network namespace) a link to the bridge, an
-    /// address, a default route, its port forwards and its rate limits. On failure nothing of
-    /// it stays.
-    pub fn attach(
-        &self,
-        domain: &str,
-        init_pid: i32,
-        init_start: u64,
-        policy: &NetworkPolicy,
-    ) -> NetResult<NetAttachment> {
+    /// Reserves a domain's address (pool index) and host ports before its init starts, so
+    /// that an init taken from the spares can configure its `eth0` itself. Give it to
+    /// [`Self::attach`], or back with [`Self::unreserve`].
+    pub fn reserve(&self, domain: &str, policy: &NetworkPolicy) -> NetResult<NetAttachment> {
         self.ensure_host()?;
         let s = &self.settings;
         // Reserve an index and the ports first, so concurrent creations cannot take them.
@@ -422,7 +416,7 @@ table bridge {t} {{
             }
             index
         };
-        let att = NetAttachment {
+        Ok(NetAttachment {
             index,
             address: s.address(index),
             prefix: s.prefix,
@@ -432,8 +426,36 @@ table bridge {t} {{
             open: !policy.isolated,
             egress: policy.egress,
             ingress: policy.ingress,
+        })
+    }
+
+    /// Gives back a reservation that was never attached.
+    pub fn unreserve(&self, domain: &str, att: &NetAttachment) {
+        self.release(domain, att);
+    }
+
+    /// Gives a domain (whose init holds its network namespace) its reserved link to the bridge,
+    /// address, default route, port forwards and rate limits. `spare_link` is the host end of
+    /// a veth pair the init made ahead of time (its `eth0` is then configured already); else
+    /// the pair is made now. On failure nothing of it stays, the reservation included.
+    pub fn attach(
+        &self,
+        domain: &str,
+        att: NetAttachment,
+        init_pid: i32,
+        init_start: u64,
+        policy: &NetworkPolicy,
+        spare_link: Option<&str>,
+    ) -> NetResult<NetAttachment> {
+        let mut att = att;
+        let plumbed = match spare_link {
+            Some(link) => {
+                att.host_if = link.to_string();
+                self.take_over(&att, init_pid, init_start, domain, policy)
+            }
+            None => self.plumb(&att, init_pid, init_start, domain, policy),
         };
-        match self.plumb(&att, init_pid, init_start, domain, policy) {
+        match plumbed {
             Ok(()) => {
                 self.state
                     .lock()
@@ -518,6 +540,46 @@ table bridge {t} {{
             .add_address(eth0.index, att.address, att.prefix)
             .map_err(fail)?;
         inner.add_default_route(att.gateway).map_err(fail)?;
+        self.shape_both(att, init_pid, init_start, domain, policy)
+    }
+
+    /// Puts a spare's veth host end (`att.host_if`, whose peer, the domain's `eth0`, is
+    /// configured) on the bridge, up. It keeps the name the spare gave it: a rename costs
+    /// the kernel an RCU grace period.
+    fn take_over(
+        &self,
+        att: &NetAttachment,
+        init_pid: i32,
+        init_start: u64,
+        domain: &str,
+        policy: &NetworkPolicy,
+    ) -> NetResult<()> {
+        let bridge = self.settings.cfg.bridge.clone();
+        let mut bridge_index = self.state.lock().bridge_index;
+        let new_bridge_index = self.with_rtnl(|r| loop {
+            let e = match r.attach_link(&att.host_if, bridge_index) {
+                Ok(()) => return Ok(bridge_index),
+                Err(e) => e,
+            };
+            // The bridge may have been replaced since it was looked up.
+            match r.link(&bridge)? {
+                Some(l) if l.index != bridge_index => bridge_index = l.index,
+                _ => return Err(e),
+            }
+        })?;
+        self.state.lock().bridge_index = new_bridge_index;
+        self.shape_both(att, init_pid, init_start, domain, policy)
+    }
+
+    /// The domain's rate limits, each way.
+    fn shape_both(
+        &self,
+        att: &NetAttachment,
+        init_pid: i32,
+        init_start: u64,
+        domain: &str,
+        policy: &NetworkPolicy,
+    ) -> NetResult<()> {
         if let Some(rate) = policy.ingress {
             self.shape(&att.host_if, rate, policy, None, domain, "ingress")?;
         }

@@ -86,16 +86,47 @@ pub struct InitSpec {
     /// Enter a user namespace of its own once everything else is set up (policy `userns`).
     #[serde(default)]
     pub userns: bool,
+    /// The address of a NAT domain's `eth0`: a spare init that made a veth pair configures it
+    /// when claimed (see [`StartedInit::spare_link`]).
+    #[serde(default)]
+    pub network: Option<InitNetwork>,
+}
+
+/// A NAT domain's address on its `eth0`, and its gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitNetwork {
+    /// The domain's address.
+    pub address: std::net::Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// The default route's gateway (the bridge).
+    pub gateway: std::net::Ipv4Addr,
+}
+
+/// A started domain init.
+#[derive(Debug)]
+pub struct StartedInit {
+    /// Its host pid.
+    pub pid: i32,
+    /// The daemon's end of its control socket (for [`exec_via_init`]).
+    pub ctl: OwnedFd,
+    /// When a spare with a veth pair was taken: the pair's host end, still down, without a
+    /// master and under a temporary name; the init's `eth0` is up with its address and route.
+    /// None: the init has only loopback and the daemon makes the pair.
+    pub spare_link: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Job {
     Spawn(SpawnRequest),
     Init(InitSpec),
-    /// Keep this many spare inits whose `/etc/resolv.conf` is `resolv_conf`.
+    /// Keep this many spare inits whose `/etc/resolv.conf` is `resolv_conf`; spares for NAT
+    /// domains name their veth's host end after `link_prefix`.
     Spares {
         count: usize,
         resolv_conf: Option<PathBuf>,
+        #[serde(default)]
+        link_prefix: Option<String>,
     },
 }
 
@@ -107,9 +138,21 @@ struct Envelope {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
-    Started { id: u64, pid: i32 },
-    Failed { id: u64, error: String },
-    Exited { pid: i32, status: ExitStatus },
+    Started {
+        id: u64,
+        pid: i32,
+        /// An init's veth host end, when a spare with one was taken.
+        #[serde(default)]
+        link: Option<String>,
+    },
+    Failed {
+        id: u64,
+        error: String,
+    },
+    Exited {
+        pid: i32,
+        status: ExitStatus,
+    },
 }
 
 /// How a spawned process ended.
@@ -159,8 +202,8 @@ struct Inner {
     early_exits: Mutex<HashMap<i32, ExitStatus>>,
 }
 
-/// What the zygote answers to a request: a pid, and an init's control socket.
-type Started = (i32, Option<OwnedFd>);
+/// What the zygote answers to a request: a pid, and an init's control socket and veth host end.
+type Started = (i32, Option<OwnedFd>, Option<String>);
 
 /// A started process; dropping it without waiting lets it run on (its parent, the zygote or
 /// a domain init, still reaps it).
@@ -453,10 +496,14 @@ impl Spawner {
     /// [`exec_via_init`]). The zygote reaps it when it dies but reports nothing: the daemon
     /// watches inits through pidfds, which also works after a restart, when they are no longer
     /// the zygote's children.
-    pub fn start_init(&self, spec: &InitSpec) -> Result<(i32, OwnedFd), SpawnError> {
+    pub fn start_init(&self, spec: &InitSpec) -> Result<StartedInit, SpawnError> {
         match self.request(Job::Init(spec.clone()), &[])? {
-            (pid, Some(ctl)) => Ok((pid, ctl)),
-            (pid, None) => Err(SpawnError::Failed(format!(
+            (pid, Some(ctl), spare_link) => Ok(StartedInit {
+                pid,
+                ctl,
+                spare_link,
+            }),
+            (pid, None, _) => Err(SpawnError::Failed(format!(
                 "domain init {pid} came without its control socket"
             ))),
         }
@@ -469,14 +516,22 @@ impl Spawner {
         &self,
         count: usize,
         resolv_conf: Option<PathBuf>,
+        link_prefix: Option<String>,
     ) -> Result<(), SpawnError> {
-        self.request(Job::Spares { count, resolv_conf }, &[])
-            .map(|_| ())
+        self.request(
+            Job::Spares {
+                count,
+                resolv_conf,
+                link_prefix,
+            },
+            &[],
+        )
+        .map(|_| ())
     }
 
     /// Starts a process; `stdio` fds (if any) become its stdin, stdout, stderr.
     pub fn spawn(&self, req: &SpawnRequest, stdio: &[RawFd]) -> Result<Child, SpawnError> {
-        let (pid, _) = self.request(Job::Spawn(req.clone()), stdio)?;
+        let (pid, _, _) = self.request(Job::Spawn(req.clone()), stdio)?;
         let (etx, erx) = mpsc::channel();
         // Same lock order as the reader (waiters, then early_exits), so an exit that races
         // with this registration lands in exactly one of the two maps.
@@ -604,11 +659,11 @@ fn reader_loop(inner: &Inner) {
             continue;
         };
         match reply {
-            Reply::Started { id, pid } => {
+            Reply::Started { id, pid, link } => {
                 // An exit recorded earlier under this pid belongs to a process that is gone.
                 inner.early_exits.lock().remove(&pid);
                 if let Some(tx) = inner.pending.lock().remove(&id) {
-                    let _ = tx.send(Ok((pid, fd)));
+                    let _ = tx.send(Ok((pid, fd, link)));
                 }
             }
             Reply::Failed { id, error } => {
@@ -719,25 +774,39 @@ fn zygote_main(sock: OwnedFd) -> ! {
             }
             // An init's control socket goes to the daemon with the reply.
             let mut ctl = None;
+            let mut link = None;
             let reply = match serde_json::from_slice::<Envelope>(&buf[..n]) {
                 Ok(env) => {
                     let started = match &env.job {
                         Job::Spawn(req) => spawn_child(req, &fds_in, &zygote),
                         Job::Init(spec) => {
                             crate::init::start(spec, &mut zygote.spares, &mut zygote.inits).map(
-                                |(pid, fd)| {
+                                |(pid, fd, spare_link)| {
                                     ctl = Some(fd);
+                                    link = spare_link;
                                     pid
                                 },
                             )
                         }
-                        Job::Spares { count, resolv_conf } => {
-                            zygote.spares.configure(*count, resolv_conf.clone());
+                        Job::Spares {
+                            count,
+                            resolv_conf,
+                            link_prefix,
+                        } => {
+                            zygote.spares.configure(
+                                *count,
+                                resolv_conf.clone(),
+                                link_prefix.clone(),
+                            );
                             Ok(0)
                         }
                     };
                     match started {
-                        Ok(pid) => Reply::Started { id: env.id, pid },
+                        Ok(pid) => Reply::Started {
+                            id: env.id,
+                            pid,
+                            link,
+                        },
                         Err(error) => Reply::Failed { id: env.id, error },
                     }
                 }

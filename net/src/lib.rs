@@ -299,6 +299,7 @@ impl Rtnl {
         let extra = msg::VethExtra {
             up: true,
             master: Some(bridge_index),
+            index: 0,
         };
         self.new_veth(host_name, peer_name, peer_netns, extra, &op)
     }
@@ -333,6 +334,19 @@ impl Rtnl {
         m.attr_u32(msg::IFLA_MASTER, master_index);
         self.request(m, &|| {
             format!("attaching link {index} to master {master_index}")
+        })?;
+        Ok(())
+    }
+
+    /// Enslaves the link `name` to `master_index` and sets it up, in one request naming it
+    /// (no index lookup first). For a veth end made ahead of time.
+    pub fn attach_link(&mut self, name: &str, master_index: u32) -> Result<()> {
+        validate_ifname(name)?;
+        let mut m = msg::set_link(0, msg::IFF_UP, msg::IFF_UP);
+        m.attr_str(msg::IFLA_IFNAME, name)
+            .attr_u32(msg::IFLA_MASTER, master_index);
+        self.request(m, &|| {
+            format!("attaching link {name} to master {master_index}")
         })?;
         Ok(())
     }
@@ -544,6 +558,84 @@ impl Rtnl {
     }
 }
 
+/// The index a domain's `eth0` gets in its fresh network namespace, where only `lo` (1) exists
+/// before it: requests prepared ahead of time ([`domain_link_requests`]) name it by index.
+pub const DOMAIN_LINK_INDEX: u32 = 2;
+
+/// A prepared `RTM_NEWLINK` (sequence number 1) that, sent from inside a fresh network
+/// namespace, creates a veth pair: `eth0` there with index [`DOMAIN_LINK_INDEX`], down, and
+/// `peer_name` in the namespace of `peer_netns_fd` (an fd the sender holds), down and without
+/// a master. For processes that may only make syscalls (a domain init before its claim).
+pub fn spare_link_request(peer_name: &str, peer_netns_fd: u32) -> Result<Vec<u8>> {
+    validate_ifname(peer_name)?;
+    let extra = msg::VethExtra {
+        up: false,
+        master: None,
+        index: DOMAIN_LINK_INDEX,
+    };
+    Ok(msg::new_veth("eth0", peer_name, peer_netns_fd, extra)
+        .finish(1)
+        .to_vec())
+}
+
+/// Prepared requests (sequence numbers 1 to 3, concatenated) that configure a domain's `eth0`
+/// (index [`DOMAIN_LINK_INDEX`]) from inside its network namespace: up, `addr/prefix_len`, and
+/// a default route via `gateway` (accepted while the link has no carrier yet).
+pub fn domain_link_requests(addr: Ipv4Addr, prefix_len: u8, gateway: Ipv4Addr) -> Result<Vec<u8>> {
+    if prefix_len > 32 {
+        return Err(NetError::InvalidArgument {
+            what: "IPv4 prefix length",
+            value: prefix_len.to_string(),
+            reason: "must be at most 32".into(),
+        });
+    }
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(msg::set_link(DOMAIN_LINK_INDEX, msg::IFF_UP, msg::IFF_UP).finish(1));
+    out.extend_from_slice(msg::new_addr_v4(DOMAIN_LINK_INDEX, addr, prefix_len).finish(2));
+    out.extend_from_slice(msg::new_default_route_v4(gateway).finish(3));
+    Ok(out)
+}
+
+/// How many requests a buffer of prepared requests holds (by their headers).
+pub fn count_requests(buf: &[u8]) -> usize {
+    scan(buf).count()
+}
+
+/// Scans the acknowledgements the kernel sent for prepared requests: the number of
+/// `NLMSG_ERROR` messages in `buf`, and the first non-zero error among them (a positive
+/// errno). Allocates nothing, for processes that may only make syscalls.
+pub fn scan_acks(buf: &[u8]) -> (usize, Option<i32>) {
+    let mut acks = 0;
+    let mut first = None;
+    for (ty, payload) in scan(buf) {
+        if ty == msg::NLMSG_ERROR && payload.len() >= 4 {
+            acks += 1;
+            let e = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
+            if e != 0 && first.is_none() {
+                first = Some(-e);
+            }
+        }
+    }
+    (acks, first)
+}
+
+/// The (type, payload) of each whole message in `buf`, without allocating.
+fn scan(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < msg::NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < msg::NLMSG_HDRLEN || len > buf.len() {
+            return None;
+        }
+        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
+        let payload = &buf[msg::NLMSG_HDRLEN..len];
+        buf = &buf[msg::align(len).min(buf.len())..];
+        Some((ty, payload))
+    })
+}
+
 fn kernel_error(op: String, ack: msg::Ack) -> NetError {
     NetError::Netlink {
         op,
@@ -614,6 +706,66 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn prepared_link_requests_are_three_acked_messages_on_the_domain_link() {
+        let b = domain_link_requests("10.1.0.2".parse().unwrap(), 16, "10.1.0.1".parse().unwrap())
+            .unwrap();
+        assert_eq!(count_requests(&b), 3);
+        let msgs = msg::parse_messages(&b).unwrap();
+        let kinds: Vec<(u16, u32)> = msgs.iter().map(|m| (m.ty, m.seq)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (msg::RTM_SETLINK, 1),
+                (msg::RTM_NEWADDR, 2),
+                (msg::RTM_NEWROUTE, 3)
+            ]
+        );
+        assert!(msgs.iter().all(|m| m.flags & msg::NLM_F_ACK != 0));
+        // ifinfomsg and ifaddrmsg name eth0 by its index.
+        assert_eq!(&msgs[0].payload[4..8], &DOMAIN_LINK_INDEX.to_ne_bytes());
+        assert_eq!(&msgs[1].payload[4..8], &DOMAIN_LINK_INDEX.to_ne_bytes());
+        assert!(domain_link_requests(Ipv4Addr::LOCALHOST, 33, Ipv4Addr::LOCALHOST).is_err());
+    }
+
+    #[test]
+    fn spare_link_request_makes_eth0_with_the_domain_index_and_the_peer_elsewhere() {
+        let b = spare_link_request("dmsvx12", 7).unwrap();
+        let msgs = msg::parse_messages(&b).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].ty, msg::RTM_NEWLINK);
+        assert_eq!(&msgs[0].payload[4..8], &DOMAIN_LINK_INDEX.to_ne_bytes());
+        // Down: no flags set or changed.
+        assert_eq!(&msgs[0].payload[8..16], &[0u8; 8]);
+        let top = msg::parse_attrs(&msgs[0].payload[msg::IFINFOMSG_LEN..]).unwrap();
+        assert_eq!(top[0], (msg::IFLA_IFNAME, &b"eth0\0"[..]));
+        assert!(spare_link_request("a-name-that-is-too-long", 7).is_err());
+    }
+
+    /// An NLMSG_ERROR ack for `seq` with `errno` (0: success), as the kernel sends it.
+    fn ack(seq: u32, errno: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&36u32.to_ne_bytes());
+        m.extend_from_slice(&msg::NLMSG_ERROR.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&(-errno).to_ne_bytes());
+        m.extend_from_slice(&[0u8; 16]);
+        m
+    }
+
+    #[test]
+    fn scan_acks_counts_acks_and_reports_the_first_error() {
+        let ok = [ack(1, 0), ack(2, 0)].concat();
+        assert_eq!(scan_acks(&ok), (2, None));
+        let failed = [ack(1, 0), ack(2, libc::EEXIST), ack(3, libc::ENETUNREACH)].concat();
+        assert_eq!(scan_acks(&failed), (3, Some(libc::EEXIST)));
+        // A truncated message ends the scan; nothing is read past the buffer.
+        assert_eq!(scan_acks(&ok[..40]), (1, None));
+        assert_eq!(scan_acks(&[]), (0, None));
+    }
 
     #[test]
     fn error_display_names_op_and_object() {

@@ -383,7 +383,8 @@ pub(crate) fn new_bridge(name: &str) -> MsgBuilder {
 pub(crate) fn new_veth(host: &str, peer: &str, peer_netns_fd: u32, extra: VethExtra) -> MsgBuilder {
     let flags = if extra.up { IFF_UP } else { 0 };
     let mut m = MsgBuilder::new(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
-    m.ifinfomsg(0, flags, flags).attr_str(IFLA_IFNAME, host);
+    m.ifinfomsg(extra.index, flags, flags)
+        .attr_str(IFLA_IFNAME, host);
     if let Some(master) = extra.master {
         m.attr_u32(IFLA_MASTER, master);
     }
@@ -399,11 +400,13 @@ pub(crate) fn new_veth(host: &str, peer: &str, peer_netns_fd: u32, extra: VethEx
     m
 }
 
-/// What a veth creation request sets besides the names: the host end up, and its master.
+/// What a veth creation request sets besides the names: the local end up, its master, and
+/// its index (0: the kernel picks one).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct VethExtra {
     pub(crate) up: bool,
     pub(crate) master: Option<u32>,
+    pub(crate) index: u32,
 }
 
 /// `RTM_SETLINK` on `index`; the caller adds attributes.
@@ -536,6 +539,7 @@ mod tests {
         let extra = VethExtra {
             up: true,
             master: Some(5),
+            index: 0,
         };
         let mut m = new_veth("dmsh7", "eth0", 9, extra);
         let bytes = m.finish(3).to_vec();

@@ -1380,10 +1380,32 @@ fn links_with_prefix(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// The kernel deletes a domain's veth pair with its network namespace, asynchronously.
+/// Whether `name` is the host end of a spare init's veth pair: `<prefix>x<n>`, down and on no
+/// bridge (a NAT domain that takes the spare puts it on the bridge, up).
+fn is_spare_link(prefix: &str, name: &str) -> bool {
+    let numbered = name
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('x'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let sys = Path::new("/sys/class/net").join(name);
+    numbered
+        && !sys.join("master").exists()
+        && std::fs::read_to_string(sys.join("operstate")).is_ok_and(|s| s.trim() == "down")
+}
+
+/// Host links of domains (not of spare inits) whose name starts with `prefix`.
+fn domain_links(prefix: &str) -> Vec<String> {
+    links_with_prefix(prefix)
+        .into_iter()
+        .filter(|l| !is_spare_link(prefix, l))
+        .collect()
+}
+
+/// The kernel deletes a domain's veth pair with its network namespace, asynchronously. Spare
+/// inits' links stay, at most the default spare_inits (2) of them.
 fn wait_links_gone(prefix: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !links_with_prefix(prefix).is_empty() {
+    while !domain_links(prefix).is_empty() {
         assert!(
             Instant::now() < deadline,
             "links left: {:?}",
@@ -1391,6 +1413,8 @@ fn wait_links_gone(prefix: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let spares = links_with_prefix(prefix);
+    assert!(spares.len() <= 2, "more links than spares: {spares:?}");
 }
 
 fn nft_table(fam: &str, table: &str) -> String {
@@ -1520,7 +1544,7 @@ fn nat_network_isolation_and_port_forwards() {
     );
     // Bad input: port already forwarded, port in use on the host, missing policy path,
     // bridge name clash. Each leaves nothing behind.
-    let links_before = links_with_prefix(&format!("dmst{n}v"));
+    let links_before = domain_links(&format!("dmst{n}v"));
     let o = d.ctl(&["domain", "create", "--user", "daemon", "--vo", "dmsnet"]);
     assert_eq!(o.status.code(), Some(5), "{o:?}");
     assert!(
@@ -1552,7 +1576,7 @@ fn nat_network_isolation_and_port_forwards() {
             "{name} cgroup left"
         );
     }
-    assert_eq!(links_with_prefix(&format!("dmst{n}v")), links_before);
+    assert_eq!(domain_links(&format!("dmst{n}v")), links_before);
     // Destroy removes links, forwards and open-set entries.
     for name in [
         "dmsnet.nobody",
@@ -1854,6 +1878,9 @@ fn no_leftovers_after_many_networked_domains_and_a_crash() {
         d.ok(&["domain", "destroy", name]);
     }
     wait_links_gone(&prefix);
+    // The spares with links died with the crashed daemon's zygote, and no NAT domain was
+    // created since: nothing with the prefix is left at all.
+    assert_eq!(links_with_prefix(&prefix), Vec::<String>::new());
     let rules = nft_table("inet", &format!("dmstest{n}"));
     assert!(!rules.contains("elements"), "{rules}");
     let sub = cgroup_dir(&d.subtree, "pids");
@@ -1882,6 +1909,113 @@ fn no_leftovers_after_many_networked_domains_and_a_crash() {
         nft_table("bridge", &format!("dmstest{n}")).is_empty(),
         "nft table left"
     );
+}
+
+/// NAT domains take spare inits that made their veth pair ahead of time: kept only once a NAT
+/// domain asked, configured by the init at the claim, put on the bridge by the daemon, and gone
+/// with the zygote after `kill -9`.
+#[test]
+fn nat_network_spares_have_their_veth_pair_made_ahead() {
+    if !can_run() {
+        return;
+    }
+    let mut d = Daemon::start_extra(
+        "sparenat",
+        "[vo.dmssparenat]\nnetwork = { mode = \"nat\" }\n",
+    );
+    let dmsd = d.child.as_ref().unwrap().id() as i32;
+    let zygote = children_named(dmsd, "dmsd")[0];
+    let prefix = format!("dmst{}v", d.net);
+    wait_until("2 spare inits", Duration::from_secs(60), || {
+        children_named(zygote, "dms-spare").len() == 2
+    });
+    // No spare has a veth pair until a NAT domain asks for one.
+    assert_eq!(links_with_prefix(&prefix), Vec::<String>::new());
+    d.ok(&[
+        "domain",
+        "create",
+        "--user",
+        "nobody",
+        "--vo",
+        "dmssparenat",
+    ]);
+    let mut linked = Vec::new();
+    wait_until("2 more spares, with links", Duration::from_secs(60), || {
+        linked = links_with_prefix(&prefix)
+            .into_iter()
+            .filter(|l| is_spare_link(&prefix, l))
+            .collect();
+        linked.len() == 2 && children_named(zygote, "dms-spare").len() == 4
+    });
+    d.ok(&[
+        "domain",
+        "create",
+        "--user",
+        "daemon",
+        "--vo",
+        "dmssparenat",
+    ]);
+    let v = d.json(&["domain", "show", "dmssparenat.daemon"]);
+    let host_if = v["runtime"]["net"]["host_if"].as_str().unwrap().to_string();
+    assert!(
+        linked.contains(&host_if),
+        "{host_if} is not one of {linked:?}"
+    );
+    assert!(
+        !is_spare_link(&prefix, &host_if),
+        "{host_if} is still down or unbridged"
+    );
+    let bridge = format!("dmst{}br", d.net);
+    assert!(
+        std::fs::read_link(format!("/sys/class/net/{host_if}/master"))
+            .unwrap()
+            .ends_with(&bridge),
+        "{host_if} is not on {bridge}"
+    );
+    let address = v["runtime"]["net"]["address"].as_str().unwrap();
+    let inside = d.ok(&[
+        "exec",
+        "dmssparenat.daemon",
+        "--",
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(inside.contains(&format!("inet {address}/")), "{inside}");
+    let routes = d.ok(&["exec", "dmssparenat.daemon", "--", "ip", "route"]);
+    let gateway = v["runtime"]["net"]["gateway"].as_str().unwrap();
+    assert!(
+        routes.starts_with(&format!("default via {gateway} dev eth0")),
+        "{routes}"
+    );
+    // Reachable: the domain answers from its address on the bridge (ICMP to 198.19.0.0/16).
+    let ping = Command::new("ping")
+        .args(["-c", "1", "-W", "5", address])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "{ping:?}");
+    // kill -9 of the daemon: the spares go with the zygote, and their links with their network
+    // namespaces; the domains stay and the restarted daemon adopts them.
+    let spares = children_named(zygote, "dms-spare");
+    d.kill9();
+    wait_until("spares gone", Duration::from_secs(10), || {
+        spares.iter().all(|p| !alive(*p))
+    });
+    wait_until("spare links gone", Duration::from_secs(10), || {
+        links_with_prefix(&prefix)
+            .iter()
+            .all(|l| !is_spare_link(&prefix, l))
+    });
+    d.spawn();
+    for name in ["dmssparenat.nobody", "dmssparenat.daemon"] {
+        assert_eq!(d.json(&["domain", "show", name])["state"], "running");
+        d.ok(&["domain", "destroy", name]);
+    }
+    wait_links_gone(&prefix);
+    assert_eq!(links_with_prefix(&prefix), Vec::<String>::new());
 }
 
 /// Processes whose parent is `ppid` and whose name is `comm`.

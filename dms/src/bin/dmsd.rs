@@ -135,7 +135,11 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
     let network = Network::new(&cfg.network, spawner.clone(), cfg.state_dir.clone())?;
     let resolv_conf = write_resolv_conf(&cfg)?;
     spawner
-        .keep_spare_inits(cfg.spare_inits, resolv_conf.clone())
+        .keep_spare_inits(
+            cfg.spare_inits,
+            resolv_conf.clone(),
+            Some(cfg.network.link_prefix.clone()),
+        )
         .context("configuring spare_inits")?;
     let backend = Arc::new(ContainerBackend::new(
         cgroups.clone(),
