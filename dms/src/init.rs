@@ -858,7 +858,7 @@ unsafe fn loopback_up() -> bool {
 /// Sends prepared rtnetlink requests (see `dms_net::domain_link_requests`) in one datagram
 /// and checks the kernel's acks; false, with errno set, when one failed. The kernel handles
 /// route requests while sending, so the acks are there when `send` returns: nothing waits.
-unsafe fn netlink_apply(requests: &[u8]) -> bool {
+fn netlink_apply(requests: &[u8]) -> bool {
     let wanted = dms_net::count_requests(requests);
     // SAFETY: a socket we own and close, local buffers, and errno of this thread.
     unsafe {

@@ -493,41 +493,10 @@ table bridge {t} {{
                 ))
             })?
             .into();
-        let bridge = self.settings.cfg.bridge.clone();
-        let host_if = att.host_if.clone();
-        let mut bridge_index = self.state.lock().bridge_index;
         // One request: the pair, the host end up on the bridge, the peer in the domain.
-        let new_bridge_index = self.with_rtnl(|r| {
-            let mut retried = false;
-            loop {
-                let e = match r.create_veth_on_bridge(&host_if, bridge_index, "eth0", netns.as_fd())
-                {
-                    Ok(()) => return Ok(bridge_index),
-                    Err(e) if retried => return Err(e),
-                    Err(e) => e,
-                };
-                retried = true;
-                if e.raw_os_error() == Some(libc::EEXIST) {
-                    // A stale link of that name (from a crash) blocks the pair.
-                    if !r.delete_link_by_name(&host_if)? {
-                        return Err(e);
-                    }
-                    continue;
-                }
-                // The bridge may have been replaced since it was looked up.
-                match r.link(&bridge)? {
-                    Some(l) if l.index != bridge_index => bridge_index = l.index,
-                    Some(_) => return Err(e),
-                    None => {
-                        return Err(dms_net::NetError::Protocol {
-                            op: format!("looking up bridge {bridge}"),
-                            detail: "it vanished".into(),
-                        })
-                    }
-                }
-            }
+        self.on_bridge(Some(&att.host_if), |r, bridge_index| {
+            r.create_veth_on_bridge(&att.host_if, bridge_index, "eth0", netns.as_fd())
         })?;
-        self.state.lock().bridge_index = new_bridge_index;
         let mut inner =
             Rtnl::open_in_netns(netns.as_fd()).map_err(|e| NetError::Failed(e.to_string()))?;
         let fail =
@@ -554,21 +523,45 @@ table bridge {t} {{
         domain: &str,
         policy: &NetworkPolicy,
     ) -> NetResult<()> {
+        self.on_bridge(None, |r, bridge_index| {
+            r.attach_link(&att.host_if, bridge_index)
+        })?;
+        self.shape_both(att, init_pid, init_start, domain, policy)
+    }
+
+    /// Runs `op`, a request putting a link on the bridge, with the bridge's index, and once
+    /// more after a failure: when it was `EEXIST` and `stale` names a link (from a crash)
+    /// that could be deleted, or when the bridge has been replaced since its index was looked
+    /// up (the new index is kept).
+    fn on_bridge(
+        &self,
+        stale: Option<&str>,
+        mut op: impl FnMut(&mut Rtnl, u32) -> dms_net::Result<()>,
+    ) -> NetResult<()> {
         let bridge = self.settings.cfg.bridge.clone();
-        let mut bridge_index = self.state.lock().bridge_index;
-        let new_bridge_index = self.with_rtnl(|r| loop {
-            let e = match r.attach_link(&att.host_if, bridge_index) {
+        let bridge_index = self.state.lock().bridge_index;
+        let new_bridge_index = self.with_rtnl(|r| {
+            let e = match op(r, bridge_index) {
                 Ok(()) => return Ok(bridge_index),
                 Err(e) => e,
             };
-            // The bridge may have been replaced since it was looked up.
+            if let Some(stale) = stale.filter(|_| e.raw_os_error() == Some(libc::EEXIST)) {
+                if !r.delete_link_by_name(stale)? {
+                    return Err(e);
+                }
+                return op(r, bridge_index).map(|()| bridge_index);
+            }
             match r.link(&bridge)? {
-                Some(l) if l.index != bridge_index => bridge_index = l.index,
-                _ => return Err(e),
+                Some(l) if l.index != bridge_index => op(r, l.index).map(|()| l.index),
+                Some(_) => Err(e),
+                None => Err(dms_net::NetError::Protocol {
+                    op: format!("looking up bridge {bridge}"),
+                    detail: "it vanished".into(),
+                }),
             }
         })?;
         self.state.lock().bridge_index = new_bridge_index;
-        self.shape_both(att, init_pid, init_start, domain, policy)
+        Ok(())
     }
 
     /// The domain's rate limits, each way.
