@@ -32,6 +32,7 @@ pub trait Manager {
     ) -> zbus::Result<(i32, i32)>;
     fn reload_policies(&self) -> zbus::Result<Vec<String>>;
     fn status(&self) -> zbus::Result<String>;
+    fn subscribe(&self) -> zbus::Result<()>;
     fn node_status(&self) -> zbus::Result<String>;
     fn usage_records(&self, filter: &str) -> zbus::Result<String>;
     fn map_identity(&self, dn: &str, fqans: &[String]) -> zbus::Result<String>;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use zbus::message::Header;
 use zbus::{interface, Connection};
 
-use crate::service::{ApiError, Caller, EnsureRequest, ErrorKind, RunRequest, Service};
+use crate::service::{ApiError, Caller, EnsureRequest, ErrorKind, RunRequest, Service, Signal};
 
 /// Well-known bus name.
 pub const BUS_NAME: &str = "io.dms.Manager1";
@@ -60,17 +60,78 @@ pub enum PeerAuth {
     Bus,
 }
 
+/// A peer-to-peer connection's subscription to the daemon's signals. The peer gets none
+/// until it calls `Subscribe`: on a bus the broker sends signals only to clients with a
+/// matching rule, and without this every socket client (PAM, Slurm, each `dmsctl`) would
+/// receive and decode every state change of the node.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    events: tokio::sync::broadcast::Sender<Signal>,
+    receiver: Arc<parking_lot::Mutex<Option<tokio::sync::broadcast::Receiver<Signal>>>>,
+    started: Arc<tokio::sync::Notify>,
+}
+
+impl Subscription {
+    /// A subscription to `events`, not started.
+    pub fn new(events: tokio::sync::broadcast::Sender<Signal>) -> Self {
+        Self {
+            events,
+            receiver: Arc::default(),
+            started: Arc::default(),
+        }
+    }
+
+    /// Starts it (again: no effect). Every signal sent after this returns is forwarded.
+    pub fn start(&self) {
+        let mut r = self.receiver.lock();
+        if r.is_none() {
+            *r = Some(self.events.subscribe());
+            self.started.notify_one();
+        }
+    }
+
+    /// Sends `conn` the signals once the subscription is started, until sending fails (the
+    /// caller also stops it when the connection closes).
+    pub async fn forward(&self, conn: &Connection) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut rx = loop {
+            let taken = self.receiver.lock().take();
+            match taken {
+                Some(rx) => break rx,
+                None => self.started.notified().await,
+            }
+        };
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    if emit_signal(conn, &ev).await.is_err() {
+                        break;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+}
+
 /// The exported object.
 #[derive(Debug)]
 pub struct Api {
     svc: Arc<Service>,
     auth: PeerAuth,
+    subscription: Option<Subscription>,
 }
 
 impl Api {
-    /// An object for one connection.
-    pub fn new(svc: Arc<Service>, auth: PeerAuth) -> Self {
-        Self { svc, auth }
+    /// An object for one connection; `subscription` is a peer-to-peer connection's (see
+    /// [`Subscription`]), `None` on the bus.
+    pub fn new(svc: Arc<Service>, auth: PeerAuth, subscription: Option<Subscription>) -> Self {
+        Self {
+            svc,
+            auth,
+            subscription,
+        }
     }
 
     async fn caller(&self, hdr: &Header<'_>, conn: &Connection) -> Result<Caller, DmsError> {
@@ -302,6 +363,15 @@ impl Api {
         Ok(result)
     }
 
+    /// Starts sending this connection the `StateChanged` and `LimitEvent` signals. On the
+    /// private socket a client gets none until it calls this; on the system bus its match
+    /// rules select them and this does nothing.
+    async fn subscribe(&self) {
+        if let Some(s) = &self.subscription {
+            s.start();
+        }
+    }
+
     /// Reloads the policy directory; on failure the previous policies stay in force.
     async fn reload_policies(
         &self,
@@ -452,8 +522,7 @@ impl Api {
 
 /// Emits `StateChanged(name, old, new)` or `LimitEvent(domain, kind, count, action, detail)`
 /// on a connection.
-pub async fn emit_signal(conn: &Connection, signal: &crate::service::Signal) -> zbus::Result<()> {
-    use crate::service::Signal;
+pub async fn emit_signal(conn: &Connection, signal: &Signal) -> zbus::Result<()> {
     match signal {
         Signal::State(change) => {
             conn.emit_signal(
@@ -485,5 +554,72 @@ pub async fn emit_signal(conn: &Connection, signal: &crate::service::Signal) -> 
             )
             .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::StateChange;
+    use futures_util::StreamExt;
+    use std::time::Duration;
+
+    fn change(name: &str) -> Signal {
+        Signal::State(StateChange {
+            name: name.into(),
+            old: "running".into(),
+            new: "destroyed".into(),
+        })
+    }
+
+    /// The name of the next signal `stream` yields within `limit`, if any.
+    async fn next_signal(stream: &mut zbus::MessageStream, limit: Duration) -> Option<String> {
+        let msg = tokio::time::timeout(limit, stream.next())
+            .await
+            .ok()??
+            .ok()?;
+        let (name, _, _): (String, String, String) = msg.body().deserialize().ok()?;
+        Some(name)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_gets_signals_only_after_it_subscribed() {
+        let (server_end, client_end) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let guid = zbus::Guid::generate();
+        let server = zbus::connection::Builder::unix_stream(server_end)
+            .server(guid)
+            .p2p()
+            .build();
+        let client = zbus::connection::Builder::unix_stream(client_end)
+            .p2p()
+            .build();
+        let (server, client) = tokio::try_join!(server, client).expect("p2p handshake");
+        let mut stream = zbus::MessageStream::from(&client);
+        let (events, _) = tokio::sync::broadcast::channel(16);
+        let sub = Subscription::new(events.clone());
+        let forwarding = tokio::spawn({
+            let sub = sub.clone();
+            async move { sub.forward(&server).await }
+        });
+
+        // Nobody receives it: the peer has not subscribed.
+        assert!(events.send(change("before")).is_err());
+        assert_eq!(
+            next_signal(&mut stream, Duration::from_millis(300)).await,
+            None
+        );
+
+        sub.start();
+        sub.start();
+        events
+            .send(change("after"))
+            .expect("the started subscription receives");
+        assert_eq!(
+            next_signal(&mut stream, Duration::from_secs(5))
+                .await
+                .as_deref(),
+            Some("after")
+        );
+        forwarding.abort();
     }
 }

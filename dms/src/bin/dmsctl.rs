@@ -785,6 +785,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let states = p.receive_state_changed().await?.map(Event::State);
             let limits = p.receive_limit_event().await?.map(Event::Limit);
             let mut stream = futures_util::stream::select(states, limits);
+            // On the private socket dmsd sends signals only to clients that ask.
+            p.subscribe().await?;
             // Tell a script reading our output that the subscription is in place.
             if cli.json {
                 println!("{}", serde_json::json!({"monitoring": true}));

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use dms::cgroup::{Cgroups, Version};
 use dms::config::{Config, SystemBus, DEFAULT_CONFIG};
-use dms::dbus::{emit_signal, Api, PeerAuth, BUS_NAME, OBJECT_PATH};
+use dms::dbus::{emit_signal, Api, PeerAuth, Subscription, BUS_NAME, OBJECT_PATH};
 use dms::domain::{Backend, ContainerBackend};
 use dms::net::Network;
 use dms::service::{Caller, Service, ServiceOptions, Signal};
@@ -268,32 +268,27 @@ async fn run(cfg: Config, spawner: Spawner) -> Result<()> {
                 };
                 let caller = Caller::from_pid(cred.uid(), cred.gid(), cred.pid().map(|p| p as u32));
                 let svc = Arc::clone(&svc);
-                let mut rx = events.subscribe();
+                let subscription = Subscription::new(events.clone());
                 let guid = guid.clone();
                 tokio::spawn(async move {
                     let std_stream = match stream.into_std() {
                         Ok(s) => s,
                         Err(e) => { tracing::warn!("socket: {e}"); return; }
                     };
+                    let api = Api::new(svc, PeerAuth::Fixed(caller), Some(subscription.clone()));
                     let conn = zbus::connection::Builder::unix_stream(std_stream)
                         .server(guid)
                         .p2p()
-                        .serve_at(OBJECT_PATH, Api::new(svc, PeerAuth::Fixed(caller)))
+                        .serve_at(OBJECT_PATH, api)
                         .build()
                         .await;
                     let conn = match conn {
                         Ok(c) => c,
                         Err(e) => { tracing::debug!("client handshake failed: {e}"); return; }
                     };
-                    loop {
-                        tokio::select! {
-                            ev = rx.recv() => match ev {
-                                Ok(ev) => { if emit_signal(&conn, &ev).await.is_err() { break; } }
-                                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                                Err(_) => break,
-                            },
-                            () = conn.closed() => break,
-                        }
+                    tokio::select! {
+                        () = subscription.forward(&conn) => {}
+                        () = conn.closed() => {}
                     }
                 });
             }
@@ -444,7 +439,7 @@ async fn serve_bus(
     events: &broadcast::Sender<Signal>,
 ) -> Result<zbus::Connection> {
     let conn = zbus::connection::Builder::system()
-        .serve_at(OBJECT_PATH, Api::new(Arc::clone(svc), PeerAuth::Bus))
+        .serve_at(OBJECT_PATH, Api::new(Arc::clone(svc), PeerAuth::Bus, None))
         .name(BUS_NAME)
         .build()
         .await
