@@ -67,8 +67,17 @@ pub enum PeerAuth {
 #[derive(Debug, Clone)]
 pub struct Subscription {
     events: tokio::sync::broadcast::Sender<Signal>,
-    receiver: Arc<parking_lot::Mutex<Option<tokio::sync::broadcast::Receiver<Signal>>>>,
+    state: Arc<parking_lot::Mutex<SubscriptionState>>,
     started: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Debug)]
+enum SubscriptionState {
+    NotStarted,
+    /// Started; the receiver waits for [`Subscription::forward`] to take it.
+    Started(tokio::sync::broadcast::Receiver<Signal>),
+    /// Being forwarded.
+    Forwarding,
 }
 
 impl Subscription {
@@ -76,16 +85,17 @@ impl Subscription {
     pub fn new(events: tokio::sync::broadcast::Sender<Signal>) -> Self {
         Self {
             events,
-            receiver: Arc::default(),
+            state: Arc::new(parking_lot::Mutex::new(SubscriptionState::NotStarted)),
             started: Arc::default(),
         }
     }
 
-    /// Starts it (again: no effect). Every signal sent after this returns is forwarded.
+    /// Starts it; once started, further calls change nothing. Every signal sent after the
+    /// first call returns is forwarded.
     pub fn start(&self) {
-        let mut r = self.receiver.lock();
-        if r.is_none() {
-            *r = Some(self.events.subscribe());
+        let mut state = self.state.lock();
+        if matches!(*state, SubscriptionState::NotStarted) {
+            *state = SubscriptionState::Started(self.events.subscribe());
             self.started.notify_one();
         }
     }
@@ -95,7 +105,16 @@ impl Subscription {
     pub async fn forward(&self, conn: &Connection) {
         use tokio::sync::broadcast::error::RecvError;
         let mut rx = loop {
-            let taken = self.receiver.lock().take();
+            let taken = {
+                let mut state = self.state.lock();
+                match std::mem::replace(&mut *state, SubscriptionState::Forwarding) {
+                    SubscriptionState::Started(rx) => Some(rx),
+                    other => {
+                        *state = other;
+                        None
+                    }
+                }
+            };
             match taken {
                 Some(rx) => break rx,
                 None => self.started.notified().await,
@@ -610,7 +629,6 @@ mod tests {
         );
 
         sub.start();
-        sub.start();
         events
             .send(change("after"))
             .expect("the started subscription receives");
@@ -620,6 +638,10 @@ mod tests {
                 .as_deref(),
             Some("after")
         );
+        // A second Subscribe leaves one receiver, the forwarded one: no second copy of
+        // each signal, and none left unread in the channel.
+        sub.start();
+        assert_eq!(events.receiver_count(), 1);
         forwarding.abort();
     }
 }
