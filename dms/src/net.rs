@@ -451,10 +451,11 @@ table bridge {t} {{
         let plumbed = match spare_link {
             Some(link) => {
                 att.host_if = link.to_string();
-                self.take_over(&att, init_pid, init_start, domain, policy)
+                self.take_over(&att)
             }
-            None => self.plumb(&att, init_pid, init_start, domain, policy),
-        };
+            None => self.plumb(&att, init_pid, domain),
+        }
+        .and_then(|()| self.shape_both(&att, init_pid, init_start, domain, policy));
         match plumbed {
             Ok(()) => {
                 self.state
@@ -478,14 +479,8 @@ table bridge {t} {{
         }
     }
 
-    fn plumb(
-        &self,
-        att: &NetAttachment,
-        init_pid: i32,
-        init_start: u64,
-        domain: &str,
-        policy: &NetworkPolicy,
-    ) -> NetResult<()> {
+    /// Makes the veth pair now: the host end up on the bridge, `eth0` configured inside.
+    fn plumb(&self, att: &NetAttachment, init_pid: i32, domain: &str) -> NetResult<()> {
         let netns: OwnedFd = std::fs::File::open(format!("/proc/{init_pid}/ns/net"))
             .map_err(|e| {
                 NetError::Failed(format!(
@@ -509,24 +504,16 @@ table bridge {t} {{
             .add_address(eth0.index, att.address, att.prefix)
             .map_err(fail)?;
         inner.add_default_route(att.gateway).map_err(fail)?;
-        self.shape_both(att, init_pid, init_start, domain, policy)
+        Ok(())
     }
 
     /// Puts a spare's veth host end (`att.host_if`, whose peer, the domain's `eth0`, is
     /// configured) on the bridge, up. It keeps the name the spare gave it: a rename costs
     /// the kernel an RCU grace period.
-    fn take_over(
-        &self,
-        att: &NetAttachment,
-        init_pid: i32,
-        init_start: u64,
-        domain: &str,
-        policy: &NetworkPolicy,
-    ) -> NetResult<()> {
+    fn take_over(&self, att: &NetAttachment) -> NetResult<()> {
         self.on_bridge(None, |r, bridge_index| {
             r.attach_link(&att.host_if, bridge_index)
-        })?;
-        self.shape_both(att, init_pid, init_start, domain, policy)
+        })
     }
 
     /// Runs `op`, a request putting a link on the bridge, with the bridge's index, and once
