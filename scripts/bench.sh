@@ -33,14 +33,16 @@ target/release/dms-bench --socket "$W/sock" --dmsd-pid "$pid" --n "$N" --domains
 bench/peers/run.sh all >"$W/peers.out"
 cat "$W/dms.out" "$W/peers.out" | awk -F'\t' '
 	/^#/ { split($0, a, " "); extra[a[2]] = a[3]; next }
-	{ med[$1] = $2; p90[$1] = $3 }
+	{ med[$1] = $2; p90[$1] = $3; cpu[$1] = (NF >= 5) ? $5 : "" }
 	function row(name, base) {
 		if (!(name in med)) return
 		r = (med[name] != "NA" && med[base] > 0) ? sprintf("%.2fx", med[name] / med[base]) : "-"
-		printf "  %-20s %10s %10s   %s\n", name, med[name], p90[name], r
+		c = (cpu[name] != "") ? sprintf("%8s", cpu[name]) : ""
+		printf "  %-20s %10s %10s   %-7s %s\n", name, med[name], p90[name], r, c
 	}
 	END {
-		print "start a limited /bin/true and reap it (peers without namespaces): median ms, p90 ms, peer time / dmsd time (>1: dmsd faster)"
+		print "start a limited /bin/true and reap it (peers without namespaces): median ms, p90 ms, peer time / dmsd time (>1: dmsd faster),"
+		print "  and for starts the machine'"'"'s busy CPU per start in ms (all processes and kernel workers; steadier than wall time on a busy VM)"
 		n = split("dms-start dms-start:create dms-start:run dms-start:destroy floor-start floor-start-exec crun-start runc-start cgtools-start", s, " ")
 		for (i = 1; i <= n; i++) row(s[i], "dms-start")
 		print "start an isolated (pid, mount, uts, ipc, net, cgroup namespaces) limited /bin/true and reap it"

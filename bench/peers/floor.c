@@ -346,6 +346,7 @@ static int run_start(int n, const char *name, int (*fn)(void *), int ns_flags, c
 		die("out of memory");
 	setup_hierarchies(need, 5);
 	make_bases();
+	double cpu0 = machine_cpu_ms();
 	for (int it = 0; it < n && !g_stop; it++) {
 		double t0 = now_ms();
 		int status;
@@ -373,7 +374,7 @@ static int run_start(int n, const char *name, int (*fn)(void *), int ns_flags, c
 	cleanup();
 	if (g_stop)
 		return 130;
-	print_stats(name, t, done);
+	print_stats(name, t, done, done ? (machine_cpu_ms() - cpu0) / done : -1);
 	free(t);
 	return 0;
 }
@@ -478,7 +479,7 @@ static int run_exec(int n)
 	cleanup();
 	if (g_stop)
 		return 130;
-	print_stats("floor-exec", t, done);
+	print_stats("floor-exec", t, done, -1);
 	free(t);
 	return 0;
 }
@@ -564,7 +565,7 @@ static int run_freeze(int n)
 	cleanup();
 	if (g_stop)
 		return 130;
-	print_stats("floor-freeze-thaw", t, done);
+	print_stats("floor-freeze-thaw", t, done, -1);
 	free(t);
 	return 0;
 }

@@ -114,6 +114,7 @@ int main(int argc, char **argv)
 	posix_spawn_file_actions_t fa;
 	int warm = 1, i = 1, n;
 	const char *name;
+	double cpu0 = 0;
 	double *t;
 
 	if (i + 1 < argc && !strcmp(argv[i], "-w")) {
@@ -156,12 +157,15 @@ int main(int argc, char **argv)
 	for (int it = -warm; it < n; it++) {
 		double t0 = now_ms();
 
+		if (it == 0)
+			cpu0 = machine_cpu_ms();
+
 		for (int k = 0; k < ncmds; k++)
 			if (run_cmd(&cmds[k], it < 0 ? n - it : it, &fa) < 0)
 				return 1;
 		if (it >= 0)
 			t[it] = now_ms() - t0;
 	}
-	print_stats(name, t, n);
+	print_stats(name, t, n, (machine_cpu_ms() - cpu0) / n);
 	return 0;
 }

@@ -492,6 +492,8 @@ table bridge {t} {{
         self.on_bridge(Some(&att.host_if), |r, bridge_index| {
             r.create_veth_on_bridge(&att.host_if, bridge_index, "eth0", netns.as_fd())
         })?;
+        // Before `eth0` comes up below, the host end has no carrier and no IPv6 address yet.
+        ipv4_only(&att.host_if);
         let mut inner =
             Rtnl::open_in_netns(netns.as_fd()).map_err(|e| NetError::Failed(e.to_string()))?;
         let fail =
@@ -511,6 +513,7 @@ table bridge {t} {{
     /// configured) on the bridge, up. It keeps the name the spare gave it: a rename costs
     /// the kernel an RCU grace period.
     fn take_over(&self, att: &NetAttachment) -> NetResult<()> {
+        ipv4_only(&att.host_if);
         self.on_bridge(None, |r, bridge_index| {
             r.attach_link(&att.host_if, bridge_index)
         })
@@ -757,6 +760,17 @@ table bridge {t} {{
             .run_tool(argv, bytes, enter, Duration::from_secs(10))
             .map_err(|m| NetError::Failed(format!("{what}: {m}")))
     }
+}
+
+/// Turns IPv6 off on a domain's host end. The domain is NATed over IPv4 (its `eth0` has IPv6
+/// off from birth, see `init`), so IPv6 on the bridge port only costs the kernel address
+/// configuration, DAD and MLD work per domain; set before the link has carrier, none of it
+/// starts. Best effort: a host booted without IPv6 has no such file.
+fn ipv4_only(host_if: &str) {
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"),
+        "1",
+    );
 }
 
 /// The tc batch that puts a root qdisc on `dev` limiting what leaves it to `rate` bits/s with

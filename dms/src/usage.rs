@@ -542,6 +542,13 @@ pub(crate) struct RecordWriter {
     pending: std::sync::Arc<(parking_lot::Mutex<u64>, parking_lot::Condvar)>,
 }
 
+/// Appends one record to the log; a failure is logged, never fatal.
+fn write_record(log: &dms_accounting::records::RecordLog, rec: &UsageRecord) {
+    if let Err(e) = log.append(rec) {
+        tracing::warn!(domain = %rec.domain, error = %e, "could not write the usage record");
+    }
+}
+
 /// How long a reader (or shutdown) waits for queued records to be written.
 const RECORD_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
@@ -556,9 +563,7 @@ impl RecordWriter {
             .name("usage-records".into())
             .spawn(move || {
                 for rec in rx {
-                    if let Err(e) = l.append(&rec) {
-                        tracing::warn!(domain = %rec.domain, error = %e, "could not write the usage record");
-                    }
+                    write_record(&l, &rec);
                     let mut n = p.0.lock();
                     *n = n.saturating_sub(1);
                     p.1.notify_all();
@@ -580,9 +585,7 @@ impl RecordWriter {
         *self.pending.0.lock() += 1;
         if let Err(std::sync::mpsc::SendError(rec)) = self.queue.send(rec) {
             *self.pending.0.lock() -= 1;
-            if let Err(e) = self.log.append(&rec) {
-                tracing::warn!(domain = %rec.domain, error = %e, "could not write the usage record");
-            }
+            write_record(&self.log, &rec);
         }
     }
 

@@ -1483,6 +1483,15 @@ fn nat_network_isolation_and_port_forwards() {
     // Where a path must work, a first packet lost to neighbour resolution is not a failure.
     let reach = |name: &str, ip: &str| (0..3).any(|_| ping(name, ip));
     let gw = format!("198.19.{n}.1");
+    // The first NAT domain got its pair made on demand (no linked spare yet): IPv4 only too.
+    let v6 = d.ok(&[
+        "exec",
+        "dmsnet.nobody",
+        "--",
+        "cat",
+        "/proc/sys/net/ipv6/conf/eth0/disable_ipv6",
+    ]);
+    assert_eq!(v6.trim(), "1", "IPv6 on the on-demand eth0");
     // Out through NAT to a namespace the test made, on its allowed path.
     assert!(reach("dmsnet.nobody", &gw));
     assert!(
@@ -1985,6 +1994,23 @@ fn nat_network_spares_have_their_veth_pair_made_ahead() {
         "eth0",
     ]);
     assert!(inside.contains(&format!("inet {address}/")), "{inside}");
+    // IPv4 only on both ends (no IPv6 addrconf work per domain); lo keeps ::1.
+    let v6 = d.ok(&[
+        "exec",
+        "dmssparenat.daemon",
+        "--",
+        "cat",
+        "/proc/sys/net/ipv6/conf/eth0/disable_ipv6",
+        "/proc/sys/net/ipv6/conf/lo/disable_ipv6",
+    ]);
+    assert_eq!(
+        v6.split_whitespace().collect::<Vec<_>>(),
+        ["1", "0"],
+        "{v6}"
+    );
+    let host_v6 =
+        std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6")).unwrap();
+    assert_eq!(host_v6.trim(), "1", "IPv6 on {host_if}");
     let routes = d.ok(&["exec", "dmssparenat.daemon", "--", "ip", "route"]);
     let gateway = v["runtime"]["net"]["gateway"].as_str().unwrap();
     assert!(

@@ -31,11 +31,17 @@ struct Args {
     domains: usize,
 }
 
-fn stats(name: &str, mut v: Vec<f64>) {
+fn stats(name: &str, v: Vec<f64>) {
+    println!("{}", stats_line(name, v));
+}
+
+/// `<name>\t<median_ms>\t<p90_ms>\t<n>`; a fifth column, the machine's busy CPU per
+/// iteration, follows for starts.
+fn stats_line(name: &str, mut v: Vec<f64>) -> String {
     v.sort_by(f64::total_cmp);
     let med = v[v.len() / 2];
     let p90 = v[v.len() * 9 / 10];
-    println!("{name}\t{med:.3}\t{p90:.3}\t{}", v.len());
+    format!("{name}\t{med:.3}\t{p90:.3}\t{}", v.len())
 }
 
 fn meminfo(key: &str) -> u64 {
@@ -44,6 +50,26 @@ fn meminfo(key: &str) -> u64 {
         .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Machine-wide busy CPU time in ms (user, nice, system, irq, softirq; not idle, iowait or the
+/// hypervisor's steal), from /proc/stat, as bench/peers/stats.h reads it. Per start it is
+/// steadier than wall time on a VM whose neighbours come and go, it includes the kernel work
+/// a start leaves to workers, and it is what bounds a back-to-back loop.
+fn cpu_ms() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = s
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let get = |i: usize| f.get(i).copied().unwrap_or(0.0) * 1e3 / hz;
+    get(0) + get(1) + get(2) + get(5) + get(6)
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -77,7 +103,11 @@ async fn main() -> Result<()> {
     for (label, vo) in [("dms-start", &a.vo), ("dms-start-nonet", &a.vo_nonet)] {
         let mut v = Vec::with_capacity(a.n);
         let (mut ve, mut vr, mut vd) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cpu0 = cpu_ms();
         for i in 0..a.n + 5 {
+            if i == 5 {
+                cpu0 = cpu_ms();
+            }
             let job = format!("s{i}");
             let t = Instant::now();
             let d: serde_json::Value =
@@ -97,7 +127,8 @@ async fn main() -> Result<()> {
                 vd.push(t2.elapsed().as_secs_f64() * 1e3);
             }
         }
-        stats(label, v);
+        let cpu = (cpu_ms() - cpu0) / a.n as f64;
+        println!("{}\t{cpu:.2}", stats_line(label, v));
         // The three API calls it is made of, for profiling.
         stats(&format!("{label}:create"), ve);
         stats(&format!("{label}:run"), vr);
