@@ -111,7 +111,22 @@ pub fn quiet_machine() -> std::sync::RwLockWriteGuard<'static, ()> {
 
 /// The share of CPU time spent idle over `window` (from /proc/stat; steal counts as busy).
 fn cpu_idle_share(window: Duration) -> f64 {
-    fn sample() -> (u64, u64) {
+    let before = CpuTimes::now();
+    std::thread::sleep(window);
+    let (idle, _) = CpuTimes::now().shares_since(&before);
+    idle
+}
+
+/// The machine's CPU time so far, from the first line of /proc/stat (jiffies).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTimes {
+    idle: u64,
+    steal: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    pub fn now() -> CpuTimes {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let fields: Vec<u64> = stat
             .lines()
@@ -122,17 +137,27 @@ fn cpu_idle_share(window: Duration) -> f64 {
             .take(8)
             .filter_map(|f| f.parse().ok())
             .collect();
-        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-        (idle, fields.iter().sum())
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        CpuTimes {
+            idle: at(3) + at(4),
+            steal: at(7),
+            total: fields.iter().sum(),
+        }
     }
-    let (idle0, total0) = sample();
-    std::thread::sleep(window);
-    let (idle1, total1) = sample();
-    let total = total1.saturating_sub(total0);
-    if total == 0 {
-        return 1.0;
+
+    /// The shares of CPU time spent idle and stolen by the hypervisor since `before`
+    /// (1.0 and 0.0 when no time passed).
+    pub fn shares_since(&self, before: &CpuTimes) -> (f64, f64) {
+        let total = self.total.saturating_sub(before.total);
+        if total == 0 {
+            return (1.0, 0.0);
+        }
+        let share = |now: u64, then: u64| now.saturating_sub(then) as f64 / total as f64;
+        (
+            share(self.idle, before.idle),
+            share(self.steal, before.steal),
+        )
     }
-    idle1.saturating_sub(idle0) as f64 / total as f64
 }
 
 pub struct Daemon {

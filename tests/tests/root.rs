@@ -1709,7 +1709,19 @@ fn bridge_name_clash_and_pool_exhaustion_are_clear_errors() {
 }
 
 /// iperf3 goodput in bit/s between a domain and the peer namespace (`reverse`: peer sends).
-fn iperf(d: &Daemon, domain: &str, peer: &PeerNs, reverse: bool) -> f64 {
+/// One iperf3 run from `domain` to the peer (`reverse`: from the peer to the domain).
+struct Goodput {
+    /// Over the whole run, as the receiver counted it, bit/s.
+    mean: f64,
+    /// The median of the run's half-second intervals, bit/s: what the shaper lets through
+    /// while sender and receiver get the CPU. A shared VM's host can stop both for hundreds of
+    /// milliseconds (steal), which lowers the mean but not the rate the shaper allows.
+    median_interval: f64,
+    /// The share of the machine's CPU time the hypervisor stole during the run.
+    steal: f64,
+}
+
+fn iperf(d: &Daemon, domain: &str, peer: &PeerNs, reverse: bool) -> Goodput {
     let mut args = vec![
         "exec",
         domain,
@@ -1721,16 +1733,44 @@ fn iperf(d: &Daemon, domain: &str, peer: &PeerNs, reverse: bool) -> f64 {
         "5",
         "-O",
         "1",
+        "-i",
+        "0.5",
         "-J",
+        "--get-server-output",
     ];
     if reverse {
         args.push("-R");
     }
+    let before = CpuTimes::now();
     let out = d.ok(&args);
+    let (_, steal) = CpuTimes::now().shares_since(&before);
     let v: Value = serde_json::from_str(&out).unwrap();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
+    // The receiver's count: the server's (it runs with -J) when the domain sends, the
+    // client's with -R.
+    let receiver = if reverse {
+        &v
+    } else {
+        &v["server_output_json"]
+    };
+    let mut intervals: Vec<f64> = receiver["intervals"]
+        .as_array()
         .unwrap()
+        .iter()
+        .filter(|i| !i["sum"]["omitted"].as_bool().unwrap_or(false))
+        .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
+        .collect();
+    assert!(
+        !intervals.is_empty(),
+        "iperf3 reported no receiver intervals: {out}"
+    );
+    intervals.sort_by(f64::total_cmp);
+    Goodput {
+        mean: v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap(),
+        median_interval: intervals[intervals.len() / 2],
+        steal,
+    }
 }
 
 #[test]
@@ -1750,7 +1790,7 @@ network = { mode = "nat", egress = "100mbit", ingress = "20mbit", shaper = "tbf"
     );
     let peer = PeerNs::new(d.net);
     let _server = KillOnDrop(
-        peer.exec(&["iperf3", "-s", "-B", &peer.peer_ip])
+        peer.exec(&["iperf3", "-s", "-J", "-B", &peer.peer_ip])
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -1781,23 +1821,26 @@ network = { mode = "nat", egress = "100mbit", ingress = "20mbit", shaper = "tbf"
         let dir = if reverse { "ingress" } else { "egress" };
         // The shaper must never let more than the limit through, on any run. Reaching the
         // limit needs a sender that gets the CPU: a shared VM can stall it for seconds (a
-        // rehearsal saw 60 % steal), so up to five runs, of which the best must come within
-        // 10 %.
+        // rehearsal saw 60 % steal), so the rate is the median of half-second intervals, and
+        // up to five runs, of which the best must come within 10 %.
         let mut best: f64 = 0.0;
         for attempt in 1..=5 {
             let got = iperf(&d, domain, &peer, reverse);
             eprintln!(
-                "{domain} {dir}: limit {:.0} Mbit/s, run {attempt}: goodput {:.2} Mbit/s",
+                "{domain} {dir}: limit {:.0} Mbit/s, run {attempt}: goodput {:.2} Mbit/s, \
+                 median of half-second intervals {:.2} Mbit/s, CPU steal {:.0}%",
                 limit / 1e6,
-                got / 1e6
+                got.mean / 1e6,
+                got.median_interval / 1e6,
+                got.steal * 100.0
             );
             assert!(
-                got / limit <= 1.1,
+                got.mean / limit <= 1.1,
                 "{domain} {dir}: {:.2} Mbit/s exceeds the {:.0} Mbit/s limit by more than 10%",
-                got / 1e6,
+                got.mean / 1e6,
                 limit / 1e6
             );
-            best = best.max(got);
+            best = best.max(got.median_interval);
             if best / limit >= 0.9 {
                 break;
             }
