@@ -1708,8 +1708,7 @@ fn bridge_name_clash_and_pool_exhaustion_are_clear_errors() {
         .exists());
 }
 
-/// iperf3 goodput in bit/s between a domain and the peer namespace (`reverse`: peer sends).
-/// One iperf3 run from `domain` to the peer (`reverse`: from the peer to the domain).
+/// What one iperf3 run between a domain and the peer namespace measured.
 struct Goodput {
     /// Over the whole run, as the receiver counted it, bit/s.
     mean: f64,
@@ -1721,6 +1720,7 @@ struct Goodput {
     steal: f64,
 }
 
+/// One iperf3 run from `domain` to the peer namespace (`reverse`: from the peer to the domain).
 fn iperf(d: &Daemon, domain: &str, peer: &PeerNs, reverse: bool) -> Goodput {
     let mut args = vec![
         "exec",
@@ -1736,17 +1736,14 @@ fn iperf(d: &Daemon, domain: &str, peer: &PeerNs, reverse: bool) -> Goodput {
         "-i",
         "0.5",
         "-J",
-        "--get-server-output",
     ];
-    if reverse {
-        args.push("-R");
-    }
+    // The receiver counts: with -R the client itself, else the server, whose report it fetches.
+    args.push(if reverse { "-R" } else { "--get-server-output" });
     let before = CpuTimes::now();
     let out = d.ok(&args);
     let (_, steal) = CpuTimes::now().shares_since(&before);
     let v: Value = serde_json::from_str(&out).unwrap();
-    // The receiver's count: the server's (it runs with -J) when the domain sends, the
-    // client's with -R.
+    // The server runs with -J, so its report is JSON too.
     let receiver = if reverse {
         &v
     } else {
