@@ -438,7 +438,7 @@ impl ContainerBackend {
     ) -> Result<(InitHandle, OwnedFd, Option<String>), BackendError> {
         let spec = InitSpec {
             hostname: domain.name.clone(),
-            procs_files: self.cgroups.procs_files(&domain.name),
+            procs_files: self.cgroups.self_join_files(&domain.name),
             private_paths: domain.isolation.paths.private.clone(),
             readonly_paths: domain.isolation.paths.readonly.clone(),
             resolv_conf: self.resolv_conf.clone(),
@@ -573,7 +573,7 @@ impl Backend for ContainerBackend {
                 init_start: target.init_start,
                 flags: target.clone_flags(),
             }),
-            procs_files: target.procs_files,
+            procs_files: self.cgroups.self_join_files(&domain.name),
         };
         Ok(self.spawner.spawn(&req, stdio)?)
     }
@@ -706,12 +706,24 @@ impl InitWatcher {
         Ok(())
     }
 
-    /// Stops watching `name`'s init; returns its pidfd (closing it removes it from the epoll
-    /// set).
+    /// Stops watching `name`'s init; returns its pidfd, out of the epoll set: a caller that
+    /// keeps it to wait for the init's death must not wake the watcher, which would find the
+    /// readiness of an fd it no longer knows again on every wait until the fd is closed.
     fn unwatch(&self, name: &str) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::AsRawFd;
         let mut st = self.state.lock();
         let token = st.by_name.remove(name)?;
-        st.by_token.remove(&token).map(|(_, fd)| fd)
+        let (_, fd) = st.by_token.remove(&token)?;
+        // SAFETY: valid epoll fd and pidfd; DEL takes no event.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd.as_raw_fd(),
+                std::ptr::null_mut(),
+            )
+        };
+        Some(fd)
     }
 }
 

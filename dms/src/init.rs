@@ -100,7 +100,7 @@ const CLAIM_MAX: usize = libc::PIPE_BUF;
 /// The part of an init's setup that names its domain, as the init reads it (from memory when
 /// started on demand, from its claim pipe when it was a spare): a user-namespace byte, the
 /// length (u16, little endian) and bytes of the netlink requests that configure its `eth0`
-/// (only for a spare that made one), then the hostname and each `cgroup.procs` file,
+/// (only for a spare that made one), then the hostname and each cgroup file it joins,
 /// NUL-terminated.
 fn claim_message(spec: &InitSpec, link: &[u8]) -> Result<Vec<u8>, String> {
     let mut hostname = spec.hostname.as_bytes();

@@ -49,7 +49,8 @@ pub struct ProcessSpec {
 pub struct SpawnRequest {
     /// The process.
     pub process: ProcessSpec,
-    /// `cgroup.procs` files the child writes itself into before exec.
+    /// Files the (single-threaded) child writes `0` to before exec, to join the domain's cgroups
+    /// (see `Cgroups::self_join_files`).
     pub procs_files: Vec<PathBuf>,
     /// Namespaces of a domain init to enter before exec (after joining the cgroups).
     #[serde(default)]
@@ -75,7 +76,8 @@ pub struct Enter {
 pub struct InitSpec {
     /// Hostname inside the domain (truncated to 64 bytes).
     pub hostname: String,
-    /// `cgroup.procs` files the init joins before unsharing its cgroup namespace.
+    /// Files the (single-threaded) init writes `0` to, to join the domain's cgroups before
+    /// unsharing its cgroup namespace (see `Cgroups::self_join_files`).
     pub procs_files: Vec<PathBuf>,
     /// Directories that get an empty private tmpfs (same mode and owner as the original).
     pub private_paths: Vec<PathBuf>,

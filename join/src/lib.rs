@@ -347,7 +347,7 @@ pub fn join(target: &JoinTarget) -> Result<(), JoinError> {
 
     // cgroups first: on cgroup v2 a process inside a cgroup namespace may not move itself
     // from a cgroup outside that namespace.
-    write_procs_files(target)?;
+    write_procs_files(target, Threads::One)?;
     enter_namespaces(pidfd.as_fd(), target.clone_flags()).map_err(|(step, e)| {
         let what = match step {
             EnterStep::Namespaces => "entering namespaces",
@@ -383,13 +383,37 @@ pub fn join(target: &JoinTarget) -> Result<(), JoinError> {
 /// cgroups written before it.
 pub fn join_cgroups(target: &JoinTarget) -> Result<(), JoinError> {
     let _pidfd = open_process(&target.domain, target.init_pid, target.init_start)?;
-    write_procs_files(target)
+    write_procs_files(target, Threads::Any)
 }
 
-/// Writes the calling process into every `cgroup.procs` file of the target, in order.
-fn write_procs_files(target: &JoinTarget) -> Result<(), JoinError> {
+/// How many threads the calling process has, for [`write_procs_files`].
+#[derive(Clone, Copy, PartialEq)]
+enum Threads {
+    /// Checked to be one.
+    One,
+    /// Unknown, maybe several.
+    Any,
+}
+
+/// Writes the calling process into every `cgroup.procs` file of the target, in order. A
+/// process known to have one thread writes the v1 `tasks` file beside it instead, where there
+/// is one: that moves the same (its only) thread without the kernel's global threadgroup
+/// lock, whose first writer after an idle moment waits for an RCU grace period (~10 ms).
+fn write_procs_files(target: &JoinTarget, threads: Threads) -> Result<(), JoinError> {
     for f in &target.procs_files {
-        write_self(f).map_err(|e| JoinError::Sys {
+        let tasks = f
+            .file_name()
+            .filter(|n| *n == "cgroup.procs" && threads == Threads::One)
+            .map(|_| f.with_file_name("tasks"));
+        let written = match tasks {
+            Some(t) => match write_self(&t) {
+                // cgroup v2: no such file.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => write_self(f),
+                done => done,
+            },
+            None => write_self(f),
+        };
+        written.map_err(|e| JoinError::Sys {
             domain: target.domain.clone(),
             op: format!("joining {}", f.display()),
             source: e,
@@ -401,7 +425,7 @@ fn write_procs_files(target: &JoinTarget) -> Result<(), JoinError> {
 fn write_self(procs: &Path) -> io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().write(true).open(procs)?;
-    // "0" means the writing process.
+    // "0" means the writing process (in `tasks`: thread).
     f.write_all(b"0")
 }
 
@@ -478,6 +502,34 @@ mod tests {
         }
         drop(tx);
         let _ = helper.join();
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_single_thread_joins_through_v1_tasks_files_and_others_through_cgroup_procs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v1, v2) = (dir.path().join("v1"), dir.path().join("v2"));
+        for d in [&v1, &v2] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::write(v1.join("tasks"), "").unwrap();
+        let target = JoinTarget {
+            domain: "d".into(),
+            init_pid: 1,
+            init_start: 0,
+            procs_files: vec![v1.join("cgroup.procs"), v2.join("cgroup.procs")],
+            namespaces: vec![],
+        };
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        write_procs_files(&target, Threads::One).unwrap();
+        assert_eq!(read(&v1.join("tasks")), "0");
+        assert_eq!(read(&v1.join("cgroup.procs")), "");
+        assert_eq!(read(&v2.join("cgroup.procs")), "0");
+        std::fs::write(v1.join("tasks"), "").unwrap();
+        write_procs_files(&target, Threads::Any).unwrap();
+        assert_eq!(read(&v1.join("tasks")), "");
+        assert_eq!(read(&v1.join("cgroup.procs")), "0");
     }
 
     #[test]

@@ -72,6 +72,10 @@ fn detects_hybrid_v1() {
         cg.procs_files("d1")[0],
         t.path().join("cpu/dms/d1/cgroup.procs")
     );
+    // A process joining itself writes v1's tasks files (no global lock), one per hierarchy.
+    let own = cg.self_join_files("d1");
+    assert_eq!(own[0], t.path().join("cpu/dms/d1/tasks"));
+    assert_eq!(own.len(), cg.procs_files("d1").len());
 }
 
 #[test]
@@ -169,6 +173,8 @@ fn v2_plan_writes_every_quota() {
         cg.procs_files("d1"),
         vec![t.path().join("dms/d1/cgroup.procs")]
     );
+    // v2 has no tasks file.
+    assert_eq!(cg.self_join_files("d1"), cg.procs_files("d1"));
 }
 
 #[test]
