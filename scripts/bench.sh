@@ -1,7 +1,8 @@
 #!/bin/bash
 # Benchmarks dmsd (release build) through its API beside the peers of ARCHITECTURE.md §6,
 # in one run, and prints medians and ratios.
-# usage: sudo scripts/bench.sh        env: N=200 iterations, DOMAINS=1000
+# usage: sudo scripts/bench.sh        env: N=200 iterations, DOMAINS=1000, N_IDLE=50 starts after
+#                                     a PAUSE_MS=50 pause each
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
@@ -29,9 +30,10 @@ target/release/dmsd --config "$W/dmsd.toml" --state-dir "$W/state" --policy-dir 
 	--cgroup-subtree "$sub" --system-bus no 2>"$W/dmsd.log" &
 pid=$!
 for _ in $(seq 100); do [ -S "$W/sock" ] && break; sleep 0.1; done
-target/release/dms-bench --socket "$W/sock" --dmsd-pid "$pid" --n "$N" --domains "${DOMAINS:-1000}" >"$W/dms.out"
+target/release/dms-bench --socket "$W/sock" --dmsd-pid "$pid" --n "$N" --domains "${DOMAINS:-1000}" \
+	--idle-n "${N_IDLE:-50}" --idle-pause-ms "${PAUSE_MS:-50}" >"$W/dms.out"
 bench/peers/run.sh all >"$W/peers.out"
-cat "$W/dms.out" "$W/peers.out" | awk -F'\t' '
+cat "$W/dms.out" "$W/peers.out" | awk -F'\t' -v pause="${PAUSE_MS:-50}" '
 	/^#/ { split($0, a, " "); extra[a[2]] = a[3]; next }
 	{ med[$1] = $2; p90[$1] = $3; cpu[$1] = (NF >= 5) ? $5 : "" }
 	function row(name, base) {
@@ -48,6 +50,9 @@ cat "$W/dms.out" "$W/peers.out" | awk -F'\t' '
 		print "start an isolated (pid, mount, uts, ipc, net, cgroup namespaces) limited /bin/true and reap it"
 		n = split("dms-start dms-start-nonet floor-start-ns floor-start-ns-exec crun-start-ns", s, " ")
 		for (i = 1; i <= n; i++) row(s[i], "dms-start")
+		print "the same isolated start after an unmeasured " pause " ms pause each, in which the machine goes idle (a lone login or job)"
+		n = split("dms-start-idle floor-start-ns-idle crun-start-ns-idle", s, " ")
+		for (i = 1; i <= n; i++) row(s[i], "dms-start-idle")
 		print "run /bin/true inside a running domain (its cgroups and namespaces) and reap it"
 		n = split("dms-exec floor-exec nsenter-exec crun-exec", s, " ")
 		for (i = 1; i <= n; i++) row(s[i], "dms-exec")

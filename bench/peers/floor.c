@@ -16,7 +16,8 @@
  *        floor freeze   # N x: freeze+poll+thaw+poll a group holding 100 sleeping processes;
  *                       #      prints "floor-freeze-thaw" stats line
  *
- * N (env, default 200) sets the iteration count. Stdout gets exactly one line:
+ * N (env, default 200) sets the iteration count; PAUSE_MS (env, default 0) an unmeasured pause
+ * before each start and start-ns iteration. Stdout gets exactly one line:
  *   <name>\t<median_ms>\t<p90_ms>\t<n>
  * Everything else goes to stderr. Uses cgroup v2 if /sys/fs/cgroup/cgroup.controllers lists
  * cpu, memory and pids, otherwise the v1 hierarchies cpu, cpuacct, memory, pids, freezer
@@ -348,10 +349,12 @@ static int run_start(int n, const char *name, int (*fn)(void *), int ns_flags, c
 	make_bases();
 	double cpu0 = machine_cpu_ms();
 	for (int it = 0; it < n && !g_stop; it++) {
-		double t0 = now_ms();
+		double t0;
 		int status;
 		pid_t pid;
 
+		idle_pause();
+		t0 = now_ms();
 		for (int i = 0; i < nh; i++) {
 			if (mkdir(H[i].child, 0755) < 0)
 				die("mkdir %s: %s", H[i].child, strerror(errno));

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Peer baselines for the DMS benchmarks: the raw floor, crun, runc and libcgroup tools.
 #
-# usage: bench/peers/run.sh [start|freeze|start-ns|exec|all]        (default: all)
+# usage: bench/peers/run.sh [start|freeze|start-ns|start-idle|exec|all]        (default: all)
 #   env N=200          iterations per peer (plus one unmeasured warm-up run for CLI peers)
+#   env N_IDLE=50 PAUSE_MS=50   starts and the unmeasured pause before each, for start-idle
 #   env DMS_BENCH_BIN  directory for the built helpers (default: a temp dir, removed on exit)
 #
 # Prints one line per peer on stdout, nothing else (diagnostics go to stderr):
@@ -15,6 +16,9 @@
 #         (as start, but /bin/true also gets new pid, mount, uts, ipc, net and cgroup namespaces,
 #         / rslave, a fresh /proc and a hostname; the floor unshares the cgroup namespace after
 #         joining the groups, so its root is the domain's group, as crun does)
+# start-idle: floor-start-ns-idle  crun-start-ns-idle
+#         (start-ns, each start after a pause in which the machine goes idle, as a lone login
+#         or job on a quiet node meets it)
 # exec:   floor-exec  nsenter-exec  crun-exec
 #         (run /bin/true inside a running limited domain whose init holds those six namespaces:
 #         join its cgroups, enter its namespaces, reap. floor-exec: setns(pidfd) + clone + exec in
@@ -22,7 +26,7 @@
 #         -C /bin/true` against an `unshare --fork --pid --mount --uts --ipc --net --cgroup
 #         --mount-proc` init in a limited group; crun-exec: `crun exec` into a container run with
 #         those namespaces. Setting up and removing the domain is not measured.)
-# all:    start, freeze, start-ns, exec, in that order.
+# all:    start, freeze, start-ns, start-idle, exec, in that order.
 # A peer that is not installed or fails prints "<name>\tNA\tNA\t0" and the reason on stderr.
 # crun 1.8 refuses cgroup v1 hybrid hosts, so it runs in a private mount namespace with the
 # `unified` mount hidden (one namespace around the whole loop; its cost is not measured).
@@ -202,13 +206,13 @@ esac
 # ---- main ----------------------------------------------------------------------------------
 mode=${1:-all}
 case $mode in
-start | freeze | start-ns | exec | all) ;;
+start | freeze | start-ns | start-idle | exec | all) ;;
 -h | --help)
 	sed -n '2,/^set /{/^set /d;s/^# \{0,1\}//;p}' "$0" >&2
 	exit 0
 	;;
 *)
-	log "usage: $prog [start|freeze|start-ns|exec|all]"
+	log "usage: $prog [start|freeze|start-ns|start-idle|exec|all]"
 	exit 2
 	;;
 esac
@@ -447,6 +451,27 @@ run_start_ns() {
 	fi
 }
 
+# The start-ns peers again, each start after an unmeasured pause (PAUSE_MS, default 50 ms; N_IDLE
+# starts, default 50) in which the machine goes idle, as a lone login or job on a quiet node.
+run_start_idle() {
+	local idle=(env PAUSE_MS="${PAUSE_MS:-50}" N="${N_IDLE:-50}")
+	report floor-start-ns-idle renamed floor-start-ns-idle "${idle[@]}" "$W/bin/floor" start-ns
+	if have_rt crun; then
+		report crun-start-ns-idle in_crun_ns "${idle[@]}" "$W/bin/timeit" crun-start-ns-idle -- \
+			crun --root "$W/state-crun" run -b "$W/bundle-crun-ns" "dms-bench-crun-startidle-$$"
+	else
+		na crun-start-ns-idle "crun not installed (Debian package: crun)"
+	fi
+}
+
+# Runs a peer and gives its stats line another name (a peer that names its line itself).
+renamed() {
+	local name=$1 out
+	shift
+	out=$("$@") || return
+	printf '%s\t%s\n' "$name" "${out#*$'\t'}"
+}
+
 run_exec() {
 	report floor-exec "$W/bin/floor" exec
 	if have_rt unshare && have_rt nsenter && have_rt cgexec; then
@@ -479,11 +504,13 @@ case $mode in
 start) run_start ;;
 freeze) run_freeze ;;
 start-ns) run_start_ns ;;
+start-idle) run_start_idle ;;
 exec) run_exec ;;
 all)
 	run_start
 	run_freeze
 	run_start_ns
+	run_start_idle
 	run_exec
 	;;
 esac

@@ -2,6 +2,7 @@
 #ifndef DMS_BENCH_STATS_H
 #define DMS_BENCH_STATS_H
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -80,6 +81,33 @@ static inline int iterations(int def)
 		exit(2);
 	}
 	return (int)v;
+}
+
+/* An unmeasured pause before an iteration: PAUSE_MS (env, default 0) milliseconds, so that
+ * each start meets an idle machine. */
+static inline void idle_pause(void)
+{
+	static long ms = -1;
+
+	if (ms < 0) {
+		const char *s = getenv("PAUSE_MS");
+		char *end;
+
+		ms = 0;
+		if (s && *s) {
+			ms = strtol(s, &end, 10);
+			if (*end || ms < 0 || ms > 10000) {
+				fprintf(stderr, "bad PAUSE_MS=%s\n", s);
+				exit(2);
+			}
+		}
+	}
+	if (ms > 0) {
+		struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+	}
 }
 
 #endif

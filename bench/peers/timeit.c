@@ -6,7 +6,8 @@
  * Each iteration runs CMD1, CMD2, ... one after another (posix_spawn + waitpid, PATH lookup);
  * the time of the whole sequence is one sample (CLOCK_MONOTONIC). "{}" inside an argument is
  * replaced by the iteration number: 0..N-1 for measured runs, N+1..N+WARMUP for the WARMUP
- * (default 1) unmeasured warm-up iterations that run first.
+ * (default 1) unmeasured warm-up iterations that run first. PAUSE_MS (env, default 0) is an
+ * unmeasured pause before every iteration.
  * Prints exactly "<NAME>\t<median_ms>\t<p90_ms>\t<n>" on stdout; the commands' stdout is sent
  * to stderr and their stdin is /dev/null. If any command fails, prints the reason to stderr,
  * prints nothing on stdout and exits 1.
@@ -155,8 +156,10 @@ int main(int argc, char **argv)
 	posix_spawn_file_actions_adddup2(&fa, 2, 1);
 
 	for (int it = -warm; it < n; it++) {
-		double t0 = now_ms();
+		double t0;
 
+		idle_pause();
+		t0 = now_ms();
 		if (it == 0)
 			cpu0 = machine_cpu_ms();
 

@@ -29,6 +29,13 @@ struct Args {
     /// Domains for the scale test.
     #[arg(long, default_value_t = 1000)]
     domains: usize,
+    /// Starts on an idle machine (each after an unmeasured pause; 0: none), as a lone login
+    /// or job on a quiet node meets it.
+    #[arg(long, default_value_t = 0)]
+    idle_n: usize,
+    /// The pause before each of those starts, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    idle_pause_ms: u64,
 }
 
 fn stats(name: &str, v: Vec<f64>) {
@@ -133,6 +140,28 @@ async fn main() -> Result<()> {
         stats(&format!("{label}:create"), ve);
         stats(&format!("{label}:run"), vr);
         stats(&format!("{label}:destroy"), vd);
+    }
+
+    // 1a. The NAT start of 1, each after a pause in which the machine goes idle (the kernel's
+    //     lazily kept state too, such as its RCU-synchronised fast paths).
+    let mut v = Vec::with_capacity(a.idle_n);
+    for i in 0..a.idle_n {
+        tokio::time::sleep(std::time::Duration::from_millis(a.idle_pause_ms)).await;
+        let t = Instant::now();
+        let d: serde_json::Value = serde_json::from_str(
+            &p.ensure_domain("nobody", &a.vo, "", &format!("i{i}"))
+                .await?,
+        )?;
+        let name = d["name"].as_str().context("name")?.to_string();
+        let (_, code) = p
+            .run(&name, &t_argv, &no_env, "/", "", Vec::new(), true)
+            .await?;
+        p.destroy_domain(&name).await?;
+        anyhow::ensure!(code == 0, "/bin/true exited {code}");
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    if a.idle_n > 0 {
+        stats("dms-start-idle", v);
     }
 
     // 1b. /bin/true run inside a running domain (cgroups + all namespaces), reaped.
