@@ -2,7 +2,9 @@
 //!
 //! A container domain is a set of cgroups plus the namespaces held by the domain's init process.
 //! [`join`] moves the **calling process** into both: it writes itself into the domain's
-//! `cgroup.procs` files, then enters the init's namespaces with one `setns(pidfd, flags)`.
+//! `cgroup.procs` files (on cgroup v1 the `tasks` file beside each, which moves its one thread
+//! without the kernel's global lock), then enters the init's namespaces with one
+//! `setns(pidfd, flags)`.
 //! This is what `pam_dms.so` does before the user's shell starts, and what `dms-enter` does
 //! for scripts. [`join_cgroups`] moves the caller into the cgroups only, for multi-threaded
 //! callers such as Slurm's `slurmstepd` (and `pam_dms.so join=cgroup`).
@@ -405,17 +407,17 @@ fn write_procs_files(target: &JoinTarget, threads: Threads) -> Result<(), JoinEr
             .file_name()
             .filter(|n| *n == "cgroup.procs" && threads == Threads::One)
             .map(|_| f.with_file_name("tasks"));
-        let written = match tasks {
+        let (written, file) = match tasks {
             Some(t) => match write_self(&t) {
                 // cgroup v2: no such file.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => write_self(f),
-                done => done,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => (write_self(f), f.clone()),
+                done => (done, t),
             },
-            None => write_self(f),
+            None => (write_self(f), f.clone()),
         };
         written.map_err(|e| JoinError::Sys {
             domain: target.domain.clone(),
-            op: format!("joining {}", f.display()),
+            op: format!("joining {}", file.display()),
             source: e,
         })?;
     }

@@ -142,8 +142,8 @@ async fn main() -> Result<()> {
         stats(&format!("{label}:destroy"), vd);
     }
 
-    // 1a. The NAT start of 1, each after a pause in which the machine goes idle (the kernel's
-    //     lazily kept state too, such as its RCU-synchronised fast paths).
+    // 1a. The NAT start of step 1, each after a pause in which the machine goes idle, and
+    //     with it the kernel's lazily kept state (such as its RCU-synchronised fast paths).
     let mut v = Vec::with_capacity(a.idle_n);
     for i in 0..a.idle_n {
         tokio::time::sleep(std::time::Duration::from_millis(a.idle_pause_ms)).await;
