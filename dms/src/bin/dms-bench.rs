@@ -3,7 +3,7 @@
 //! `# key value` lines for the 1000-domain figures.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -79,6 +79,30 @@ fn cpu_ms() -> f64 {
     get(0) + get(1) + get(2) + get(5) + get(6)
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// One start as the benchmark measures it: a domain of `vo` for job `job` is created, runs
+/// `/bin/true` (reaped) and is destroyed. Returns the three calls' times.
+async fn start_once(
+    p: &dms::client::ManagerProxy<'static>,
+    vo: &str,
+    job: &str,
+) -> Result<[Duration; 3]> {
+    let t = Instant::now();
+    let d: serde_json::Value =
+        serde_json::from_str(&p.ensure_domain("nobody", vo, "", job).await?)?;
+    let name = d["name"].as_str().context("name")?.to_string();
+    let t1 = Instant::now();
+    let argv = ["/bin/true".to_string()];
+    let (_, code) = p.run(&name, &argv, &[], "/", "", Vec::new(), true).await?;
+    let t2 = Instant::now();
+    p.destroy_domain(&name).await?;
+    anyhow::ensure!(code == 0, "/bin/true exited {code}");
+    Ok([t1 - t, t2 - t1, t2.elapsed()])
+}
+
 fn rss_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
@@ -115,23 +139,12 @@ async fn main() -> Result<()> {
             if i == 5 {
                 cpu0 = cpu_ms();
             }
-            let job = format!("s{i}");
-            let t = Instant::now();
-            let d: serde_json::Value =
-                serde_json::from_str(&p.ensure_domain("nobody", vo, "", &job).await?)?;
-            let name = d["name"].as_str().context("name")?.to_string();
-            let t1 = Instant::now();
-            let (_, code) = p
-                .run(&name, &t_argv, &no_env, "/", "", Vec::new(), true)
-                .await?;
-            let t2 = Instant::now();
-            p.destroy_domain(&name).await?;
-            anyhow::ensure!(code == 0, "/bin/true exited {code}");
+            let phases = start_once(&p, vo, &format!("s{i}")).await?;
             if i >= 5 {
-                v.push(t.elapsed().as_secs_f64() * 1e3);
-                ve.push((t1 - t).as_secs_f64() * 1e3);
-                vr.push((t2 - t1).as_secs_f64() * 1e3);
-                vd.push(t2.elapsed().as_secs_f64() * 1e3);
+                v.push(ms(phases.iter().sum()));
+                ve.push(ms(phases[0]));
+                vr.push(ms(phases[1]));
+                vd.push(ms(phases[2]));
             }
         }
         let cpu = (cpu_ms() - cpu0) / a.n as f64;
@@ -146,19 +159,9 @@ async fn main() -> Result<()> {
     //     with it the kernel's lazily kept state (such as its RCU-synchronised fast paths).
     let mut v = Vec::with_capacity(a.idle_n);
     for i in 0..a.idle_n {
-        tokio::time::sleep(std::time::Duration::from_millis(a.idle_pause_ms)).await;
-        let t = Instant::now();
-        let d: serde_json::Value = serde_json::from_str(
-            &p.ensure_domain("nobody", &a.vo, "", &format!("i{i}"))
-                .await?,
-        )?;
-        let name = d["name"].as_str().context("name")?.to_string();
-        let (_, code) = p
-            .run(&name, &t_argv, &no_env, "/", "", Vec::new(), true)
-            .await?;
-        p.destroy_domain(&name).await?;
-        anyhow::ensure!(code == 0, "/bin/true exited {code}");
-        v.push(t.elapsed().as_secs_f64() * 1e3);
+        tokio::time::sleep(Duration::from_millis(a.idle_pause_ms)).await;
+        let phases = start_once(&p, &a.vo, &format!("i{i}")).await?;
+        v.push(ms(phases.iter().sum()));
     }
     if a.idle_n > 0 {
         stats("dms-start-idle", v);

@@ -317,9 +317,14 @@ impl Cgroups {
 
     /// The `cgroup.procs` files a process must be written to in order to join the domain.
     pub fn procs_files(&self, name: &str) -> Vec<PathBuf> {
+        self.in_every_dir(name, "cgroup.procs")
+    }
+
+    /// `file` in each of the domain's group directories (one per hierarchy).
+    fn in_every_dir(&self, name: &str, file: &str) -> Vec<PathBuf> {
         self.all_dirs_of(Some(name))
             .into_iter()
-            .map(|d| d.join("cgroup.procs"))
+            .map(|d| d.join(file))
             .collect()
     }
 
@@ -333,10 +338,7 @@ impl Cgroups {
             Version::V1 => "tasks",
             Version::V2 => "cgroup.procs",
         };
-        self.all_dirs_of(Some(name))
-            .into_iter()
-            .map(|d| d.join(file))
-            .collect()
+        self.in_every_dir(name, file)
     }
 
     /// Whether the domain's group exists.
