@@ -18,7 +18,7 @@
 //! over the kernel. Joiners also set no_new_privs, so no setuid program raises privileges.
 
 use std::collections::{HashSet, VecDeque};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
@@ -395,6 +395,10 @@ fn start_spare(
         Some((name, netns)) => Some((
             dms_net::spare_link_request(name, netns.unsigned_abs()).map_err(|e| e.to_string())?,
             netns,
+            cstring(
+                format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6").as_ref(),
+                "host end sysctl",
+            )?,
         )),
         None => None,
     };
@@ -408,7 +412,13 @@ fn start_spare(
         drop(claim_wr);
         let claim = Claim::FromPipe {
             fd: claim_rd.as_raw_fd(),
-            link: link_request.as_ref().map(|(r, fd)| (r.as_slice(), *fd)),
+            link: link_request
+                .as_ref()
+                .map(|(request, netns, host_ipv6)| SpareLink {
+                    request,
+                    netns: *netns,
+                    host_ipv6,
+                }),
         };
         let fds = Fds {
             report: report_wr.as_raw_fd(),
@@ -602,12 +612,23 @@ enum Claim<'a> {
     /// Started on demand: given.
     Given(&'a [u8]),
     /// A spare: read from this pipe, written by the zygote when a domain takes it. With
-    /// `link`, it first makes its veth pair with this prepared request, whose peer goes to the
-    /// network namespace of the fd.
+    /// `link`, it first makes its veth pair.
     FromPipe {
         fd: RawFd,
-        link: Option<(&'a [u8], RawFd)>,
+        link: Option<SpareLink<'a>>,
     },
+}
+
+/// How a spare makes its veth pair.
+struct SpareLink<'a> {
+    /// The prepared request, whose peer (the host end) goes to `netns`.
+    request: &'a [u8],
+    /// The host's network namespace.
+    netns: RawFd,
+    /// The host end's `disable_ipv6` sysctl, written from `netns`: off the create path, where
+    /// the write costs the kernel an address teardown and can spin waiting for the RTNL lock
+    /// that namespace teardowns hold.
+    host_ipv6: &'a CStr,
 }
 
 /// The fds an init starts with.
@@ -669,18 +690,21 @@ unsafe fn child(prep: &Prepared, claim: &Claim<'_>, fds: &Fds) -> ! {
                 ipv6_off_for_new_links();
             }
             Claim::FromPipe { fd, link } => {
-                let host_netns = link.map_or(-1, |(_, n)| n);
+                let host_netns = link.as_ref().map_or(-1, |l| l.netns);
                 close_all_but(&[pipe, fds.ctl, *fd, host_netns]);
                 libc::prctl(libc::PR_SET_NAME, c"dms-spare".as_ptr());
                 if libc::unshare(libc::CLONE_NEWNET) != 0 {
                     fail(pipe, STEP_NETNS, 0);
                 }
                 ipv6_off_for_new_links();
-                if let Some((request, netns)) = link {
-                    if !netlink_apply(request) {
+                if let Some(link) = link {
+                    if !netlink_apply(link.request) {
                         fail(pipe, STEP_VETH, 0);
                     }
-                    libc::close(*netns);
+                    if !host_end_ipv4_only(link) {
+                        fail(pipe, STEP_NETNS, 0);
+                    }
+                    libc::close(link.netns);
                 }
             }
         }
@@ -853,6 +877,37 @@ unsafe fn ipv6_off_for_new_links() {
             libc::write(fd, b"1".as_ptr().cast(), 1);
             libc::close(fd);
         }
+    }
+}
+
+/// Writes the host end's `disable_ipv6` (best effort, as [`ipv6_off_for_new_links`]) from the
+/// host's network namespace, then returns to the spare's own; false if it could not return.
+///
+/// # Safety
+/// Only in a single-threaded spare, before anything else uses its network namespace.
+unsafe fn host_end_ipv4_only(link: &SpareLink<'_>) -> bool {
+    // SAFETY: fds we own and close, a NUL-terminated path, a local buffer.
+    unsafe {
+        let own = libc::open(
+            c"/proc/self/ns/net".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if own < 0 {
+            return false;
+        }
+        // /proc/sys/net shows the opener's network namespace.
+        if libc::setns(link.netns, libc::CLONE_NEWNET) == 0 {
+            let fd = libc::open(link.host_ipv6.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"1".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+            if libc::setns(own, libc::CLONE_NEWNET) != 0 {
+                return false;
+            }
+        }
+        libc::close(own);
+        true
     }
 }
 

@@ -510,10 +510,9 @@ table bridge {t} {{
     }
 
     /// Puts a spare's veth host end (`att.host_if`, whose peer, the domain's `eth0`, is
-    /// configured) on the bridge, up. It keeps the name the spare gave it: a rename costs
-    /// the kernel an RCU grace period.
+    /// configured, and which the spare made IPv4-only) on the bridge, up. It keeps the name
+    /// the spare gave it: a rename costs the kernel an RCU grace period.
     fn take_over(&self, att: &NetAttachment) -> NetResult<()> {
-        ipv4_only(&att.host_if);
         self.on_bridge(None, |r, bridge_index| {
             r.attach_link(&att.host_if, bridge_index)
         })
