@@ -183,6 +183,16 @@ impl Api {
         f: impl FnOnce(&Service) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, DmsError> {
         let svc = Arc::clone(&self.svc);
+        // On the multi-threaded runtime (dmsd's) the call runs on this worker thread, which
+        // then sends the reply itself: handing the result back from a blocking-pool thread
+        // costs a wakeup, and on a busy node the woken worker can wait a scheduler tick or
+        // more behind a CPU that is in a long kernel operation (a namespace being made).
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return tokio::task::block_in_place(move || svc.timed(method, f))
+                .map_err(DmsError::from);
+        }
         tokio::task::spawn_blocking(move || svc.timed(method, f))
             .await
             .map_err(|e| DmsError::Failed(format!("internal error: {e}")))?
