@@ -499,7 +499,7 @@ impl Spawner {
     /// watches inits through pidfds, which also works after a restart, when they are no longer
     /// the zygote's children.
     pub fn start_init(&self, spec: &InitSpec) -> Result<StartedInit, SpawnError> {
-        match self.request(Job::Init(spec.clone()), &[])? {
+        match self.request_answered_apart(Job::Init(spec.clone()))? {
             (pid, Some(ctl), spare_link) => Ok(StartedInit {
                 pid,
                 ctl,
@@ -605,6 +605,55 @@ impl Spawner {
                 output.trim()
             )),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Sends `job` with a socket of its own on which the zygote answers, and waits for that
+    /// answer in this thread: the answer does not pass through the reader thread, a wakeup
+    /// that a busy node can delay by a scheduler tick. Only for jobs whose process the zygote
+    /// reports no exit of (inits): an exit, on the shared socket, could otherwise overtake
+    /// the answer, and the stale-exit bookkeeping in [`reader_loop`] relies on their order.
+    fn request_answered_apart(&self, job: Job) -> Result<Started, SpawnError> {
+        let (ours, theirs) = seqpacket_pair().map_err(SpawnError::Unavailable)?;
+        let msg = serde_json::to_vec(&Envelope { id: 0, job })
+            .map_err(|e| SpawnError::Failed(e.to_string()))?;
+        let fds = [theirs.as_raw_fd()];
+        sendmsg::<()>(
+            self.inner.sock.as_raw_fd(),
+            &[IoSlice::new(&msg)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| SpawnError::Unavailable(format!("send: {e}")))?;
+        drop(theirs);
+        if !wait_ready(
+            &ours,
+            libc::POLLIN,
+            Instant::now() + Duration::from_secs(10),
+        ) {
+            return Err(SpawnError::Unavailable("no answer within 10 s".into()));
+        }
+        let mut buf = vec![0u8; 4096];
+        let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let m = recvmsg::<()>(
+            ours.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_buf),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| SpawnError::Unavailable(format!("receive: {e}")))?;
+        let (n, fd) = (m.bytes, received_fds(&m).into_iter().next());
+        match serde_json::from_slice::<Reply>(&buf[..n]) {
+            Ok(Reply::Started { pid, link, .. }) => Ok((pid, fd, link)),
+            Ok(Reply::Failed { error, .. }) => Err(SpawnError::Failed(error)),
+            Ok(Reply::Exited { .. }) | Err(_) if n > 0 => Err(SpawnError::Unavailable(
+                "unexpected answer from the zygote".into(),
+            )),
+            _ => Err(SpawnError::Unavailable(
+                "the zygote closed the request's socket without an answer".into(),
+            )),
         }
     }
 
@@ -777,11 +826,13 @@ fn zygote_main(sock: OwnedFd) -> ! {
             // An init's control socket goes to the daemon with the reply.
             let mut ctl = None;
             let mut link = None;
+            let mut answer_apart = false;
             let reply = match serde_json::from_slice::<Envelope>(&buf[..n]) {
                 Ok(env) => {
                     let started = match &env.job {
                         Job::Spawn(req) => spawn_child(req, &fds_in, &zygote),
                         Job::Init(spec) => {
+                            answer_apart = true;
                             crate::init::start(spec, &mut zygote.spares, &mut zygote.inits).map(
                                 |(pid, fd, spare_link)| {
                                     ctl = Some(fd);
@@ -817,8 +868,14 @@ fn zygote_main(sock: OwnedFd) -> ! {
                     error: format!("bad request: {e}"),
                 },
             };
-            drop(fds_in);
-            send_reply(&sock, &reply, ctl.as_ref());
+            // An init's request brings the socket to answer on (see request_answered_apart).
+            let answer_on = if answer_apart {
+                fds_in.into_iter().next()
+            } else {
+                drop(fds_in);
+                None
+            };
+            send_reply(answer_on.as_ref().unwrap_or(&sock), &reply, ctl.as_ref());
         }
     }
 }
