@@ -302,6 +302,68 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 /// Where network interfaces' counters are.
 const SYS_CLASS_NET: &str = "/sys/class/net";
 
+/// The domains' kept-open stat files.
+#[derive(Debug, Default)]
+struct Readers {
+    open: std::collections::HashMap<String, DomainReaders>,
+    /// Domains created and not destroyed since whose files the opening thread is yet to
+    /// open: it opens only these, so it never opens a destroyed domain's files.
+    ahead: std::collections::HashSet<String>,
+}
+
+impl Readers {
+    /// Forgets `name`'s files (its domain is going).
+    fn forget(&mut self, name: &str) {
+        self.open.remove(name);
+        self.ahead.remove(name);
+    }
+}
+
+/// Opens a domain's stat files (its cgroup's, and its link's if it has one).
+fn open_readers(
+    cgroups: &Cgroups,
+    name: &str,
+    host_if: Option<&str>,
+) -> Result<DomainReaders, BackendError> {
+    let cgroup = cgroups.usage_reader(name)?;
+    let net = match host_if {
+        Some(link) => Some(dms_accounting::NetReader::open(
+            Path::new(SYS_CLASS_NET),
+            link,
+            dms_accounting::LinkSide::HostPeer,
+        )?),
+        None => None,
+    };
+    Ok(DomainReaders {
+        cgroup,
+        net,
+        host_if: host_if.map(String::from),
+    })
+}
+
+/// The thread that opens new domains' stat files, off the create path: a domain's first
+/// reading (at the latest its final one, on the destroy path) then only re-reads them.
+fn open_ahead_thread(
+    cgroups: Cgroups,
+    readers: std::sync::Arc<parking_lot::Mutex<Readers>>,
+) -> std::io::Result<std::sync::mpsc::Sender<(String, Option<String>)>> {
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Option<String>)>();
+    std::thread::Builder::new()
+        .name("usage-open".into())
+        .spawn(move || {
+            for (name, host_if) in rx {
+                let mut r = readers.lock();
+                if r.ahead.remove(&name) && !r.open.contains_key(&name) {
+                    // A failure is left to the first reading, which reports it.
+                    if let Ok(opened) = open_readers(&cgroups, &name, host_if.as_deref()) {
+                        r.open.insert(name, opened);
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
 /// A domain's kept-open stat files.
 struct DomainReaders {
     cgroup: dms_accounting::UsageReader,
@@ -325,7 +387,9 @@ pub struct ContainerBackend {
     spawner: Spawner,
     freeze_timeout: std::time::Duration,
     /// Stat files opened once per domain and re-read with pread.
-    readers: parking_lot::Mutex<std::collections::HashMap<String, DomainReaders>>,
+    readers: std::sync::Arc<parking_lot::Mutex<Readers>>,
+    /// To the thread that opens a new domain's stat files ahead of its first reading.
+    open_ahead: std::sync::mpsc::Sender<(String, Option<String>)>,
     inits: InitWatcher,
     /// Control sockets of the inits this daemon started (not of those adopted after a
     /// restart): commands are forked by the init itself.
@@ -344,11 +408,15 @@ impl ContainerBackend {
         resolv_conf: Option<PathBuf>,
         network: crate::net::Network,
     ) -> Result<Self, BackendError> {
+        let readers = std::sync::Arc::new(parking_lot::Mutex::new(Readers::default()));
+        let open_ahead = open_ahead_thread(cgroups.clone(), std::sync::Arc::clone(&readers))
+            .map_err(|e| BackendError::Unsupported(format!("usage reader thread: {e}")))?;
         Ok(Self {
             cgroups,
             spawner,
             freeze_timeout,
-            readers: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            readers,
+            open_ahead,
             inits: InitWatcher::start()
                 .map_err(|e| BackendError::Unsupported(format!("watching domain inits: {e}")))?,
             controls: parking_lot::Mutex::new(std::collections::HashMap::new()),
@@ -375,29 +443,15 @@ impl ContainerBackend {
         runtime: &Runtime,
         counters_only: bool,
     ) -> Result<Usage, BackendError> {
-        let mut readers = self.readers.lock();
+        let mut guard = self.readers.lock();
+        let readers = &mut guard.open;
         let host_if = runtime.net.as_ref().map(|n| n.host_if.as_str());
         let relink = readers
             .get(name)
             .is_some_and(|r| r.host_if.as_deref() != host_if);
         if relink || !readers.contains_key(name) {
-            let cgroup = self.cgroups.usage_reader(name)?;
-            let net = match host_if {
-                Some(link) => Some(dms_accounting::NetReader::open(
-                    Path::new(SYS_CLASS_NET),
-                    link,
-                    dms_accounting::LinkSide::HostPeer,
-                )?),
-                None => None,
-            };
-            readers.insert(
-                name.to_string(),
-                DomainReaders {
-                    cgroup,
-                    net,
-                    host_if: host_if.map(String::from),
-                },
-            );
+            let opened = open_readers(&self.cgroups, name, host_if)?;
+            readers.insert(name.to_string(), opened);
         }
         let Some(r) = readers.get_mut(name) else {
             return Err(BackendError::Unsupported(format!(
@@ -417,9 +471,16 @@ impl ContainerBackend {
         });
         if result.is_err() {
             // A vanished or broken group: forget the open files, report the error.
-            readers.remove(name);
+            guard.forget(name);
         }
         Ok(result?)
+    }
+
+    /// Has the opening thread open `domain`'s stat files.
+    fn read_ahead(&self, domain: &Domain) {
+        self.readers.lock().ahead.insert(domain.name.clone());
+        let host_if = domain.runtime.net.as_ref().map(|n| n.host_if.clone());
+        let _ = self.open_ahead.send((domain.name.clone(), host_if));
     }
 
     fn init_of(domain: &Domain) -> Result<InitHandle, BackendError> {
@@ -501,6 +562,7 @@ impl Backend for ContainerBackend {
             domain.runtime = Runtime::default();
             return Err(e);
         }
+        self.read_ahead(domain);
         Ok(())
     }
 
@@ -510,6 +572,7 @@ impl Backend for ContainerBackend {
         if let Some(net) = &domain.runtime.net {
             self.network.adopt(&domain.name, net);
         }
+        self.read_ahead(domain);
         Ok(())
     }
 
@@ -518,7 +581,7 @@ impl Backend for ContainerBackend {
     }
 
     fn destroy(&self, name: &str) -> Result<(), BackendError> {
-        self.readers.lock().remove(name);
+        self.readers.lock().forget(name);
         self.controls.lock().remove(name);
         // Killing the init ends its pid namespace; that is expected, not a failure to report.
         if let Some(init) = self.inits.unwatch(name) {
