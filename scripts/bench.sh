@@ -13,6 +13,13 @@ W=$(mktemp -d /tmp/dms-bench-XXXXXX)
 sub=dms-bench-$$
 cleanup() {
 	[ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+	# Domains outlive dmsd by design: after a failed run, kill what is left in them first.
+	for _ in $(seq 50); do
+		left=$(cat /sys/fs/cgroup/*/"$sub"/*/cgroup.procs /sys/fs/cgroup/"$sub"/*/cgroup.procs 2>/dev/null || true)
+		[ -z "$left" ] && break
+		kill -9 $left 2>/dev/null || true
+		sleep 0.1
+	done
 	for d in /sys/fs/cgroup/*/"$sub" /sys/fs/cgroup/"$sub"; do
 		[ -d "$d" ] && { find "$d" -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null; rmdir "$d" 2>/dev/null; }
 	done

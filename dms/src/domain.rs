@@ -306,6 +306,9 @@ const SYS_CLASS_NET: &str = "/sys/class/net";
 #[derive(Debug, Default)]
 struct Readers {
     open: std::collections::HashMap<String, DomainReaders>,
+    /// How many domains may keep their files open (see [`kept_readers_limit`]); the others'
+    /// files are opened for each reading.
+    limit: usize,
     /// Domains created and not destroyed since whose files the opening thread is yet to
     /// open: it opens only these, so it never opens a destroyed domain's files.
     ahead: std::collections::HashSet<String>,
@@ -317,6 +320,26 @@ impl Readers {
         self.open.remove(name);
         self.ahead.remove(name);
     }
+}
+
+/// File descriptors a domain's kept-open readers take at most (v1: up to 18 cgroup files
+/// and 6 link counters).
+const FDS_PER_READER: u64 = 24;
+
+/// How many domains may keep their stat files open: half of this process's open files limit,
+/// leaving the rest to sockets, pidfds and control sockets.
+fn kept_readers_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid resource and a pointer to a local rlimit.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    usize::try_from(soft / 2 / FDS_PER_READER).unwrap_or(usize::MAX)
 }
 
 /// Opens a domain's stat files (its cgroup's, and its link's if it has one).
@@ -353,7 +376,7 @@ fn open_ahead_thread(
         .spawn(move || {
             for (name, host_if) in rx {
                 let mut r = readers.lock();
-                if r.ahead.remove(&name) && !r.open.contains_key(&name) {
+                if r.ahead.remove(&name) && !r.open.contains_key(&name) && r.open.len() < r.limit {
                     // A failure is left to the first reading, which reports it.
                     if let Ok(opened) = open_readers(&cgroups, &name, host_if.as_deref()) {
                         r.open.insert(name, opened);
@@ -408,7 +431,10 @@ impl ContainerBackend {
         resolv_conf: Option<PathBuf>,
         network: crate::net::Network,
     ) -> Result<Self, BackendError> {
-        let readers = std::sync::Arc::new(parking_lot::Mutex::new(Readers::default()));
+        let readers = std::sync::Arc::new(parking_lot::Mutex::new(Readers {
+            limit: kept_readers_limit(),
+            ..Readers::default()
+        }));
         let open_ahead = open_ahead_thread(cgroups.clone(), std::sync::Arc::clone(&readers))
             .map_err(|e| BackendError::Unsupported(format!("usage reader thread: {e}")))?;
         Ok(Self {
@@ -444,16 +470,20 @@ impl ContainerBackend {
         counters_only: bool,
     ) -> Result<Usage, BackendError> {
         let mut guard = self.readers.lock();
-        let readers = &mut guard.open;
         let host_if = runtime.net.as_ref().map(|n| n.host_if.as_str());
-        let relink = readers
-            .get(name)
-            .is_some_and(|r| r.host_if.as_deref() != host_if);
-        if relink || !readers.contains_key(name) {
+        let kept = guard.open.get(name);
+        let relink = kept.is_some_and(|r| r.host_if.as_deref() != host_if);
+        // Over the limit, a new domain's files are opened for this reading only.
+        let mut once = None;
+        if relink || kept.is_none() {
             let opened = open_readers(&self.cgroups, name, host_if)?;
-            readers.insert(name.to_string(), opened);
+            if relink || guard.open.len() < guard.limit {
+                guard.open.insert(name.to_string(), opened);
+            } else {
+                once = Some(opened);
+            }
         }
-        let Some(r) = readers.get_mut(name) else {
+        let Some(r) = once.as_mut().or_else(|| guard.open.get_mut(name)) else {
             return Err(BackendError::Unsupported(format!(
                 "no usage reader for {name:?}"
             )));

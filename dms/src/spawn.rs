@@ -634,7 +634,8 @@ impl Spawner {
         ) {
             return Err(SpawnError::Unavailable("no answer within 10 s".into()));
         }
-        let mut buf = vec![0u8; 4096];
+        // As large as the reader's: a failure's message can be long.
+        let mut buf = vec![0u8; 65536];
         let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let m = recvmsg::<()>(
