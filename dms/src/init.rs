@@ -40,6 +40,7 @@ const STEP_USERNS: u8 = 12;
 const STEP_NETNS: u8 = 13;
 const STEP_LINK: u8 = 14;
 const STEP_VETH: u8 = 15;
+const STEP_HOST_NETNS: u8 = 16;
 
 /// The uid and gid map of a domain's user namespace: every id onto itself. Root must stay
 /// root: sshd, for one, decides by `getuid() == 0` whether to switch to the user.
@@ -577,6 +578,7 @@ fn finish(pid: i32, report: &OwnedFd, spec: &InitSpec) -> Result<(), String> {
         STEP_NETNS => "creating the network namespace".into(),
         STEP_LINK => "configuring eth0 (up, address, default route)".into(),
         STEP_VETH => "creating its veth pair".into(),
+        STEP_HOST_NETNS => "returning from the host's network namespace to its own".into(),
         s => format!("step {s}"),
     };
     Err(format!("domain init: {step}: {}", errno.desc()))
@@ -702,7 +704,7 @@ unsafe fn child(prep: &Prepared, claim: &Claim<'_>, fds: &Fds) -> ! {
                         fail(pipe, STEP_VETH, 0);
                     }
                     if !host_end_ipv4_only(link) {
-                        fail(pipe, STEP_NETNS, 0);
+                        fail(pipe, STEP_HOST_NETNS, 0);
                     }
                     libc::close(link.netns);
                 }
@@ -832,11 +834,9 @@ unsafe fn child(prep: &Prepared, claim: &Claim<'_>, fds: &Fds) -> ! {
         let hostname = fields.next().unwrap_or_default();
         for (i, p) in fields.take_while(|f| !f.is_empty()).enumerate() {
             // Every field is followed by its NUL in `msg`.
-            let fd = libc::open(p.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+            if !write_byte(p.as_ptr().cast(), b'0') {
                 fail(pipe, STEP_CGROUP, i);
             }
-            libc::close(fd);
         }
         // Now that we are in the domain's cgroups, they become the namespace's root.
         if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
@@ -867,16 +867,30 @@ unsafe fn child(prep: &Prepared, claim: &Claim<'_>, fds: &Fds) -> ! {
 /// per domain. `lo`, which exists already, keeps `::1`. Best effort: a host booted without
 /// IPv6 has no such file, and a domain works the same either way.
 unsafe fn ipv6_off_for_new_links() {
-    // SAFETY: a NUL-terminated literal path, a local buffer, and an fd we own and close.
+    // SAFETY: a NUL-terminated literal path.
     unsafe {
-        let fd = libc::open(
+        write_byte(
             c"/proc/sys/net/ipv6/conf/default/disable_ipv6".as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        );
-        if fd >= 0 {
-            libc::write(fd, b"1".as_ptr().cast(), 1);
-            libc::close(fd);
+            b'1',
+        )
+    };
+}
+
+/// Opens `path` and writes `byte` to it; whether it was written (errno says why not). Raw
+/// syscalls only, for the init's child side.
+///
+/// # Safety
+/// `path` must be a NUL-terminated string.
+unsafe fn write_byte(path: *const libc::c_char, byte: u8) -> bool {
+    // SAFETY: the caller's NUL-terminated path, a local byte, and an fd we own and close.
+    unsafe {
+        let fd = libc::open(path, libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
         }
+        let written = libc::write(fd, std::ptr::from_ref(&byte).cast(), 1) == 1;
+        libc::close(fd);
+        written
     }
 }
 
@@ -886,7 +900,7 @@ unsafe fn ipv6_off_for_new_links() {
 /// # Safety
 /// Only in a single-threaded spare, before anything else uses its network namespace.
 unsafe fn host_end_ipv4_only(link: &SpareLink<'_>) -> bool {
-    // SAFETY: fds we own and close, a NUL-terminated path, a local buffer.
+    // SAFETY: fds we own and close, NUL-terminated paths.
     unsafe {
         let own = libc::open(
             c"/proc/self/ns/net".as_ptr(),
@@ -897,11 +911,7 @@ unsafe fn host_end_ipv4_only(link: &SpareLink<'_>) -> bool {
         }
         // /proc/sys/net shows the opener's network namespace.
         if libc::setns(link.netns, libc::CLONE_NEWNET) == 0 {
-            let fd = libc::open(link.host_ipv6.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                libc::write(fd, b"1".as_ptr().cast(), 1);
-                libc::close(fd);
-            }
+            write_byte(link.host_ipv6.as_ptr(), b'1');
             if libc::setns(own, libc::CLONE_NEWNET) != 0 {
                 return false;
             }

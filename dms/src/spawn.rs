@@ -615,17 +615,7 @@ impl Spawner {
     /// the answer, and the stale-exit bookkeeping in [`reader_loop`] relies on their order.
     fn request_answered_apart(&self, job: Job) -> Result<Started, SpawnError> {
         let (ours, theirs) = seqpacket_pair().map_err(SpawnError::Unavailable)?;
-        let msg = serde_json::to_vec(&Envelope { id: 0, job })
-            .map_err(|e| SpawnError::Failed(e.to_string()))?;
-        let fds = [theirs.as_raw_fd()];
-        sendmsg::<()>(
-            self.inner.sock.as_raw_fd(),
-            &[IoSlice::new(&msg)],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
-            None,
-        )
-        .map_err(|e| SpawnError::Unavailable(format!("send: {e}")))?;
+        self.send(0, job, &[theirs.as_raw_fd()])?;
         drop(theirs);
         if !wait_ready(
             &ours,
@@ -658,6 +648,23 @@ impl Spawner {
         }
     }
 
+    /// Sends `job` as request `id` to the zygote, with `fds` (if any) attached.
+    fn send(&self, id: u64, job: Job, fds: &[RawFd]) -> Result<(), SpawnError> {
+        let msg = serde_json::to_vec(&Envelope { id, job })
+            .map_err(|e| SpawnError::Failed(e.to_string()))?;
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        sendmsg::<()>(
+            self.inner.sock.as_raw_fd(),
+            &[IoSlice::new(&msg)],
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| SpawnError::Unavailable(format!("send: {e}")))
+    }
+
     fn request(&self, job: Job, stdio: &[RawFd]) -> Result<Started, SpawnError> {
         let id = {
             let mut n = self.inner.next_id.lock();
@@ -666,19 +673,9 @@ impl Spawner {
         };
         let (tx, rx) = mpsc::channel();
         self.inner.pending.lock().insert(id, tx);
-        let msg = serde_json::to_vec(&Envelope { id, job })
-            .map_err(|e| SpawnError::Failed(e.to_string()))?;
-        let cmsg = [ControlMessage::ScmRights(stdio)];
-        let cmsgs: &[ControlMessage] = if stdio.is_empty() { &[] } else { &cmsg };
-        if let Err(e) = sendmsg::<()>(
-            self.inner.sock.as_raw_fd(),
-            &[IoSlice::new(&msg)],
-            cmsgs,
-            MsgFlags::empty(),
-            None,
-        ) {
+        if let Err(e) = self.send(id, job, stdio) {
             self.inner.pending.lock().remove(&id);
-            return Err(SpawnError::Unavailable(format!("send: {e}")));
+            return Err(e);
         }
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(started)) => Ok(started),
