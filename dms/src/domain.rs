@@ -310,8 +310,12 @@ struct Readers {
     /// files are opened for each reading.
     limit: usize,
     /// Domains created and not destroyed since whose files the opening thread is yet to
-    /// open: it opens only these, so it never opens a destroyed domain's files.
-    ahead: std::collections::HashSet<String>,
+    /// open, each with the ticket of its request: the thread opens only these and keeps what
+    /// it opened only if the ticket is still there, so it never keeps a destroyed (or since
+    /// re-created) domain's files.
+    ahead: std::collections::HashMap<String, u64>,
+    /// The next request's ticket.
+    next_ticket: u64,
 }
 
 impl Readers {
@@ -319,6 +323,22 @@ impl Readers {
     fn forget(&mut self, name: &str) {
         self.open.remove(name);
         self.ahead.remove(name);
+    }
+
+    /// Notes that the opening thread is to open `name`'s files; the request's ticket.
+    fn ask_ahead(&mut self, name: &str) -> u64 {
+        self.next_ticket += 1;
+        self.ahead.insert(name.to_string(), self.next_ticket);
+        self.next_ticket
+    }
+
+    /// Whether files opened for request `ticket` of `name` are still wanted: the domain was
+    /// not destroyed (nor re-created) since, its files are not open already, and there is
+    /// room.
+    fn wants(&self, name: &str, ticket: u64) -> bool {
+        self.ahead.get(name) == Some(&ticket)
+            && !self.open.contains_key(name)
+            && self.open.len() < self.limit
     }
 }
 
@@ -369,18 +389,25 @@ fn open_readers(
 fn open_ahead_thread(
     cgroups: Cgroups,
     readers: std::sync::Arc<parking_lot::Mutex<Readers>>,
-) -> std::io::Result<std::sync::mpsc::Sender<(String, Option<String>)>> {
-    let (tx, rx) = std::sync::mpsc::channel::<(String, Option<String>)>();
+) -> std::io::Result<std::sync::mpsc::Sender<(String, Option<String>, u64)>> {
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Option<String>, u64)>();
     std::thread::Builder::new()
         .name("usage-open".into())
         .spawn(move || {
-            for (name, host_if) in rx {
+            // It holds the readers' lock only to check and to keep, not while it opens.
+            for (name, host_if, ticket) in rx {
+                if !readers.lock().wants(&name, ticket) {
+                    continue;
+                }
+                // A failure is left to the first reading, which reports it.
+                let Ok(opened) = open_readers(&cgroups, &name, host_if.as_deref()) else {
+                    continue;
+                };
+                // Kept only if the domain was not destroyed (or read) meanwhile.
                 let mut r = readers.lock();
-                if r.ahead.remove(&name) && !r.open.contains_key(&name) && r.open.len() < r.limit {
-                    // A failure is left to the first reading, which reports it.
-                    if let Ok(opened) = open_readers(&cgroups, &name, host_if.as_deref()) {
-                        r.open.insert(name, opened);
-                    }
+                if r.wants(&name, ticket) {
+                    r.ahead.remove(&name);
+                    r.open.insert(name, opened);
                 }
             }
         })?;
@@ -412,7 +439,7 @@ pub struct ContainerBackend {
     /// Stat files opened once per domain and re-read with pread.
     readers: std::sync::Arc<parking_lot::Mutex<Readers>>,
     /// To the thread that opens a new domain's stat files ahead of its first reading.
-    open_ahead: std::sync::mpsc::Sender<(String, Option<String>)>,
+    open_ahead: std::sync::mpsc::Sender<(String, Option<String>, u64)>,
     inits: InitWatcher,
     /// Control sockets of the inits this daemon started (not of those adopted after a
     /// restart): commands are forked by the init itself.
@@ -508,9 +535,9 @@ impl ContainerBackend {
 
     /// Has the opening thread open `domain`'s stat files.
     fn read_ahead(&self, domain: &Domain) {
-        self.readers.lock().ahead.insert(domain.name.clone());
+        let ticket = self.readers.lock().ask_ahead(&domain.name);
         let host_if = domain.runtime.net.as_ref().map(|n| n.host_if.clone());
-        let _ = self.open_ahead.send((domain.name.clone(), host_if));
+        let _ = self.open_ahead.send((domain.name.clone(), host_if, ticket));
     }
 
     fn init_of(domain: &Domain) -> Result<InitHandle, BackendError> {
@@ -873,5 +900,32 @@ fn watch_loop(epoll: &std::os::fd::OwnedFd, state: &parking_lot::Mutex<WatchStat
                 h(&name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Readers;
+
+    #[test]
+    fn files_opened_ahead_are_kept_only_for_the_request_still_pending() {
+        let mut r = Readers {
+            limit: 10,
+            ..Readers::default()
+        };
+        let first = r.ask_ahead("d1");
+        assert!(r.wants("d1", first));
+        // Destroyed while the thread was opening: nothing is kept.
+        r.forget("d1");
+        assert!(!r.wants("d1", first));
+        // Re-created under the same name: only the new request's files are kept.
+        let second = r.ask_ahead("d1");
+        assert_ne!(first, second);
+        assert!(!r.wants("d1", first));
+        assert!(r.wants("d1", second));
+        assert!(!r.wants("d2", second));
+        // No room left: nothing is kept.
+        r.limit = 0;
+        assert!(!r.wants("d1", second));
     }
 }
