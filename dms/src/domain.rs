@@ -340,6 +340,14 @@ impl Readers {
             && !self.open.contains_key(name)
             && self.open.len() < self.limit
     }
+
+    /// Ends request `ticket` of `name` (kept or not): its entry goes, unless a newer request
+    /// replaced it.
+    fn end_request(&mut self, name: &str, ticket: u64) {
+        if self.ahead.get(name) == Some(&ticket) {
+            self.ahead.remove(name);
+        }
+    }
 }
 
 /// File descriptors a domain's kept-open readers take at most (v1: up to 18 cgroup files
@@ -396,17 +404,20 @@ fn open_ahead_thread(
         .spawn(move || {
             // It holds the readers' lock only to check and to keep, not while it opens.
             for (name, host_if, ticket) in rx {
-                if !readers.lock().wants(&name, ticket) {
-                    continue;
+                {
+                    let mut r = readers.lock();
+                    if !r.wants(&name, ticket) {
+                        r.end_request(&name, ticket);
+                        continue;
+                    }
                 }
                 // A failure is left to the first reading, which reports it.
-                let Ok(opened) = open_readers(&cgroups, &name, host_if.as_deref()) else {
-                    continue;
-                };
+                let opened = open_readers(&cgroups, &name, host_if.as_deref());
                 // Kept only if the domain was not destroyed (or read) meanwhile.
                 let mut r = readers.lock();
-                if r.wants(&name, ticket) {
-                    r.ahead.remove(&name);
+                let keep = r.wants(&name, ticket);
+                r.end_request(&name, ticket);
+                if let (true, Ok(opened)) = (keep, opened) {
                     r.open.insert(name, opened);
                 }
             }
@@ -924,8 +935,14 @@ mod tests {
         assert!(!r.wants("d1", first));
         assert!(r.wants("d1", second));
         assert!(!r.wants("d2", second));
+        // A stale request's end leaves the newer one; its own end removes it.
+        r.end_request("d1", first);
+        assert!(r.wants("d1", second));
+        r.end_request("d1", second);
+        assert!(r.ahead.is_empty());
         // No room left: nothing is kept.
+        let third = r.ask_ahead("d1");
         r.limit = 0;
-        assert!(!r.wants("d1", second));
+        assert!(!r.wants("d1", third));
     }
 }

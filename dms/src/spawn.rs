@@ -359,15 +359,9 @@ pub fn exec_via_init(
             return Err(late("no answer"));
         }
         let mut cmsg_buf = nix::cmsg_space!([RawFd; 1], nix::sys::socket::UnixCredentials);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let m = recvmsg::<()>(
-            ours.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg_buf),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(|e| gone(format!("reading its answer: {e}")))?;
-        let (n, sender, pidfd) = (m.bytes, sender_pid(&m), received_fds(&m).into_iter().next());
+        let (n, sender, fds) = recv_with_fds(ours.as_raw_fd(), &mut buf, &mut cmsg_buf)
+            .map_err(|e| gone(format!("reading its answer: {e}")))?;
+        let pidfd = fds.into_iter().next();
         let first = buf.first().copied().filter(|_| n > 0);
         if first == Some(COMMAND_HELLO) && n == 1 {
             pid = sender;
@@ -391,6 +385,19 @@ pub fn exec_via_init(
 }
 
 /// The pid in the credentials the kernel attached to a message (SO_PASSCRED).
+/// Receives one message on `sock` into `buf`: its length, the sender's pid (when `cmsg_buf`
+/// has room for credentials and the socket passes them) and the fds it carried
+/// (close-on-exec).
+fn recv_with_fds(
+    sock: RawFd,
+    buf: &mut [u8],
+    cmsg_buf: &mut [u8],
+) -> nix::Result<(usize, Option<i32>, Vec<OwnedFd>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let m = recvmsg::<()>(sock, &mut iov, Some(cmsg_buf), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    Ok((m.bytes, sender_pid(&m), received_fds(&m)))
+}
+
 fn sender_pid(m: &nix::sys::socket::RecvMsg<'_, '_, ()>) -> Option<i32> {
     m.cmsgs().ok()?.find_map(|c| match c {
         nix::sys::socket::ControlMessageOwned::ScmCredentials(cred) if cred.pid() > 0 => {
@@ -627,15 +634,9 @@ impl Spawner {
         // As large as the reader's: a failure's message can be long.
         let mut buf = vec![0u8; 65536];
         let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let m = recvmsg::<()>(
-            ours.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg_buf),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(|e| SpawnError::Unavailable(format!("receive: {e}")))?;
-        let (n, fd) = (m.bytes, received_fds(&m).into_iter().next());
+        let (n, _, fds) = recv_with_fds(ours.as_raw_fd(), &mut buf, &mut cmsg_buf)
+            .map_err(|e| SpawnError::Unavailable(format!("receive: {e}")))?;
+        let fd = fds.into_iter().next();
         match serde_json::from_slice::<Reply>(&buf[..n]) {
             Ok(Reply::Started { pid, link, .. }) => Ok((pid, fd, link)),
             Ok(Reply::Failed { error, .. }) => Err(SpawnError::Failed(error)),
@@ -692,15 +693,9 @@ fn reader_loop(inner: &Inner) {
     let mut buf = vec![0u8; 65536];
     loop {
         let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let (n, fd) = match recvmsg::<()>(
-            inner.sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg_buf),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) if m.bytes == 0 => break,
-            Ok(m) => (m.bytes, received_fds(&m).into_iter().next()),
+        let (n, fd) = match recv_with_fds(inner.sock.as_raw_fd(), &mut buf, &mut cmsg_buf) {
+            Ok((0, ..)) => break,
+            Ok((n, _, fds)) => (n, fds.into_iter().next()),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => break,
         };
@@ -808,14 +803,8 @@ fn zygote_main(sock: OwnedFd) -> ! {
         }
         if fds[0].revents & libc::POLLIN != 0 {
             let mut cmsg_buf = nix::cmsg_space!([RawFd; 3]);
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let (n, fds_in) = match recvmsg::<()>(
-                sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg_buf),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(m) => (m.bytes, received_fds(&m)),
+            let (n, fds_in) = match recv_with_fds(sock.as_raw_fd(), &mut buf, &mut cmsg_buf) {
+                Ok((n, _, fds)) => (n, fds),
                 Err(_) => continue,
             };
             if n == 0 {
