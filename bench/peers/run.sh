@@ -425,7 +425,7 @@ peer_start_cgtools() {
 run_start() {
 	report floor-start "$W/bin/floor" start
 	# The same floor as a fresh process per start (the one-shot figure of ARCHITECTURE.md §6).
-	report floor-start-exec "$W/bin/timeit" floor-start-exec -- env N=1 "$W/bin/floor" start
+	report floor-start-exec "$W/bin/timeit" floor-start-exec -- "$W/bin/floor" start 1
 	for rt in crun runc; do
 		if have_rt "$rt"; then
 			report "$rt-start" peer_start_runtime "$rt"
@@ -442,7 +442,7 @@ run_start() {
 
 run_start_ns() {
 	report floor-start-ns "$W/bin/floor" start-ns
-	report floor-start-ns-exec "$W/bin/timeit" floor-start-ns-exec -- env N=1 "$W/bin/floor" start-ns
+	report floor-start-ns-exec "$W/bin/timeit" floor-start-ns-exec -- "$W/bin/floor" start-ns 1
 	if have_rt crun; then
 		report crun-start-ns in_crun_ns "$W/bin/timeit" crun-start-ns -- \
 			crun --root "$W/state-crun" run -b "$W/bundle-crun-ns" "dms-bench-crun-startns-$$"

@@ -30,6 +30,19 @@ pub trait Manager {
         stdio: Vec<zbus::Fd<'_>>,
         wait: bool,
     ) -> zbus::Result<(i32, i32)>;
+    #[allow(clippy::too_many_arguments)]
+    fn run_once(
+        &self,
+        user: &str,
+        vo: &str,
+        fqan: &str,
+        job: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: &str,
+        run_as: &str,
+        stdio: Vec<zbus::Fd<'_>>,
+    ) -> zbus::Result<(String, i32, i32)>;
     fn reload_policies(&self) -> zbus::Result<Vec<String>>;
     fn status(&self) -> zbus::Result<String>;
     fn subscribe(&self) -> zbus::Result<()>;

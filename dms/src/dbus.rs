@@ -200,6 +200,17 @@ impl Api {
     }
 }
 
+/// A command's stdio: none (/dev/null) or stdin, stdout and stderr.
+fn check_stdio(stdio: &[zbus::OwnedFd]) -> Result<(), DmsError> {
+    if stdio.is_empty() || stdio.len() == 3 {
+        return Ok(());
+    }
+    Err(DmsError::InvalidArgument(format!(
+        "stdio: {} fds given, expected 0 or 3",
+        stdio.len()
+    )))
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Result<String, DmsError> {
     serde_json::to_string(v).map_err(|e| DmsError::Failed(e.to_string()))
 }
@@ -217,12 +228,7 @@ impl Api {
         job: String,
     ) -> Result<String, DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        let req = EnsureRequest {
-            user,
-            vo,
-            fqan: Some(fqan),
-            job: Some(job),
-        };
+        let req = EnsureRequest::of(user, vo, fqan, job);
         let d = self
             .blocking("ensure_domain", move |s| s.ensure(&c, &req))
             .await?;
@@ -360,12 +366,7 @@ impl Api {
         wait: bool,
     ) -> Result<(i32, i32), DmsError> {
         let c = self.caller(&hdr, conn).await?;
-        if !(stdio.is_empty() || stdio.len() == 3) {
-            return Err(DmsError::InvalidArgument(format!(
-                "stdio: {} fds given, expected 0 or 3",
-                stdio.len()
-            )));
-        }
+        check_stdio(&stdio)?;
         let req = RunRequest {
             name,
             argv,
@@ -390,6 +391,40 @@ impl Api {
             })
             .await?;
         Ok(result)
+    }
+
+    /// Creates a new domain for an identity, runs a command in it, waits, and destroys the
+    /// domain (admins): returns (domain name, pid, exit status). The identity's domain must not
+    /// exist yet. stdio: 0 or 3 fds, as for Run.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_once(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        user: String,
+        vo: String,
+        fqan: String,
+        job: String,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: String,
+        run_as: String,
+        stdio: Vec<zbus::OwnedFd>,
+    ) -> Result<(String, i32, i32), DmsError> {
+        let c = self.caller(&hdr, conn).await?;
+        check_stdio(&stdio)?;
+        let ensure = EnsureRequest::of(user, vo, fqan, job);
+        let run = RunRequest {
+            name: String::new(),
+            argv,
+            env,
+            cwd: Some(cwd),
+            user: Some(run_as),
+        };
+        let o = self
+            .blocking("run_once", move |s| s.run_once(&c, &ensure, &run, stdio))
+            .await?;
+        Ok((o.name, o.pid, o.status))
     }
 
     /// Starts sending this connection the `StateChanged` and `LimitEvent` signals. On the

@@ -108,6 +108,10 @@ pub struct Domain {
     /// Namespaces, network and filesystem settings from policy.
     #[serde(default)]
     pub isolation: dms_policies::Isolation,
+    /// Made by `run_once` for one command and destroyed when it exits; `ensure` of the same
+    /// identity is refused meanwhile, as a session there would die with it.
+    #[serde(default)]
+    pub once: bool,
     /// What the backend created for it (init process, network), so that a restarted daemon
     /// can adopt or clean it.
     #[serde(default)]

@@ -3,6 +3,7 @@
 //! `spawn_blocking`. Authorization happens here, from the caller's kernel credentials.
 
 use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -149,6 +150,29 @@ pub struct EnsureRequest {
     pub fqan: Option<String>,
     /// Batch job id, for per-job domains.
     pub job: Option<String>,
+}
+
+impl EnsureRequest {
+    /// From the API's four strings (an empty FQAN or job is none).
+    pub fn of(user: String, vo: String, fqan: String, job: String) -> Self {
+        Self {
+            user,
+            vo,
+            fqan: Some(fqan),
+            job: Some(job),
+        }
+    }
+}
+
+/// What `run_once` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OnceOutcome {
+    /// The domain it made (and removed).
+    pub name: String,
+    /// The command's pid (in the host's pid namespace).
+    pub pid: i32,
+    /// Its exit code, or 128 + the signal that killed it.
+    pub status: i32,
 }
 
 /// A command to run in a domain.
@@ -530,6 +554,11 @@ impl Service {
 
     /// Creates the identity's domain per policy, or returns the existing one.
     pub fn ensure(&self, caller: &Caller, req: &EnsureRequest) -> ApiResult<Domain> {
+        self.ensure_as(caller, req, false)
+    }
+
+    /// `ensure`; with `once`, only a new domain will do, and it is marked as `run_once`'s.
+    fn ensure_as(&self, caller: &Caller, req: &EnsureRequest, once: bool) -> ApiResult<Domain> {
         self.require_admin(caller, "create domains")?;
         let invalid = |e: String| err(ErrorKind::InvalidArgument, e);
         validate_name("user", &req.user).map_err(|e| invalid(e.to_string()))?;
@@ -632,6 +661,25 @@ impl Service {
                         ),
                     ));
                 }
+                if d.once {
+                    return Err(err(
+                        ErrorKind::Conflict,
+                        format!(
+                            "domain {name:?} runs a single command (run-once) and is destroyed \
+                             when it exits; try again then"
+                        ),
+                    ));
+                }
+                if once {
+                    return Err(err(
+                        ErrorKind::Conflict,
+                        format!(
+                            "domain {name:?} already exists; run-once makes a new domain and \
+                             destroys it afterwards (run in this one with exec, or give \
+                             another job id)"
+                        ),
+                    ));
+                }
                 return Ok(d.clone());
             }
             let t = now();
@@ -658,6 +706,7 @@ impl Service {
                 updated_at: t,
                 reason: None,
                 isolation: rule.isolation.clone(),
+                once,
                 runtime: Default::default(),
             };
             entry = Arc::new(Mutex::new(d));
@@ -972,6 +1021,60 @@ impl Service {
         Ok(child)
     }
 
+    /// Creates a new domain for an identity (as `ensure`, admins only), runs one command in it
+    /// (as `run`), waits for it and destroys the domain, as `crun run` does a container. The
+    /// identity's domain must not exist yet: an existing one is not this call's to destroy. While
+    /// the command runs, `ensure` of the same identity is refused, as a session there would die
+    /// with it. `stdio` is closed here once the command has its copies, so that the caller's
+    /// pipes see the end of its output.
+    pub fn run_once(
+        &self,
+        caller: &Caller,
+        ensure: &EnsureRequest,
+        run: &RunRequest,
+        stdio: Vec<impl AsFd>,
+    ) -> ApiResult<OnceOutcome> {
+        let d = self.ensure_as(caller, ensure, true)?;
+        let req = RunRequest {
+            name: d.name.clone(),
+            ..run.clone()
+        };
+        let raw: Vec<i32> = stdio.iter().map(|f| f.as_fd().as_raw_fd()).collect();
+        let started = self.run(caller, &req, &raw);
+        drop(stdio);
+        let waited = started.and_then(|child| {
+            let pid = child.pid;
+            let status = child
+                .wait()
+                .map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
+            Ok((pid, status.shell_code()))
+        });
+        let destroyed = self.destroy(caller, &d.name);
+        match (waited, destroyed) {
+            (Ok((pid, status)), Ok(())) => Ok(OnceOutcome {
+                name: d.name,
+                pid,
+                status,
+            }),
+            (Ok((_, status)), Err(e)) => Err(err(
+                e.kind,
+                format!(
+                    "the command exited with status {status}, but destroying domain {:?} \
+                     failed: {}",
+                    d.name, e.message
+                ),
+            )),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(de)) => Err(err(
+                e.kind,
+                format!(
+                    "{}; destroying domain {:?} failed too: {}",
+                    e.message, d.name, de.message
+                ),
+            )),
+        }
+    }
+
     /// What a single-threaded process (pam_dms.so, dms-enter) needs to enter a running domain
     /// itself. Same permission as running a command in it.
     pub fn join_info(&self, caller: &Caller, name: &str) -> ApiResult<JoinTarget> {
@@ -1195,6 +1298,12 @@ impl Service {
                     self.set_state(&mut d, DomainState::Failed, Some(why.into()))?;
                     report.marked_failed.push(d.name.clone());
                 }
+            }
+            if d.once && d.state != DomainState::Failed {
+                // Its run-once caller went with the old daemon, so nobody waits to destroy it:
+                // from now on it is an ordinary domain.
+                d.once = false;
+                self.store.lock().put(&d)?;
             }
             known.insert(d.name.clone(), Arc::new(Mutex::new(d)));
         }

@@ -1088,6 +1088,97 @@ fn exec_passes_status_and_refuses_frozen_dead_and_foreign_callers() {
 }
 
 #[test]
+fn run_once_makes_a_domain_for_one_command_and_removes_it() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start("once");
+    let gone = |d: &Daemon| {
+        assert_eq!(d.json(&["domain", "list"]).as_array().unwrap().len(), 0);
+        for c in ["cpu", "memory", "freezer", "pids"] {
+            let dir = cgroup_dir(&d.subtree, c).join("dmstest.nobody");
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+    };
+    let once = ["run-once", "--user", "nobody", "--vo", "dmstest", "--"];
+    let with = |cmd: &[&'static str]| [&once[..], cmd].concat();
+    // The command runs in the new domain (its hostname, under its init, as the owner) and its
+    // status comes back once the domain is gone.
+    let o = d.ctl(&with(&["sh", "-c", "hostname; echo $PPID; id -u; exit 3"]));
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "dmstest.nobody\n1\n65534\n"
+    );
+    gone(&d);
+    let recs = d.json(&["usage", "--domain", "dmstest.nobody"]);
+    assert_eq!(recs.as_array().unwrap().len(), 1, "{recs}");
+    // A command that cannot start: a clear error, and the domain is removed all the same.
+    let o = d.ctl(&with(&["/nonexistent/dms-cmd"]));
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/nonexistent/dms-cmd"), "{err}");
+    gone(&d);
+    // Not for callers who may not create domains, and nothing is made.
+    let o = d.ctl_as(Some(65534), &with(&["true"]));
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    gone(&d);
+    // An existing domain of the identity is not this command's to destroy: refused, kept.
+    d.ok(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    let o = d.ctl(&with(&["true"]));
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    let v = d.json(&["domain", "show", "dmstest.nobody"]);
+    assert_eq!(v["state"], "running");
+    d.ok(&["domain", "destroy", "dmstest.nobody"]);
+    // While the command runs, the identity's domain is not handed to anyone else (a login
+    // there would end with the command).
+    std::thread::scope(|s| {
+        let run = s.spawn(|| d.ctl(&with(&["sleep", "2"])));
+        wait_until("the run-once domain", Duration::from_secs(10), || {
+            d.json(&["domain", "list"]).as_array().unwrap().len() == 1
+        });
+        let o = d.ctl(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+        assert_eq!(o.status.code(), Some(5), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("run-once"));
+        let o = run.join().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+    });
+    gone(&d);
+    // After a crash of dmsd nobody waits to destroy it: the restarted daemon adopts it as an
+    // ordinary domain (logins may use it, its command keeps running), not as a run-once one.
+    let mut d = d;
+    std::thread::scope(|s| {
+        // Its output is not the test's pipe, which would stay open for as long as it runs.
+        let quiet: &'static str = "exec sleep 300 </dev/null >/dev/null 2>&1";
+        let (dr, w) = (&d, &with);
+        let run = s.spawn(move || dr.ctl(&w(&["sh", "-c", quiet])));
+        wait_until("the run-once domain", Duration::from_secs(10), || {
+            cgroup_procs(&d.subtree, "dmstest.nobody").len() >= 2
+        });
+        let dmsd = d.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill")
+            .args(["-9", &dmsd])
+            .status()
+            .unwrap()
+            .success());
+        let o = run.join().unwrap();
+        assert_ne!(o.status.code(), Some(0), "{o:?}");
+    });
+    d.kill9(); // reaps it
+    d.spawn();
+    let v = d.json(&["domain", "create", "--user", "nobody", "--vo", "dmstest"]);
+    assert_eq!(v["name"], "dmstest.nobody");
+    assert_eq!(
+        cgroup_procs(&d.subtree, "dmstest.nobody").len(),
+        2,
+        "init and sleep"
+    );
+    d.ok(&["domain", "destroy", "dmstest.nobody"]);
+    gone(&d);
+}
+
+#[test]
 fn join_moves_the_caller_into_cgroups_and_namespaces() {
     if !can_run() {
         return;

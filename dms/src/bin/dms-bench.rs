@@ -155,6 +155,38 @@ async fn main() -> Result<()> {
         stats(&format!("{label}:destroy"), vd);
     }
 
+    // 1'. The same start as one RunOnce call (create, run, wait, destroy in dmsd), the
+    //     counterpart of one `crun run`.
+    for (label, vo) in [("dms-run-once", &a.vo), ("dms-run-once-nonet", &a.vo_nonet)] {
+        let mut v = Vec::with_capacity(a.n);
+        let mut cpu0 = 0.0;
+        for i in 0..a.n + 5 {
+            if i == 5 {
+                cpu0 = cpu_ms();
+            }
+            let t = Instant::now();
+            let (_, _, code) = p
+                .run_once(
+                    "nobody",
+                    vo,
+                    "",
+                    &format!("o{i}"),
+                    &t_argv,
+                    &no_env,
+                    "/",
+                    "",
+                    Vec::new(),
+                )
+                .await?;
+            anyhow::ensure!(code == 0, "/bin/true exited {code}");
+            if i >= 5 {
+                v.push(ms(t.elapsed()));
+            }
+        }
+        let cpu = (cpu_ms() - cpu0) / a.n as f64;
+        println!("{}\t{cpu:.2}", stats_line(label, v));
+    }
+
     // 1a. The NAT start of step 1, each after a pause in which the machine goes idle, and
     //     with it the kernel's lazily kept state (such as its RCU-synchronised fast paths).
     let mut v = Vec::with_capacity(a.idle_n);

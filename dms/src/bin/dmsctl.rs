@@ -103,6 +103,18 @@ enum Cmd {
     /// (128+N if killed by signal N). Frozen and failed domains are refused (exit 5); other
     /// users' domains too, unless the policy's owner_may grants "exec" (exit 4).
     Exec(ExecArgs),
+    /// Create a new domain for an identity, run one command in it, and destroy the domain when
+    /// the command exits (admins), as `crun run` does a container.
+    ///
+    /// The domain is made from the identity's policy (quotas, namespaces, network) as
+    /// `domain create` makes it, and the command runs as `exec` runs it: as the owner (admins
+    /// may give --as), with a clean environment plus --env, on this terminal's
+    /// stdin/stdout/stderr. dmsctl exits with the command's status (128+N if killed by signal
+    /// N) after the domain and everything in it are gone. The identity's domain must not exist
+    /// yet (exit 5): for per-job policies give a --job of its own. While the command runs,
+    /// `domain create` and logins of that identity are refused (exit 5), since they would end
+    /// with it.
+    RunOnce(RunOnceArgs),
     /// Map a grid identity to a local account (admins).
     ///
     /// Looks up the grid-mapfile: the first line matching the primary (first) FQAN, else the
@@ -184,20 +196,7 @@ fn parse_cpus(s: &str) -> Result<u32, String> {
 #[derive(Debug, Subcommand)]
 enum DomainCmd {
     /// Ensure the domain of an identity: create it per policy, or show the existing one.
-    Create {
-        /// Local account that owns the domain.
-        #[arg(long)]
-        user: String,
-        /// VO (optional when --fqan is given).
-        #[arg(long, default_value = "")]
-        vo: String,
-        /// Primary VOMS FQAN, e.g. /atlas/Role=production.
-        #[arg(long, default_value = "")]
-        fqan: String,
-        /// Batch job id (needed for per-job domains).
-        #[arg(long, default_value = "")]
-        job: String,
-    },
+    Create(Identity),
     /// List domains (all for admins, your own otherwise).
     List,
     /// Show one domain with its quotas and current usage.
@@ -268,6 +267,42 @@ struct ExecArgs {
     /// Print the pid and return at once instead of waiting.
     #[arg(long)]
     no_wait: bool,
+    /// The command and its arguments (after --).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// The identity a domain is for (its policy decides the domain's name and quotas).
+#[derive(Debug, clap::Args)]
+struct Identity {
+    /// Local account that owns the domain.
+    #[arg(long)]
+    user: String,
+    /// VO (optional when --fqan is given).
+    #[arg(long, default_value = "")]
+    vo: String,
+    /// Primary VOMS FQAN, e.g. /atlas/Role=production.
+    #[arg(long, default_value = "")]
+    fqan: String,
+    /// Batch job id (needed for per-job domains).
+    #[arg(long, default_value = "")]
+    job: String,
+}
+
+/// The identity whose new domain runs the command, and the command.
+#[derive(Debug, clap::Args)]
+struct RunOnceArgs {
+    #[command(flatten)]
+    id: Identity,
+    /// Run the command as this user instead of the owner.
+    #[arg(long = "as", value_name = "USER", default_value = "")]
+    run_as: String,
+    /// Working directory (default: the user's home).
+    #[arg(long, default_value = "")]
+    cwd: String,
+    /// Extra environment variables, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
     /// The command and its arguments (after --).
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -345,6 +380,16 @@ fn main() -> ExitCode {
 
 async fn connect(endpoint: &dms::client::Endpoint) -> Result<ManagerProxy<'static>, Failure> {
     dms::client::connect(endpoint).await.map_err(|e| fail(6, e))
+}
+
+/// --env KEY=VALUE arguments as pairs.
+fn parse_env(env: Vec<String>) -> Result<Vec<(String, String)>, Failure> {
+    env.into_iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => Err(fail(2, format!("--env {e:?}: expected KEY=VALUE"))),
+        })
+        .collect()
 }
 
 fn print_json(s: &str) {
@@ -836,6 +881,20 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let p = connect(&endpoint).await?;
             domain(&p, DomainCmd::Exec(args), cli.json).await
         }
+        Cmd::RunOnce(a) => {
+            let vars = parse_env(a.env)?;
+            let p = connect(&endpoint).await?;
+            use std::os::fd::AsFd;
+            let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+            let fds = vec![i.as_fd().into(), o.as_fd().into(), e.as_fd().into()];
+            let (_, _, code) = p
+                .run_once(
+                    &a.id.user, &a.id.vo, &a.id.fqan, &a.id.job, &a.command, &vars, &a.cwd,
+                    &a.run_as, fds,
+                )
+                .await?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
         Cmd::Domain(cmd) => {
             let p = connect(&endpoint).await?;
             domain(&p, cmd, cli.json).await
@@ -852,12 +911,12 @@ async fn domain(p: &ManagerProxy<'_>, cmd: DomainCmd, json: bool) -> Result<u8, 
         }
     };
     match cmd {
-        DomainCmd::Create {
+        DomainCmd::Create(Identity {
             user,
             vo,
             fqan,
             job,
-        } => {
+        }) => {
             let s = p.ensure_domain(&user, &vo, &fqan, &job).await?;
             if json {
                 print_json(&s);
@@ -918,13 +977,7 @@ async fn domain(p: &ManagerProxy<'_>, cmd: DomainCmd, json: bool) -> Result<u8, 
             no_wait,
             command,
         }) => {
-            let mut vars = Vec::new();
-            for e in env {
-                let Some((k, v)) = e.split_once('=') else {
-                    return Err(fail(2, format!("--env {e:?}: expected KEY=VALUE")));
-                };
-                vars.push((k.to_string(), v.to_string()));
-            }
+            let vars = parse_env(env)?;
             use std::os::fd::AsFd;
             let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
             // A detached command must not hold this terminal (or a caller's pipes) open.
