@@ -965,9 +965,7 @@ impl Service {
         let d = self.lock(&e)?.clone();
         self.authorize(caller, &d, Permission::Exec)?;
         Self::require_running(&d)?;
-        if req.argv.is_empty() || req.argv[0].is_empty() {
-            return Err(err(ErrorKind::InvalidArgument, "argv: empty command"));
-        }
+        check_command(req)?;
         let who = match &req.user {
             Some(u) if !u.is_empty() => {
                 self.require_admin(caller, "run commands as another user")?;
@@ -977,14 +975,6 @@ impl Service {
             }
             _ => d.owner.clone(),
         };
-        for (k, _) in &req.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(err(
-                    ErrorKind::InvalidArgument,
-                    format!("env: bad variable name {k:?}"),
-                ));
-            }
-        }
         let mut env = vec![
             (
                 "PATH".to_string(),
@@ -1034,6 +1024,13 @@ impl Service {
         run: &RunRequest,
         stdio: Vec<impl AsFd>,
     ) -> ApiResult<OnceOutcome> {
+        // Bad input is refused before a domain is made for it.
+        self.require_admin(caller, "create domains")?;
+        check_command(run)?;
+        if let Some(u) = run.user.as_deref().filter(|u| !u.is_empty()) {
+            validate_name("user", u).map_err(|e| err(ErrorKind::InvalidArgument, e.to_string()))?;
+            lookup_user(u)?;
+        }
         let d = self.ensure_as(caller, ensure, true)?;
         let req = RunRequest {
             name: d.name.clone(),
@@ -1394,6 +1391,22 @@ pub(crate) fn lookup_user(name: &str) -> ApiResult<Owner> {
 }
 
 /// Policy quotas to mechanism limits; resolves device paths to major:minor.
+/// A command's argv and extra environment names, before anything runs.
+fn check_command(req: &RunRequest) -> ApiResult<()> {
+    if req.argv.is_empty() || req.argv[0].is_empty() {
+        return Err(err(ErrorKind::InvalidArgument, "argv: empty command"));
+    }
+    for (k, _) in &req.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                format!("env: bad variable name {k:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn limits_from_quotas(q: &Quotas) -> Result<Limits, String> {
     let mut io = Vec::new();
     for t in &q.io {

@@ -1119,6 +1119,50 @@ fn run_once_makes_a_domain_for_one_command_and_removes_it() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/nonexistent/dms-cmd"), "{err}");
     gone(&d);
+    // Bad input is refused before anything is made.
+    for (args, code, word) in [
+        (
+            &[
+                "run-once",
+                "--user",
+                "nobody",
+                "--vo",
+                "dmstest",
+                "--as",
+                "dms-no-such-user",
+                "--",
+                "true",
+            ][..],
+            3,
+            "dms-no-such-user",
+        ),
+        (
+            &[
+                "run-once", "--user", "nobody", "--vo", "dmstest", "--env", "=x", "--", "true",
+            ][..],
+            2,
+            "env",
+        ),
+        (
+            &[
+                "run-once",
+                "--user",
+                "nobody",
+                "--vo",
+                "dmsnosuchvo",
+                "--",
+                "true",
+            ][..],
+            3,
+            "dmsnosuchvo",
+        ),
+    ] {
+        let o = d.ctl(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(word), "{args:?}: {err}");
+        gone(&d);
+    }
     // Not for callers who may not create domains, and nothing is made.
     let o = d.ctl_as(Some(65534), &with(&["true"]));
     assert_eq!(o.status.code(), Some(4), "{o:?}");
