@@ -361,17 +361,37 @@ const FDS_PER_READER: u64 = 24;
 /// How many domains may keep their stat files open: half of this process's open files limit,
 /// leaving the rest to sockets, pidfds and control sockets.
 fn kept_readers_limit() -> usize {
+    let soft = open_files_limit().map_or(1024, |l| l.rlim_cur);
+    usize::try_from(soft / 2 / FDS_PER_READER).unwrap_or(usize::MAX)
+}
+
+/// This process's limit on open files.
+fn open_files_limit() -> std::io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit with a valid resource and a pointer to a local rlimit.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        1024
-    };
-    usize::try_from(soft / 2 / FDS_PER_READER).unwrap_or(usize::MAX)
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim)
+}
+
+/// Raises this process's soft limit on open files to its hard limit: dmsd keeps each domain's
+/// stat files open (about 20 per domain), and the usual soft limit, 1024, would stop it at ~50
+/// domains. dmsd calls it after forking the zygote, so that domains keep the soft limit dmsd
+/// was started with, as programs using select(2) expect.
+pub fn raise_open_files_limit() -> std::io::Result<()> {
+    let mut lim = open_files_limit()?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit with a valid resource and a pointer to a local rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Opens a domain's stat files (its cgroup's, and its link's if it has one).

@@ -384,7 +384,6 @@ pub fn exec_via_init(
     }
 }
 
-/// The pid in the credentials the kernel attached to a message (SO_PASSCRED).
 /// Receives one message on `sock` into `buf`: its length, the sender's pid (when `cmsg_buf`
 /// has room for credentials and the socket passes them) and the fds it carried
 /// (close-on-exec).
@@ -398,6 +397,7 @@ fn recv_with_fds(
     Ok((m.bytes, sender_pid(&m), received_fds(&m)))
 }
 
+/// The pid in the credentials the kernel attached to a message (SO_PASSCRED).
 fn sender_pid(m: &nix::sys::socket::RecvMsg<'_, '_, ()>) -> Option<i32> {
     m.cmsgs().ok()?.find_map(|c| match c {
         nix::sys::socket::ControlMessageOwned::ScmCredentials(cred) if cred.pid() > 0 => {

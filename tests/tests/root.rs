@@ -1100,8 +1100,8 @@ fn run_once_makes_a_domain_for_one_command_and_removes_it() {
             assert!(!dir.exists(), "{} left behind", dir.display());
         }
     };
-    let once = ["run-once", "--user", "nobody", "--vo", "dmstest", "--"];
-    let with = |cmd: &[&'static str]| [&once[..], cmd].concat();
+    let once = ["run-once", "--user", "nobody", "--vo", "dmstest"];
+    let with = |cmd: &[&'static str]| [&once[..], &["--"], cmd].concat();
     // The command runs in the new domain (its hostname, under its init, as the owner) and its
     // status comes back once the domain is gone.
     let o = d.ctl(&with(&["sh", "-c", "hostname; echo $PPID; id -u; exit 3"]));
@@ -1120,44 +1120,29 @@ fn run_once_makes_a_domain_for_one_command_and_removes_it() {
     assert!(err.contains("/nonexistent/dms-cmd"), "{err}");
     gone(&d);
     // Bad input is refused before anything is made.
+    let unknown_vo = [
+        "run-once",
+        "--user",
+        "nobody",
+        "--vo",
+        "dmsnosuchvo",
+        "--",
+        "true",
+    ];
     for (args, code, word) in [
         (
-            &[
-                "run-once",
-                "--user",
-                "nobody",
-                "--vo",
-                "dmstest",
-                "--as",
-                "dms-no-such-user",
-                "--",
-                "true",
-            ][..],
+            [&once[..], &["--as", "dms-no-such-user", "--", "true"]].concat(),
             3,
             "dms-no-such-user",
         ),
         (
-            &[
-                "run-once", "--user", "nobody", "--vo", "dmstest", "--env", "=x", "--", "true",
-            ][..],
+            [&once[..], &["--env", "=x", "--", "true"]].concat(),
             2,
             "env",
         ),
-        (
-            &[
-                "run-once",
-                "--user",
-                "nobody",
-                "--vo",
-                "dmsnosuchvo",
-                "--",
-                "true",
-            ][..],
-            3,
-            "dmsnosuchvo",
-        ),
+        (unknown_vo.to_vec(), 3, "dmsnosuchvo"),
     ] {
-        let o = d.ctl(args);
+        let o = d.ctl(&args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
         assert!(err.contains(word), "{args:?}: {err}");
@@ -1194,9 +1179,8 @@ fn run_once_makes_a_domain_for_one_command_and_removes_it() {
     let mut d = d;
     std::thread::scope(|s| {
         // Its output is not the test's pipe, which would stay open for as long as it runs.
-        let quiet: &'static str = "exec sleep 300 </dev/null >/dev/null 2>&1";
-        let (dr, w) = (&d, &with);
-        let run = s.spawn(move || dr.ctl(&w(&["sh", "-c", quiet])));
+        const QUIET: &str = "exec sleep 300 </dev/null >/dev/null 2>&1";
+        let run = s.spawn(|| d.ctl(&with(&["sh", "-c", QUIET])));
         wait_until("the run-once domain", Duration::from_secs(10), || {
             cgroup_procs(&d.subtree, "dmstest.nobody").len() >= 2
         });

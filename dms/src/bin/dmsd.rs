@@ -111,7 +111,9 @@ fn real_main() -> Result<()> {
     }
     // The zygote must be forked while this process is still single-threaded.
     let spawner = Spawner::start().context("starting the spawner")?;
-    raise_open_files_limit();
+    if let Err(e) = dms::domain::raise_open_files_limit() {
+        tracing::warn!(error = %e, "could not raise the open files limit");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)
@@ -533,27 +535,4 @@ fn write_resolv_conf(cfg: &Config) -> Result<Option<PathBuf>> {
     std::fs::write(&path, format!("# written by dmsd from network.dns\n{text}"))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(Some(path))
-}
-
-/// Raises this process's soft limit on open files to its hard limit: dmsd keeps each domain's
-/// stat files open (about 20 per domain), and the usual soft limit, 1024, would stop it at ~50
-/// domains. Called after the zygote is forked, so that domains keep the soft limit dmsd was
-/// started with, as programs using select(2) expect.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::warn!(
-                    error = %std::io::Error::last_os_error(),
-                    "could not raise the open files limit"
-                );
-            }
-        }
-    }
 }
